@@ -1,0 +1,421 @@
+//! The commands: each takes validated settings, does its work, and says how the process should exit.
+//!
+//! This is the application edge: errors become `anyhow` here, typed errors that decide an exit code
+//! ([`ConfigError`], [`StateError::Locked`]) are recovered in [`exit_code_for`]. Nothing below this
+//! module prints to stdout; everything here prints only IDs, counts, paths and endpoints.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{BackfillArgs, Command, DemoArgs, Opts, SimulateArgs, StatusArgs, SyncArgs};
+use crate::config::{self, Config, ConfigError, ConversationRef, Pipeline};
+use crate::handoff::Handoff;
+use crate::provider::Client;
+use crate::record::format_time;
+use crate::sink::SinkConfig;
+use crate::state::{StateError, Store};
+use crate::sync::{sync_pipeline, PipelineReport, RunOptions, Runtime};
+
+/// Process exit codes (documented in the README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done.
+    Ok = 0,
+    /// At least one conversation failed (the others completed), or a runtime error.
+    Failed = 1,
+    /// Bad config, bad arguments, or a missing API key.
+    Config = 2,
+    /// Another process owns the state directory.
+    Locked = 3,
+    /// A pipeline stopped on an account-level provider error (401, 402, account not connected).
+    Auth = 4,
+    /// Stopped by a signal before finishing.
+    Interrupted = 130,
+}
+
+/// Maps an error that reached `main` to its exit code.
+pub fn exit_code_for(e: &anyhow::Error) -> Exit {
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return Exit::Config;
+        }
+        if let Some(StateError::Locked { .. }) = cause.downcast_ref::<StateError>() {
+            return Exit::Locked;
+        }
+    }
+    Exit::Failed
+}
+
+/// Runs the command the user asked for.
+pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
+    match opts.command {
+        Command::Check => check(&config::load(&opts.config)?),
+        Command::Sync(args) => sync(&config::load(&opts.config)?, args).await,
+        Command::Backfill(args) => backfill(&config::load(&opts.config)?, args).await,
+        Command::Status(args) => status(&config::load(&opts.config)?, args),
+        Command::Demo(args) => demo(args).await,
+        Command::Simulate(args) => simulate(args).await,
+    }
+}
+
+fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a Pipeline>, ConfigError> {
+    for n in names {
+        if !cfg.pipelines.iter().any(|p| &p.name == n) {
+            let known: Vec<_> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
+            return Err(ConfigError(format!("no pipeline named `{n}` in {}; configured: {}", cfg.path.display(), known.join(", "))));
+        }
+    }
+    Ok(cfg.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.name)).collect())
+}
+
+fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(), ConfigError> {
+    for c in only {
+        if !pipelines.iter().any(|p| p.conversations.iter().any(|x| &x.to_string() == c)) {
+            return Err(ConfigError(format!("conversation `{c}` is not configured in the selected pipelines; list it under `conversations` first")));
+        }
+    }
+    Ok(())
+}
+
+/// Opens the state and each selected pipeline's client and writer (which recovers its files).
+fn open_runtimes(cfg: &Config, pipelines: &[&Pipeline]) -> anyhow::Result<Vec<Arc<Runtime>>> {
+    // Secrets first: a missing key should not leave a state directory behind.
+    let clients = pipelines.iter().map(|p| Client::new(p)).collect::<Result<Vec<_>, _>>()?;
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    let mut out = Vec::new();
+    for (p, client) in pipelines.iter().zip(clients) {
+        let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p)).map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
+        out.push(Arc::new(Runtime { pipeline: (*p).clone(), client, handoff, store: store.clone() }));
+    }
+    Ok(out)
+}
+
+/// The sink settings of a pipeline.
+pub fn sink_config(p: &Pipeline) -> SinkConfig {
+    SinkConfig { dir: p.output_dir.clone(), file_name: p.file_name.clone(), rotate_max_bytes: p.rotate_max_bytes, rotate_max_age: p.rotate_max_age }
+}
+
+/// Cancels `token` on the first SIGINT/SIGTERM (finish at a page boundary); a second one exits at once.
+fn stop_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            count += 1;
+            if count == 1 {
+                tracing::warn!("stopping at the next page boundary; signal again to exit at once");
+                token.cancel();
+            } else {
+                // Every committed byte is already fsynced and a torn line is repaired at the next start.
+                std::process::exit(Exit::Interrupted as i32);
+            }
+        }
+    });
+}
+
+async fn run_once(cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::Result<Exit> {
+    let pipelines = select(cfg, names)?;
+    check_conversations(&pipelines, &opts.only)?;
+    let runtimes = open_runtimes(cfg, &pipelines)?;
+    let cancel = CancellationToken::new();
+    stop_on_signal(cancel.clone());
+    let global = Arc::new(Semaphore::new(cfg.max_concurrency));
+    let mut set = JoinSet::new();
+    for rt in &runtimes {
+        set.spawn(sync_pipeline(rt.clone(), opts.clone(), global.clone(), cancel.clone()));
+    }
+    let mut reports = Vec::new();
+    while let Some(r) = set.join_next().await {
+        reports.push(r.context("a pipeline task failed")?);
+    }
+    reports.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
+    for rt in runtimes {
+        if let Ok(rt) = Arc::try_unwrap(rt) {
+            rt.handoff.close().await;
+        }
+    }
+    print_reports(&reports);
+    let exit = if cancel.is_cancelled() {
+        Exit::Interrupted
+    } else if reports.iter().any(|r| r.fatal.is_some()) {
+        Exit::Auth
+    } else if reports.iter().any(|r| r.failed() > 0) {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    };
+    Ok(exit)
+}
+
+fn print_reports(reports: &[PipelineReport]) {
+    let mut out = std::io::stdout().lock();
+    for r in reports {
+        let written: u64 = r.conversations.iter().map(|c| c.written).sum();
+        let credits: u64 = r.conversations.iter().map(|c| c.credits).sum();
+        let _ = writeln!(
+            out,
+            "pipeline {}: {} conversations, {} new records, {} failed, {} credits",
+            r.pipeline,
+            r.conversations.len(),
+            written,
+            r.failed(),
+            credits
+        );
+        for c in &r.conversations {
+            let backfill = if c.backfill_done { "backfill done" } else if c.limited { "backfill paused (limit)" } else { "backfill pending" };
+            let _ = writeln!(
+                out,
+                "  {:<22} pages {:>5}  new {:>7}  dup {:>6}  credits {:>7}  {}",
+                c.conversation, c.pages, c.written, c.duplicates, c.credits, backfill
+            );
+        }
+    }
+    drop(out);
+    for r in reports {
+        if let Some(f) = &r.fatal {
+            eprintln!("error: pipeline `{}` stopped: {f}", r.pipeline);
+        }
+        for c in &r.conversations {
+            if let Some(e) = &c.error {
+                eprintln!("error: pipeline `{}` conversation {}: {e}", r.pipeline, c.conversation);
+            }
+        }
+    }
+}
+
+async fn sync(cfg: &Config, args: SyncArgs) -> anyhow::Result<Exit> {
+    // backfill None: each pipeline's own `backfill` setting decides, within its per-run limits.
+    let opts = RunOptions { head: true, backfill: None, only: args.conversations, ..Default::default() };
+    run_once(cfg, &args.pipelines, opts).await
+}
+
+fn worse(a: Exit, b: Exit) -> Exit {
+    let rank = |e: Exit| match e {
+        Exit::Ok => 0,
+        Exit::Failed => 1,
+        Exit::Auth => 2,
+        Exit::Interrupted => 3,
+        Exit::Config | Exit::Locked => 4,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+async fn backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<Exit> {
+    let since = match &args.since {
+        Some(s) => Some(humantime::parse_rfc3339_weak(s).map_err(|_| ConfigError(format!("--since `{s}` is not an RFC 3339 time like 2026-01-31T00:00:00Z")))?),
+        None => None,
+    };
+    if args.max_pages == Some(0) {
+        return Err(ConfigError("--max-pages must be at least 1".into()).into());
+    }
+    let opts = RunOptions { head: false, backfill: Some(true), max_pages: args.max_pages, since, only: args.conversations };
+    run_once(cfg, &args.pipelines, opts).await
+}
+
+fn check(cfg: &Config) -> anyhow::Result<Exit> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "config {}: valid", cfg.path.display())?;
+    writeln!(out, "state_dir {} (max_concurrency {}, shutdown_timeout {:?})", cfg.state_dir.display(), cfg.max_concurrency, cfg.shutdown_timeout)?;
+    for p in &cfg.pipelines {
+        let key = match p.api_key.read(&p.name, "API key") {
+            Ok(_) => "present".to_string(),
+            Err(_) => "MISSING: sync would fail until it is set".to_string(),
+        };
+        writeln!(out, "pipeline {} ({}):", p.name, p.provider)?;
+        writeln!(out, "  base_url      {}", p.base_url)?;
+        writeln!(out, "  account       {}", p.account)?;
+        writeln!(out, "  api key       {} ({key})", p.api_key.describe())?;
+        let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();
+        writeln!(out, "  conversations {} [{}]", convs.len(), convs.join(", "))?;
+        writeln!(out, "  schedule      {}", p.schedule)?;
+        writeln!(out, "  output        {}", p.output_dir.join(&p.file_name).display())?;
+        writeln!(
+            out,
+            "  rotation      at {} bytes{}",
+            p.rotate_max_bytes,
+            p.rotate_max_age.map(|a| format!(" or {}", humantime::format_duration(a))).unwrap_or_default()
+        )?;
+        let limits = match (p.backfill, p.backfill_max_pages_per_run, p.max_credits_per_run) {
+            (false, _, _) => "off during sync (use the backfill command)".to_string(),
+            (true, 0, 0) => "full history, no per-run limit".to_string(),
+            (true, pages, credits) => format!("up to {pages} pages / {credits} credits per run (0 = no limit)"),
+        };
+        writeln!(out, "  backfill      {limits}")?;
+        if p.redact_text {
+            writeln!(out, "  text          redacted from records")?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+#[derive(serde::Serialize)]
+struct StatusConv {
+    conversation: String,
+    configured: String,
+    messages_written: u64,
+    newest_message_id: Option<String>,
+    backfill_done: bool,
+    last_sync: Option<String>,
+    last_error: Option<String>,
+    credits_total: u64,
+}
+
+#[derive(serde::Serialize)]
+struct StatusPipeline {
+    name: String,
+    provider: &'static str,
+    output_dir: String,
+    conversations: Vec<StatusConv>,
+}
+
+fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
+    let store = Store::open(&cfg.state_dir, cfg.state_cache_bytes)?;
+    let mut doc = Vec::new();
+    for p in &cfg.pipelines {
+        let mut convs = Vec::new();
+        for c in &p.conversations {
+            let key = match c {
+                ConversationRef::Peer(id) | ConversationRef::ConversationId(id) => Some(id.clone()),
+                ConversationRef::Username(u) => store.resolved_user(p.provider.name(), u)?,
+            };
+            let st = match &key {
+                Some(k) => store.conversation(&p.name, k)?,
+                None => Default::default(),
+            };
+            convs.push(StatusConv {
+                conversation: key.unwrap_or_else(|| c.to_string()),
+                configured: c.to_string(),
+                messages_written: st.messages_written,
+                newest_message_id: st.newest_id,
+                backfill_done: st.backfill_done,
+                last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+                last_error: st.last_error,
+                credits_total: st.credits_total,
+            });
+        }
+        doc.push(StatusPipeline { name: p.name.clone(), provider: p.provider.name(), output_dir: p.output_dir.display().to_string(), conversations: convs });
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "pipelines": doc }))?;
+        writeln!(out)?;
+        return Ok(Exit::Ok);
+    }
+    for p in &doc {
+        writeln!(out, "pipeline {} ({}) -> {}", p.name, p.provider, p.output_dir)?;
+        writeln!(out, "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error", "conversation", "messages", "newest id", "backfill", "last sync", "credits")?;
+        for c in &p.conversations {
+            writeln!(
+                out,
+                "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  {}",
+                c.configured,
+                c.messages_written,
+                c.newest_message_id.as_deref().unwrap_or("-"),
+                if c.backfill_done { "done" } else { "pending" },
+                c.last_sync.as_deref().unwrap_or("never"),
+                c.credits_total,
+                c.last_error.as_deref().unwrap_or("-"),
+            )?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
+    let mut sim_cfg = match &args.scenario {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read scenario {}: {e}", path.display())))?;
+            serde_json::from_str(&text).map_err(|e| ConfigError(format!("scenario {}: {e}; see the simulator section of the README", path.display())))?
+        }
+        None => crate::simulator::default_scenario(),
+    };
+    if let Some(seed) = args.seed {
+        sim_cfg.seed = seed;
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}; pick another --listen address", args.listen)))?;
+    let addr = listener.local_addr()?;
+    println!("dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)");
+    std::io::stdout().flush()?;
+    let cancel = CancellationToken::new();
+    stop_on_signal(cancel.clone());
+    crate::simulator::Simulator::new(sim_cfg).serve(listener, async move { cancel.cancelled().await }).await?;
+    Ok(Exit::Ok)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let handle = crate::simulator::Simulator::spawn(crate::simulator::default_scenario()).await.context("starting the simulator")?;
+    let config_path = dir.join("pipelines.toml");
+    std::fs::write(dir.join("demo-api-key"), "xq_demo_key_not_secret\n")?;
+    let scenario = crate::simulator::default_scenario();
+    let convs: Vec<String> = scenario.conversations.iter().map(|c| format!("\"{}\"", c.peer_id)).collect();
+    std::fs::write(
+        &config_path,
+        format!(
+            "# Written by `dm-handoff demo`: a pipeline against the built-in simulator on loopback.\n\
+             state_dir = \"state\"\n\n[[pipelines]]\nname = \"support\"\nprovider = \"xquik\"\n\
+             base_url = \"{}\"\napi_key_file = \"demo-api-key\"\naccount = \"acme_support\"\n\
+             conversations = [{}]\nschedule = \"*/30 * * * * *\"\noutput_dir = \"out/support\"\n\
+             rotate_max_bytes = 131072\n",
+            handle.base_url(),
+            convs.join(", ")
+        ),
+    )?;
+    let cfg = config::load(&config_path)?;
+    println!("demo: simulator on {} serving {} conversations; config {}", handle.base_url(), scenario.conversations.len(), config_path.display());
+    println!("\n== first sync: everything the simulator has");
+    let first = run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?;
+    let ids = handle.sim.add_messages(&scenario.conversations[0].peer_id, 5);
+    println!("\n== {} new messages arrive in {}; second sync writes only those", ids.len(), scenario.conversations[0].peer_id);
+    let second = run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?;
+    let stats = handle.sim.stats();
+    handle.shutdown().await;
+    let out_dir = &cfg.pipelines[0].output_dir;
+    println!("\n== files in {}", out_dir.display());
+    let (files, records) = describe_files(out_dir)?;
+    for (name, lines, bytes) in &files {
+        println!("  {name:<52} {lines:>6} records {bytes:>9} bytes");
+    }
+    println!("  total {records} records; simulator served {} requests, {} credits", stats.requests, stats.credits);
+    let active = out_dir.join(&cfg.pipelines[0].file_name);
+    println!("\nLook at it:");
+    println!("  tail -n 3 {}", active.display());
+    println!("  cargo run --release -- status --config {}", config_path.display());
+    println!("  cargo run --release -- sync --config {}   # run again: nothing is written twice", config_path.display());
+    Ok(worse(first, second))
+}
+
+/// (file name, lines, bytes) of each handoff file in a folder, closed segments first, and the line total.
+fn describe_files(dir: &Path) -> anyhow::Result<(Vec<(String, u64, u64)>, u64)> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".jsonl") {
+            let data = std::fs::read(e.path())?;
+            files.push((name, data.iter().filter(|b| **b == b'\n').count() as u64, data.len() as u64));
+        }
+    }
+    // Closed segments sort by their timestamp and sequence; the active file (no sequence) goes last.
+    files.sort_by_key(|(n, _, _)| (n.matches('.').count() < 2, n.clone()));
+    let total = files.iter().map(|f| f.1).sum();
+    Ok((files, total))
+}

@@ -1,0 +1,228 @@
+//! A pipeline's single writer: appends records to its sink, then commits the state that covers them.
+//!
+//! Every change of durable state for a pipeline goes through [`Handoff::write`], which is what makes the
+//! order of SPEC section 4 hold: lines written, fsync, then one atomic state commit that includes the
+//! sink's new [`CommitPoint`]. Writes are *group-committed*: a dedicated thread takes whatever batches
+//! queued up while the previous fsync ran (up to [`GROUP_MAX_BYTES`]) and makes them durable with one
+//! write, one fsync and one sled flush, so many conversations cost one fsync, not one each. A caller is
+//! answered only after its batch is durable.
+//!
+//! Recovery lives here too: opening a sink hands back the lines that reached the disk after the last
+//! commit, and [`reconcile`] folds their keys into the seen set before anything new is written. After
+//! any write or commit error the sink is dropped and reopened on the next batch, so a partial failure
+//! (lines on disk, state not committed) is reconciled before the pipeline writes again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::record::{id_cmp, key_of_line, Kind};
+use crate::sink::{Sink, SinkConfig};
+use crate::state::{Commit, ConvState, Store};
+
+/// Upper bound on one group commit's new bytes: bounds memory and the latency of the batch that waits longest.
+pub const GROUP_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Lines to append and the state change they justify.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Complete JSON lines, without `\n`.
+    pub lines: Vec<String>,
+    /// Applied atomically with the sink's new position, after the lines are on disk.
+    pub commit: Commit,
+}
+
+/// A write or commit failed; nothing of the batch was committed. Cloned to every batch of a failed group.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandoffError(pub String);
+
+/// What start-up recovery found and repaired.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    pub torn_bytes_cut: u64,
+    /// Lines that were on disk but not in state, now reconciled into the seen set.
+    pub lines_reconciled: u64,
+}
+
+struct Request {
+    batch: Batch,
+    reply: oneshot::Sender<Result<(), HandoffError>>,
+}
+
+/// Handle to a pipeline's writer thread.
+pub struct Handoff {
+    tx: mpsc::UnboundedSender<Request>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handoff {
+    /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
+    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
+        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None };
+        let recovery = writer.ensure_open()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("handoff-{pipeline}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| HandoffError(format!("cannot start the writer thread: {e}")))?;
+        Ok((Handoff { tx, thread: Some(thread) }, recovery))
+    }
+
+    /// Makes a batch durable; returns once its lines are fsynced and its state committed.
+    pub async fn write(&self, batch: Batch) -> Result<(), HandoffError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { batch, reply })
+            .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
+        rx.await.map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
+    }
+
+    /// Lets the writer close the active file by age even when nothing new arrives.
+    pub async fn tick(&self) -> Result<(), HandoffError> {
+        self.write(Batch::default()).await
+    }
+
+    /// Stops the writer after it has finished every queued batch, and fsyncs the active file.
+    pub async fn close(mut self) {
+        let thread = self.thread.take();
+        drop(self);
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop; `close` joins it, a plain drop lets it finish alone.
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+    }
+}
+
+struct Writer {
+    store: Arc<Store>,
+    pipeline: String,
+    cfg: SinkConfig,
+    /// None after a failure: the next batch reopens it, which reconciles anything left uncommitted.
+    sink: Option<Sink>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut bytes: usize = first.batch.lines.iter().map(|l| l.len() + 1).sum();
+            let mut group = vec![first];
+            while bytes < GROUP_MAX_BYTES {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.batch.lines.iter().map(|l| l.len() + 1).sum::<usize>();
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut lines = Vec::new();
+            let mut commit = Commit::default();
+            let mut replies = Vec::with_capacity(group.len());
+            for r in group {
+                lines.extend(r.batch.lines);
+                commit.merge(r.batch.commit);
+                replies.push(r.reply);
+            }
+            let result = self.commit_group(lines, commit);
+            if let Err(e) = &result {
+                tracing::error!(pipeline = %self.pipeline, error = %e, "write failed; nothing of this batch was committed");
+            }
+            for reply in replies {
+                let _ = reply.send(result.clone());
+            }
+        }
+        if let Some(sink) = self.sink.take() {
+            if let Err(e) = sink.close() {
+                tracing::error!(pipeline = %self.pipeline, error = %e, "closing the active file");
+            }
+        }
+    }
+
+    fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
+        self.ensure_open()?;
+        let Some(sink) = self.sink.as_mut() else {
+            return Err(HandoffError("the output is not open".into()));
+        };
+        let now = SystemTime::now();
+        let point = if lines.is_empty() { sink.rotate_if_due(now).map(|p| p.unwrap_or_else(|| sink.position())) } else { sink.append(&lines, now) };
+        let point = match point {
+            Ok(p) => p,
+            Err(e) => {
+                self.sink = None;
+                return Err(HandoffError(format!("output {}: {e}", self.cfg.dir.display())));
+            }
+        };
+        commit.sink_points.push((self.pipeline.clone(), point));
+        if let Err(e) = self.store.commit(&commit) {
+            // The lines are on disk but the state does not know: reopen before the next write to reconcile them.
+            self.sink = None;
+            return Err(HandoffError(e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn ensure_open(&mut self) -> Result<Recovery, HandoffError> {
+        if self.sink.is_some() {
+            return Ok(Recovery::default());
+        }
+        let committed = self.store.commit_point(&self.pipeline).map_err(|e| HandoffError(e.to_string()))?;
+        let (sink, recovered) = Sink::open(self.cfg.clone(), committed)
+            .map_err(|e| HandoffError(format!("opening output {}: {e}", self.cfg.dir.display())))?;
+        let mut commit = reconcile(&self.store, &self.pipeline, &recovered.lines).map_err(|e| HandoffError(e.to_string()))?;
+        let recovery = Recovery { torn_bytes_cut: recovered.torn_bytes_cut, lines_reconciled: recovered.lines.len() as u64 };
+        if recovery.torn_bytes_cut > 0 || recovery.lines_reconciled > 0 {
+            tracing::warn!(
+                pipeline = %self.pipeline,
+                torn_bytes_cut = recovery.torn_bytes_cut,
+                lines_reconciled = recovery.lines_reconciled,
+                "recovered output left by an interrupted run"
+            );
+        }
+        commit.sink_points.push((self.pipeline.clone(), sink.position()));
+        self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
+        self.sink = Some(sink);
+        Ok(recovery)
+    }
+}
+
+/// Folds lines that are on disk but not in state into the seen set and the per-conversation counters.
+pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Commit, crate::state::StateError> {
+    let mut commit = Commit::default();
+    let mut fresh = HashSet::new();
+    let mut convs: BTreeMap<String, ConvState> = BTreeMap::new();
+    for line in lines {
+        let Some(key) = key_of_line(line) else {
+            tracing::warn!(pipeline, "a recovered line is not a dm-handoff record; left as it is");
+            continue;
+        };
+        if store.is_seen(pipeline, &key)? || !fresh.insert(key.clone()) {
+            continue;
+        }
+        if matches!(key.kind, Kind::DmMessage | Kind::DmEvent) {
+            let st = match convs.get_mut(&key.conversation) {
+                Some(st) => st,
+                None => {
+                    let st = store.conversation(pipeline, &key.conversation)?;
+                    convs.entry(key.conversation.clone()).or_insert(st)
+                }
+            };
+            st.messages_written += 1;
+            if st.newest_id.as_deref().is_none_or(|n| id_cmp(&key.id, n).is_gt()) {
+                st.newest_id = Some(key.id.clone());
+            }
+        }
+        commit.seen.push((pipeline.to_string(), key));
+    }
+    commit.conversations = convs.into_iter().map(|(c, st)| (pipeline.to_string(), c, st)).collect();
+    Ok(commit)
+}

@@ -1,0 +1,25 @@
+//! dm-handoff: keeps private X direct-message conversations flowing into a warehouse as exactly-once JSONL.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (clap derive); its doc comments are `--help`.
+//! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
+//! - [`app`]: the commands; the application edge where errors become exit codes.
+//! - [`sync`]: one pass per conversation: fetch a page → write → fsync → commit; head pass and backfill.
+//! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
+//! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
+//! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
+//! - [`record`]: the normalized record schema, its exactly-once key, and time normalization.
+//! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
+//! - [`simulator`]: the built-in simulator of the provider APIs, for `demo`, tests and benchmarks.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod handoff;
+pub mod provider;
+pub mod record;
+pub mod simulator;
+pub mod sink;
+pub mod state;
+pub mod sync;

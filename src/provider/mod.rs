@@ -1,0 +1,262 @@
+//! Provider APIs behind one interface: the only code that speaks HTTP to a provider.
+//!
+//! Each provider module turns its wire format into [`Page`]s of [`Item`]s and its failures into a
+//! [`ProviderError`] whose [`ErrorClass`] is all the sync engine branches on. Retrying is shared:
+//! [`with_retry`] repeats what is transient, with capped jittered backoff that honours the provider's
+//! `Retry-After`, and never repeats anything else. The engine holds a [`Client`], an enum over the
+//! adapters, so adding a provider never touches the engine.
+
+pub mod xquik;
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Pipeline, ProviderKind, RetryPolicy};
+use crate::record::{Conversation, Item};
+
+/// One page of history, newest page first; order within `items` is whatever the provider sent.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// The cursor of the next (older) page, exactly as received; None at the end of history.
+    pub next_cursor: Option<String>,
+    /// Provider credits this page cost.
+    pub credits: u64,
+}
+
+/// A user as user lookup returns it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub name: String,
+    #[serde(rename = "canDm", skip_serializing_if = "Option::is_none")]
+    pub can_dm: Option<bool>,
+}
+
+/// What the engine does with a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Rate limits, 502/503/504, timeouts, dropped connections: retry after a wait.
+    Transient,
+    /// A 200 whose body is not the documented JSON: retried a little, then the conversation fails.
+    Malformed,
+    /// Only this conversation cannot go on (403 `dm_not_permitted`, 404, 422, most 400s).
+    Conversation,
+    /// Nothing of this provider key / account can go on (401, 402, account-level 403/404).
+    Fatal,
+}
+
+/// A provider failure: class for the engine, status and code for the user, and what to do about it.
+/// Never carries message text, response bodies or secrets.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{endpoint}: {}{code}: {hint}", status.map(|s| format!("HTTP {s} ")).unwrap_or_default())]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    /// Route template, e.g. `GET /x/dm/{userId}/history`.
+    pub endpoint: &'static str,
+    pub status: Option<u16>,
+    /// The provider's error code (`dm_not_permitted`) or ours (`timeout`, `malformed_response`).
+    pub code: String,
+    /// What it means and what to do.
+    pub hint: String,
+    /// How long the provider asked us to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(class: ErrorClass, endpoint: &'static str, status: Option<u16>, code: impl Into<String>, hint: impl Into<String>) -> Self {
+        ProviderError { class, endpoint, status, code: code.into(), hint: hint.into(), retry_after: None }
+    }
+
+    /// A transport failure from reqwest, classified without leaking the URL's query or any header.
+    pub fn transport(endpoint: &'static str, e: &reqwest::Error) -> Self {
+        let (code, hint) = if e.is_timeout() {
+            ("timeout", "the request timed out; will retry (raise request_timeout if this persists)")
+        } else if e.is_connect() {
+            ("connect_failed", "cannot connect to the provider; check base_url and the network")
+        } else if e.is_body() || e.is_decode() {
+            ("connection_dropped", "the response was cut short")
+        } else {
+            ("request_failed", "the connection failed")
+        };
+        ProviderError::new(ErrorClass::Transient, endpoint, None, code, hint)
+    }
+}
+
+/// Longest `Retry-After` we honour as given; beyond it a run would look hung. Clamped, not ignored.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The wait before retry number `attempt` (0-based). Pure; `jitter` in [0, 1) comes from the caller.
+///
+/// Exponential from `base`, capped at `max`, with "equal jitter" (half fixed, half random) so many
+/// conversations retrying at once spread out. A provider's `Retry-After` is a floor, plus a little jitter.
+pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let exp = policy.base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(policy.max);
+    let computed = exp / 2 + exp.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
+    match retry_after {
+        Some(ra) => ra.min(MAX_RETRY_AFTER) + Duration::from_millis(50).mul_f64(jitter),
+        None => computed,
+    }
+}
+
+/// Malformed pages are retried at most this many times: a broken proxy can recover, a changed API cannot.
+const MALFORMED_RETRIES: u32 = 2;
+
+/// Runs `op` until it succeeds, fails for good, or `cancel` fires (then the last error is returned).
+pub async fn with_retry<T, F, Fut>(policy: &RetryPolicy, cancel: &CancellationToken, mut op: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
+    let mut attempt = 0u32;
+    let mut malformed = 0u32;
+    loop {
+        let err = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let retry = match err.class {
+            ErrorClass::Transient => attempt < policy.max_retries,
+            ErrorClass::Malformed => {
+                malformed += 1;
+                malformed <= MALFORMED_RETRIES && attempt < policy.max_retries
+            }
+            ErrorClass::Conversation | ErrorClass::Fatal => false,
+        };
+        if !retry {
+            return Err(err);
+        }
+        let wait = backoff(policy, attempt, err.retry_after, rand::thread_rng().gen());
+        tracing::debug!(endpoint = err.endpoint, status = err.status, code = %err.code, attempt, wait_ms = wait.as_millis() as u64, "retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return Err(err),
+        }
+        attempt += 1;
+    }
+}
+
+/// The provider adapters, as one type the engine can hold.
+pub enum Client {
+    Xquik(xquik::Xquik),
+}
+
+impl Client {
+    /// Builds the adapter for a pipeline. Reads the pipeline's secrets; the error names where they should be.
+    pub fn new(p: &Pipeline) -> Result<Client, crate::config::ConfigError> {
+        match p.provider {
+            ProviderKind::Xquik => {
+                let key = p.api_key.read(&p.name, "API key")?;
+                Ok(Client::Xquik(xquik::Xquik::new(p, &key)?))
+            }
+            other => Err(crate::config::ConfigError(format!(
+                "pipeline `{}`: provider {other} is not supported by this build yet; use provider = \"xquik\"",
+                p.name
+            ))),
+        }
+    }
+
+    /// The route template of the history endpoint, for records and logs.
+    pub fn history_endpoint(&self, _conv: &Conversation) -> &'static str {
+        match self {
+            Client::Xquik(_) => xquik::HISTORY,
+        }
+    }
+
+    /// One history page (no retries; wrap in [`with_retry`]).
+    pub async fn history(&self, conv: &Conversation, cursor: Option<&str>) -> Result<Page, ProviderError> {
+        match self {
+            Client::Xquik(c) => c.history(conv, cursor).await,
+        }
+    }
+
+    /// Looks a user up by ID or username (no `@`).
+    pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
+        match self {
+            Client::Xquik(c) => c.lookup_user(id_or_username).await,
+        }
+    }
+
+    /// The account's own user ID, when the provider knows it without a lookup.
+    pub fn account_user_id(&self) -> Option<&str> {
+        match self {
+            Client::Xquik(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy { request_timeout: Duration::from_secs(5), max_retries: 3, base: Duration::from_millis(100), max: Duration::from_secs(2) }
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_bounds() {
+        let p = policy();
+        assert_eq!(backoff(&p, 0, None, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(&p, 0, None, 0.999_999).as_millis(), 99);
+        assert_eq!(backoff(&p, 3, None, 0.0), Duration::from_millis(400));
+        assert_eq!(backoff(&p, 30, None, 0.0), Duration::from_secs(1), "capped at max, halved by jitter floor");
+        assert!(backoff(&p, 30, None, 0.99) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_and_is_clamped() {
+        let p = policy();
+        assert!(backoff(&p, 0, Some(Duration::from_secs(7)), 0.5) >= Duration::from_secs(7));
+        assert!(backoff(&p, 0, Some(Duration::from_secs(86_400)), 0.0) <= MAX_RETRY_AFTER);
+    }
+
+    fn fail(class: ErrorClass) -> ProviderError {
+        ProviderError { retry_after: Some(Duration::from_millis(1)), ..ProviderError::new(class, "GET /t", Some(503), "x", "y") }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_is_retried_until_success_but_fatal_is_not() {
+        let cancel = CancellationToken::new();
+        let mut calls = 0;
+        let r: Result<u32, _> = with_retry(&policy(), &cancel, || {
+            calls += 1;
+            let c = calls;
+            async move { if c < 3 { Err(fail(ErrorClass::Transient)) } else { Ok(c) } }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+        for class in [ErrorClass::Fatal, ErrorClass::Conversation] {
+            let mut calls = 0;
+            let r: Result<(), _> = with_retry(&policy(), &cancel, || {
+                calls += 1;
+                async move { Err(fail(class)) }
+            })
+            .await;
+            assert!(r.is_err());
+            assert_eq!(calls, 1, "{class:?} must never be retried");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_bounded() {
+        let cancel = CancellationToken::new();
+        let mut calls = 0;
+        let _ = with_retry::<(), _, _>(&policy(), &cancel, || {
+            calls += 1;
+            async { Err(fail(ErrorClass::Transient)) }
+        })
+        .await;
+        assert_eq!(calls, 4, "one try plus max_retries");
+        let mut calls = 0;
+        let _ = with_retry::<(), _, _>(&policy(), &cancel, || {
+            calls += 1;
+            async { Err(fail(ErrorClass::Malformed)) }
+        })
+        .await;
+        assert_eq!(calls, 1 + MALFORMED_RETRIES);
+    }
+}
