@@ -1,0 +1,396 @@
+//! Pure rotation policy and segment names: when the active file must be closed, how one
+//! append is split across generations, and what a closed segment is called.
+//!
+//! Nothing here touches the file system; `super` (the `Sink`) executes the plans made here
+//! and `super::recovery` uses the name parser to find closed segments.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Every file the sink writes ends with this; the stem is the active file name without it.
+const EXT: &str = ".jsonl";
+
+/// The stem of the active file name: closed segments are `<stem>.<stamp>.<seq>.jsonl`.
+///
+/// A name without `.jsonl` is its own stem, so the active file still never matches the
+/// closed-segment glob `<stem>.*.jsonl`.
+pub(super) fn stem(file_name: &str) -> &str {
+    file_name.strip_suffix(EXT).unwrap_or(file_name)
+}
+
+/// The name generation `seq` gets when it is closed at `closed_at`.
+pub(super) fn closed_name(stem: &str, closed_at: SystemTime, seq: u64) -> String {
+    let stamp = utc_stamp(unix_ms(closed_at) / 1000);
+    format!("{stem}.{stamp}.{seq:06}{EXT}")
+}
+
+/// The generation of a closed segment of `stem`, or `None` when `name` is anything else
+/// (the active file, another pipeline's files, an operator's notes).
+pub(super) fn parse_closed_name(stem: &str, name: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix(stem)?
+        .strip_prefix('.')?
+        .strip_suffix(EXT)?;
+    let (stamp, seq) = rest.split_once('.')?;
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !is_stamp(stamp) || seq.len() < 6 || !all_digits(seq) {
+        return None;
+    }
+    seq.parse().ok()
+}
+
+/// `YYYYMMDDTHHMMSSZ`; the year may grow past four digits rather than make a name we
+/// could not parse back.
+fn is_stamp(s: &str) -> bool {
+    let Some((date, time)) = s.strip_suffix('Z').and_then(|s| s.split_once('T')) else {
+        return false;
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    date.len() >= 8 && digits(date) && time.len() == 6 && digits(time)
+}
+
+/// Milliseconds since the Unix epoch; times before it count as 0 so a badly set clock
+/// cannot make the sink fail.
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `YYYYMMDDTHHMMSSZ` for `secs` after the epoch, in UTC.
+fn utc_stamp(secs: u64) -> String {
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`), done by hand because humantime panics past year 9999 and we never
+/// want naming a file to panic.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The configured limits, as the policy needs them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    /// A line that would push the active file past this many bytes goes to a new generation.
+    pub max_bytes: u64,
+    /// A non-empty active file this old (since its first line) is closed; `None` = never.
+    pub max_age: Option<Duration>,
+}
+
+/// What the policy needs to know about the active file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Active {
+    /// Bytes in the active file; rotation only ever closes a non-empty one.
+    pub len: u64,
+    /// Unix ms of the first line in it; the age limit counts from here.
+    pub since_ms: Option<u64>,
+}
+
+/// Whether the active file has reached the age limit (and so is due to be closed).
+pub(super) fn age_due(active: Active, limits: &Limits, now_ms: u64) -> bool {
+    let (Some(max_age), Some(since)) = (limits.max_age, active.since_ms) else {
+        return false;
+    };
+    let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+    // A clock that went backwards saturates to age 0: late rotation beats a burst of them.
+    active.len > 0 && now_ms.saturating_sub(since) >= max_ms
+}
+
+/// One `write_all` of an append: the lines that go into one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Batch {
+    /// Close the active file before writing this batch.
+    pub rotate_first: bool,
+    /// Indices (into the append's lines) written by this batch, in order.
+    pub lines: Range<usize>,
+}
+
+/// Splits one append into batches, one per generation it touches.
+///
+/// `line_lens` are the on-disk sizes (including the `\n`). A line rotates first when it
+/// would push a non-empty file past `max_bytes`, so a closed segment never exceeds the
+/// limit unless it holds one oversize line alone, and is never empty. The age limit is
+/// checked once, before the first line: an append is too short for age to change inside it.
+pub(super) fn plan_append(
+    active: Active,
+    line_lens: impl IntoIterator<Item = u64>,
+    limits: &Limits,
+    now_ms: u64,
+) -> Vec<Batch> {
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut len = active.len;
+    let mut rotate_next = age_due(active, limits, now_ms);
+    if rotate_next {
+        len = 0;
+    }
+    for (i, line_len) in line_lens.into_iter().enumerate() {
+        if len > 0 && len.saturating_add(line_len) > limits.max_bytes {
+            rotate_next = true;
+            len = 0;
+        }
+        match batches.last_mut() {
+            Some(batch) if !rotate_next => batch.lines.end = i + 1,
+            _ => batches.push(Batch {
+                rotate_first: std::mem::take(&mut rotate_next),
+                lines: i..i + 1,
+            }),
+        }
+        len = len.saturating_add(line_len);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `*` matches any run of characters, everything else itself: the shell glob loaders use.
+    fn glob_match(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => {
+                let Some(rest) = name.strip_prefix(head) else {
+                    return false;
+                };
+                (0..=rest.len())
+                    .filter(|&i| rest.is_char_boundary(i))
+                    .any(|i| glob_match(tail, &rest[i..]))
+            }
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 10,
+        max_age: None,
+    };
+
+    fn fresh() -> Active {
+        Active {
+            len: 0,
+            since_ms: None,
+        }
+    }
+
+    fn batch(rotate_first: bool, lines: Range<usize>) -> Batch {
+        Batch {
+            rotate_first,
+            lines,
+        }
+    }
+
+    #[test]
+    fn closed_name_has_utc_stamp_and_six_digit_seq() {
+        // 2024-02-29T23:59:58Z, a leap day.
+        assert_eq!(
+            closed_name("xquik-dm-handoff", at(1_709_251_198), 7),
+            "xquik-dm-handoff.20240229T235958Z.000007.jsonl"
+        );
+        assert_eq!(
+            closed_name("s", at(0), 1_234_567),
+            "s.19700101T000000Z.1234567.jsonl"
+        );
+    }
+
+    #[test]
+    fn stamp_agrees_with_humantime() {
+        for secs in [
+            0,
+            59,
+            951_782_400,
+            1_709_251_198,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
+            let want = humantime::format_rfc3339_seconds(at(secs))
+                .to_string()
+                .replace(['-', ':'], "");
+            assert_eq!(utc_stamp(secs), want, "secs={secs}");
+        }
+        // Past humantime's range we still make a name we can parse back.
+        let far = closed_name("s", at(253_402_300_800), 3);
+        assert_eq!(far, "s.100000101T000000Z.000003.jsonl");
+        assert_eq!(parse_closed_name("s", &far), Some(3));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for seq in [1, 42, 999_999, 1_000_000, u64::MAX] {
+            for stem in ["xquik-dm-handoff", "a.b", "x"] {
+                let name = closed_name(stem, at(1_700_000_000), seq);
+                assert_eq!(parse_closed_name(stem, &name), Some(seq), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn parse_ignores_everything_else() {
+        let stem = "out";
+        for name in [
+            "out.jsonl",
+            "out.20240101T000000Z.00001.jsonl",
+            "out.20240101T000000Z.000001.jsonl.tmp",
+            "out.20240101T000000.000001.jsonl",
+            "out.2024-01-01T000000Z.000001.jsonl",
+            "out.20240101T000000Z.00000a.jsonl",
+            "out.20240101T000000Z..jsonl",
+            "out.x.20240101T000000Z.000001.jsonl",
+            "other.20240101T000000Z.000001.jsonl",
+            "outer.20240101T000000Z.000001.jsonl",
+            ".out.20240101T000000Z.000001.jsonl",
+            "out.20240101T000000Z.99999999999999999999999.jsonl",
+        ] {
+            assert_eq!(parse_closed_name(stem, name), None, "{name}");
+        }
+        assert_eq!(
+            parse_closed_name(stem, "out.20240101T000000Z.000001.jsonl"),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn glob_matches_closed_segments_only() {
+        for file_name in ["xquik-dm-handoff.jsonl", "a.b.jsonl", "plain"] {
+            let stem = stem(file_name);
+            let glob = format!("{stem}.*.jsonl");
+            assert!(!glob_match(&glob, file_name), "{glob} matches {file_name}");
+            for seq in [1, 999_999, 1_000_000] {
+                let closed = closed_name(stem, at(1_700_000_000), seq);
+                assert!(glob_match(&glob, &closed), "{glob} misses {closed}");
+            }
+        }
+        assert_eq!(stem("xquik-dm-handoff.jsonl"), "xquik-dm-handoff");
+        assert_eq!(stem("plain"), "plain");
+    }
+
+    #[test]
+    fn line_that_fills_the_file_exactly_fits() {
+        let active = Active {
+            len: 6,
+            since_ms: Some(0),
+        };
+        assert_eq!(plan_append(active, [4], &LIMITS, 0), [batch(false, 0..1)]);
+    }
+
+    #[test]
+    fn one_byte_more_rotates_first() {
+        let active = Active {
+            len: 6,
+            since_ms: Some(0),
+        };
+        assert_eq!(plan_append(active, [5], &LIMITS, 0), [batch(true, 0..1)]);
+    }
+
+    #[test]
+    fn empty_file_never_rotates_even_for_an_oversize_line() {
+        assert_eq!(plan_append(fresh(), [50], &LIMITS, 0), [batch(false, 0..1)]);
+    }
+
+    #[test]
+    fn oversize_line_goes_alone() {
+        let plan = plan_append(fresh(), [3, 50, 3, 3, 3, 3], &LIMITS, 0);
+        assert_eq!(
+            plan,
+            [
+                batch(false, 0..1),
+                batch(true, 1..2),
+                batch(true, 2..5),
+                batch(true, 5..6)
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_limit_puts_every_line_alone() {
+        let limits = Limits {
+            max_bytes: 0,
+            max_age: None,
+        };
+        let plan = plan_append(fresh(), [1, 1], &limits, 0);
+        assert_eq!(plan, [batch(false, 0..1), batch(true, 1..2)]);
+    }
+
+    #[test]
+    fn no_lines_no_batches() {
+        let active = Active {
+            len: 5,
+            since_ms: Some(0),
+        };
+        let limits = Limits {
+            max_bytes: 10,
+            max_age: Some(Duration::ZERO),
+        };
+        assert!(plan_append(active, [], &limits, 99).is_empty());
+    }
+
+    #[test]
+    fn age_due_at_the_limit_not_before() {
+        let limits = Limits {
+            max_bytes: 100,
+            max_age: Some(Duration::from_secs(60)),
+        };
+        let active = Active {
+            len: 1,
+            since_ms: Some(1_000),
+        };
+        assert!(!age_due(active, &limits, 60_999));
+        assert!(age_due(active, &limits, 61_000));
+        // Clock went backwards.
+        assert!(!age_due(active, &limits, 0));
+        // Empty or never-written files are never due.
+        let empty = Active {
+            len: 0,
+            since_ms: Some(0),
+        };
+        assert!(!age_due(empty, &limits, u64::MAX));
+        let unknown = Active {
+            len: 1,
+            since_ms: None,
+        };
+        assert!(!age_due(unknown, &limits, u64::MAX));
+        let no_limit = Limits {
+            max_age: None,
+            ..limits
+        };
+        assert!(!age_due(active, &no_limit, u64::MAX));
+    }
+
+    #[test]
+    fn age_rotates_before_the_first_line() {
+        let limits = Limits {
+            max_bytes: 10,
+            max_age: Some(Duration::from_secs(1)),
+        };
+        let active = Active {
+            len: 2,
+            since_ms: Some(0),
+        };
+        assert_eq!(
+            plan_append(active, [5, 5, 5], &limits, 1_000),
+            [batch(true, 0..2), batch(true, 2..3)]
+        );
+        assert_eq!(
+            plan_append(active, [5, 5], &limits, 999),
+            [batch(false, 0..1), batch(true, 1..2)]
+        );
+    }
+}
