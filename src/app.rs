@@ -69,15 +69,26 @@ fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a Pipeline>, Co
     for n in names {
         if !cfg.pipelines.iter().any(|p| &p.name == n) {
             let known: Vec<_> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
-            return Err(ConfigError(format!("no pipeline named `{n}` in {}; configured: {}", cfg.path.display(), known.join(", "))));
+            return Err(ConfigError(format!(
+                "no pipeline named `{n}` in {}; configured: {}",
+                cfg.path.display(),
+                known.join(", ")
+            )));
         }
     }
-    Ok(cfg.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.name)).collect())
+    Ok(cfg
+        .pipelines
+        .iter()
+        .filter(|p| names.is_empty() || names.contains(&p.name))
+        .collect())
 }
 
 fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(), ConfigError> {
     for c in only {
-        if !pipelines.iter().any(|p| p.conversations.iter().any(|x| &x.to_string() == c)) {
+        if !pipelines
+            .iter()
+            .any(|p| p.conversations.iter().any(|x| &x.to_string() == c))
+        {
             return Err(ConfigError(format!("conversation `{c}` is not configured in the selected pipelines; list it under `conversations` first")));
         }
     }
@@ -87,25 +98,43 @@ fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(), C
 /// Opens the state and each selected pipeline's client and writer (which recovers its files).
 fn open_runtimes(cfg: &Config, pipelines: &[&Pipeline]) -> anyhow::Result<Vec<Arc<Runtime>>> {
     // Secrets first: a missing key should not leave a state directory behind.
-    let clients = pipelines.iter().map(|p| Client::new(p)).collect::<Result<Vec<_>, _>>()?;
+    let clients = pipelines
+        .iter()
+        .map(|p| Client::new(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
     let mut out = Vec::new();
     for (p, client) in pipelines.iter().zip(clients) {
-        let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p)).map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
-        out.push(Arc::new(Runtime { pipeline: (*p).clone(), client, handoff, store: store.clone() }));
+        let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p))
+            .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
+        out.push(Arc::new(Runtime {
+            pipeline: (*p).clone(),
+            client,
+            handoff,
+            store: store.clone(),
+        }));
     }
     Ok(out)
 }
 
 /// The sink settings of a pipeline.
 pub fn sink_config(p: &Pipeline) -> SinkConfig {
-    SinkConfig { dir: p.output_dir.clone(), file_name: p.file_name.clone(), rotate_max_bytes: p.rotate_max_bytes, rotate_max_age: p.rotate_max_age }
+    SinkConfig {
+        dir: p.output_dir.clone(),
+        file_name: p.file_name.clone(),
+        rotate_max_bytes: p.rotate_max_bytes,
+        rotate_max_age: p.rotate_max_age,
+    }
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM (finish at a page boundary); a second one exits at once.
 fn stop_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
         let mut count = 0;
         loop {
             tokio::select! {
@@ -133,7 +162,12 @@ async fn run_once(cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::R
     let global = Arc::new(Semaphore::new(cfg.max_concurrency));
     let mut set = JoinSet::new();
     for rt in &runtimes {
-        set.spawn(sync_pipeline(rt.clone(), opts.clone(), global.clone(), cancel.clone()));
+        set.spawn(sync_pipeline(
+            rt.clone(),
+            opts.clone(),
+            global.clone(),
+            cancel.clone(),
+        ));
     }
     let mut reports = Vec::new();
     while let Some(r) = set.join_next().await {
@@ -173,7 +207,13 @@ fn print_reports(reports: &[PipelineReport]) {
             credits
         );
         for c in &r.conversations {
-            let backfill = if c.backfill_done { "backfill done" } else if c.limited { "backfill paused (limit)" } else { "backfill pending" };
+            let backfill = if c.backfill_done {
+                "backfill done"
+            } else if c.limited {
+                "backfill paused (limit)"
+            } else {
+                "backfill pending"
+            };
             let _ = writeln!(
                 out,
                 "  {:<22} pages {:>5}  new {:>7}  dup {:>6}  credits {:>7}  {}",
@@ -188,7 +228,10 @@ fn print_reports(reports: &[PipelineReport]) {
         }
         for c in &r.conversations {
             if let Some(e) = &c.error {
-                eprintln!("error: pipeline `{}` conversation {}: {e}", r.pipeline, c.conversation);
+                eprintln!(
+                    "error: pipeline `{}` conversation {}: {e}",
+                    r.pipeline, c.conversation
+                );
             }
         }
     }
@@ -196,7 +239,12 @@ fn print_reports(reports: &[PipelineReport]) {
 
 async fn sync(cfg: &Config, args: SyncArgs) -> anyhow::Result<Exit> {
     // backfill None: each pipeline's own `backfill` setting decides, within its per-run limits.
-    let opts = RunOptions { head: true, backfill: None, only: args.conversations, ..Default::default() };
+    let opts = RunOptions {
+        head: true,
+        backfill: None,
+        only: args.conversations,
+        ..Default::default()
+    };
     run_once(cfg, &args.pipelines, opts).await
 }
 
@@ -217,20 +265,36 @@ fn worse(a: Exit, b: Exit) -> Exit {
 
 async fn backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<Exit> {
     let since = match &args.since {
-        Some(s) => Some(humantime::parse_rfc3339_weak(s).map_err(|_| ConfigError(format!("--since `{s}` is not an RFC 3339 time like 2026-01-31T00:00:00Z")))?),
+        Some(s) => Some(humantime::parse_rfc3339_weak(s).map_err(|_| {
+            ConfigError(format!(
+                "--since `{s}` is not an RFC 3339 time like 2026-01-31T00:00:00Z"
+            ))
+        })?),
         None => None,
     };
     if args.max_pages == Some(0) {
         return Err(ConfigError("--max-pages must be at least 1".into()).into());
     }
-    let opts = RunOptions { head: false, backfill: Some(true), max_pages: args.max_pages, since, only: args.conversations };
+    let opts = RunOptions {
+        head: false,
+        backfill: Some(true),
+        max_pages: args.max_pages,
+        since,
+        only: args.conversations,
+    };
     run_once(cfg, &args.pipelines, opts).await
 }
 
 fn check(cfg: &Config) -> anyhow::Result<Exit> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "config {}: valid", cfg.path.display())?;
-    writeln!(out, "state_dir {} (max_concurrency {}, shutdown_timeout {:?})", cfg.state_dir.display(), cfg.max_concurrency, cfg.shutdown_timeout)?;
+    writeln!(
+        out,
+        "state_dir {} (max_concurrency {}, shutdown_timeout {:?})",
+        cfg.state_dir.display(),
+        cfg.max_concurrency,
+        cfg.shutdown_timeout
+    )?;
     for p in &cfg.pipelines {
         let key = match p.api_key.read(&p.name, "API key") {
             Ok(_) => "present".to_string(),
@@ -240,20 +304,41 @@ fn check(cfg: &Config) -> anyhow::Result<Exit> {
         writeln!(out, "  base_url      {}", p.base_url)?;
         writeln!(out, "  account       {}", p.account)?;
         writeln!(out, "  api key       {} ({key})", p.api_key.describe())?;
-        let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();
-        writeln!(out, "  conversations {} [{}]", convs.len(), convs.join(", "))?;
+        let convs: Vec<String> = p
+            .conversations
+            .iter()
+            .map(ConversationRef::to_string)
+            .collect();
+        writeln!(
+            out,
+            "  conversations {} [{}]",
+            convs.len(),
+            convs.join(", ")
+        )?;
         writeln!(out, "  schedule      {}", p.schedule)?;
-        writeln!(out, "  output        {}", p.output_dir.join(&p.file_name).display())?;
+        writeln!(
+            out,
+            "  output        {}",
+            p.output_dir.join(&p.file_name).display()
+        )?;
         writeln!(
             out,
             "  rotation      at {} bytes{}",
             p.rotate_max_bytes,
-            p.rotate_max_age.map(|a| format!(" or {}", humantime::format_duration(a))).unwrap_or_default()
+            p.rotate_max_age
+                .map(|a| format!(" or {}", humantime::format_duration(a)))
+                .unwrap_or_default()
         )?;
-        let limits = match (p.backfill, p.backfill_max_pages_per_run, p.max_credits_per_run) {
+        let limits = match (
+            p.backfill,
+            p.backfill_max_pages_per_run,
+            p.max_credits_per_run,
+        ) {
             (false, _, _) => "off during sync (use the backfill command)".to_string(),
             (true, 0, 0) => "full history, no per-run limit".to_string(),
-            (true, pages, credits) => format!("up to {pages} pages / {credits} credits per run (0 = no limit)"),
+            (true, pages, credits) => {
+                format!("up to {pages} pages / {credits} credits per run (0 = no limit)")
+            }
         };
         writeln!(out, "  backfill      {limits}")?;
         if p.redact_text {
@@ -303,12 +388,19 @@ fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
                 messages_written: st.messages_written,
                 newest_message_id: st.newest_id,
                 backfill_done: st.backfill_done,
-                last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+                last_sync: st
+                    .last_sync_ms
+                    .map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
                 last_error: st.last_error,
                 credits_total: st.credits_total,
             });
         }
-        doc.push(StatusPipeline { name: p.name.clone(), provider: p.provider.name(), output_dir: p.output_dir.display().to_string(), conversations: convs });
+        doc.push(StatusPipeline {
+            name: p.name.clone(),
+            provider: p.provider.name(),
+            output_dir: p.output_dir.display().to_string(),
+            conversations: convs,
+        });
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -317,8 +409,16 @@ fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     for p in &doc {
-        writeln!(out, "pipeline {} ({}) -> {}", p.name, p.provider, p.output_dir)?;
-        writeln!(out, "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error", "conversation", "messages", "newest id", "backfill", "last sync", "credits")?;
+        writeln!(
+            out,
+            "pipeline {} ({}) -> {}",
+            p.name, p.provider, p.output_dir
+        )?;
+        writeln!(
+            out,
+            "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error",
+            "conversation", "messages", "newest id", "backfill", "last sync", "credits"
+        )?;
         for c in &p.conversations {
             writeln!(
                 out,
@@ -339,8 +439,15 @@ fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
 async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     let mut sim_cfg = match &args.scenario {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read scenario {}: {e}", path.display())))?;
-            serde_json::from_str(&text).map_err(|e| ConfigError(format!("scenario {}: {e}; see the simulator section of the README", path.display())))?
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read scenario {}: {e}", path.display()))
+            })?;
+            serde_json::from_str(&text).map_err(|e| {
+                ConfigError(format!(
+                    "scenario {}: {e}; see the simulator section of the README",
+                    path.display()
+                ))
+            })?
         }
         None => crate::simulator::default_scenario(),
     };
@@ -349,24 +456,39 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}; pick another --listen address", args.listen)))?;
+        .map_err(|e| {
+            ConfigError(format!(
+                "cannot listen on {}: {e}; pick another --listen address",
+                args.listen
+            ))
+        })?;
     let addr = listener.local_addr()?;
-    println!("dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)");
+    println!(
+        "dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)"
+    );
     std::io::stdout().flush()?;
     let cancel = CancellationToken::new();
     stop_on_signal(cancel.clone());
-    crate::simulator::Simulator::new(sim_cfg).serve(listener, async move { cancel.cancelled().await }).await?;
+    crate::simulator::Simulator::new(sim_cfg)
+        .serve(listener, async move { cancel.cancelled().await })
+        .await?;
     Ok(Exit::Ok)
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let handle = crate::simulator::Simulator::spawn(crate::simulator::default_scenario()).await.context("starting the simulator")?;
+    let handle = crate::simulator::Simulator::spawn(crate::simulator::default_scenario())
+        .await
+        .context("starting the simulator")?;
     let config_path = dir.join("pipelines.toml");
     std::fs::write(dir.join("demo-api-key"), "xq_demo_key_not_secret\n")?;
     let scenario = crate::simulator::default_scenario();
-    let convs: Vec<String> = scenario.conversations.iter().map(|c| format!("\"{}\"", c.peer_id)).collect();
+    let convs: Vec<String> = scenario
+        .conversations
+        .iter()
+        .map(|c| format!("\"{}\"", c.peer_id))
+        .collect();
     std::fs::write(
         &config_path,
         format!(
@@ -380,12 +502,41 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
         ),
     )?;
     let cfg = config::load(&config_path)?;
-    println!("demo: simulator on {} serving {} conversations; config {}", handle.base_url(), scenario.conversations.len(), config_path.display());
+    println!(
+        "demo: simulator on {} serving {} conversations; config {}",
+        handle.base_url(),
+        scenario.conversations.len(),
+        config_path.display()
+    );
     println!("\n== first sync: everything the simulator has");
-    let first = run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?;
-    let ids = handle.sim.add_messages(&scenario.conversations[0].peer_id, 5);
-    println!("\n== {} new messages arrive in {}; second sync writes only those", ids.len(), scenario.conversations[0].peer_id);
-    let second = run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?;
+    let first = run_once(
+        &cfg,
+        &[],
+        RunOptions {
+            head: true,
+            backfill: Some(true),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ids = handle
+        .sim
+        .add_messages(&scenario.conversations[0].peer_id, 5);
+    println!(
+        "\n== {} new messages arrive in {}; second sync writes only those",
+        ids.len(),
+        scenario.conversations[0].peer_id
+    );
+    let second = run_once(
+        &cfg,
+        &[],
+        RunOptions {
+            head: true,
+            backfill: Some(true),
+            ..Default::default()
+        },
+    )
+    .await?;
     let stats = handle.sim.stats();
     handle.shutdown().await;
     let out_dir = &cfg.pipelines[0].output_dir;
@@ -394,24 +545,40 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     for (name, lines, bytes) in &files {
         println!("  {name:<52} {lines:>6} records {bytes:>9} bytes");
     }
-    println!("  total {records} records; simulator served {} requests, {} credits", stats.requests, stats.credits);
+    println!(
+        "  total {records} records; simulator served {} requests, {} credits",
+        stats.requests, stats.credits
+    );
     let active = out_dir.join(&cfg.pipelines[0].file_name);
     println!("\nLook at it:");
     println!("  tail -n 3 {}", active.display());
-    println!("  cargo run --release -- status --config {}", config_path.display());
-    println!("  cargo run --release -- sync --config {}   # run again: nothing is written twice", config_path.display());
+    println!(
+        "  cargo run --release -- status --config {}",
+        config_path.display()
+    );
+    println!(
+        "  cargo run --release -- sync --config {}   # run again: nothing is written twice",
+        config_path.display()
+    );
     Ok(worse(first, second))
 }
 
-/// (file name, lines, bytes) of each handoff file in a folder, closed segments first, and the line total.
-fn describe_files(dir: &Path) -> anyhow::Result<(Vec<(String, u64, u64)>, u64)> {
+/// A handoff file as the demo reports it: (file name, lines, bytes).
+type FileSummary = (String, u64, u64);
+
+/// Each handoff file in a folder, closed segments first, and the line total.
+fn describe_files(dir: &Path) -> anyhow::Result<(Vec<FileSummary>, u64)> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".jsonl") {
             let data = std::fs::read(e.path())?;
-            files.push((name, data.iter().filter(|b| **b == b'\n').count() as u64, data.len() as u64));
+            files.push((
+                name,
+                data.iter().filter(|b| **b == b'\n').count() as u64,
+                data.len() as u64,
+            ));
         }
     }
     // Closed segments sort by their timestamp and sequence; the active file (no sequence) goes last.

@@ -9,7 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "dm-handoff", version, about, propagate_version = true)]
 pub struct Opts {
     /// The pipelines file. Relative paths inside it are taken from its folder.
-    #[arg(long, short, global = true, default_value = "pipelines.toml", env = "DM_HANDOFF_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "pipelines.toml",
+        env = "DM_HANDOFF_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log level for dm-handoff's own logs (error, warn, info, debug, trace). RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]

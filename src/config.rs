@@ -269,7 +269,11 @@ impl ConversationRef {
         } else {
             Err(format!(
                 "`{s}` is neither a numeric user ID nor an @username{}",
-                if provider == ProviderKind::Xquik { "" } else { " nor conv:<id>" }
+                if provider == ProviderKind::Xquik {
+                    ""
+                } else {
+                    " nor conv:<id>"
+                }
             ))
         }
     }
@@ -339,7 +343,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             path.display()
         ))
     })?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     from_str(&text, path, base)
 }
 
@@ -348,7 +355,12 @@ pub fn from_str(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigEr
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
-            .map(|s| format!(" line {}", text[..s.start.min(text.len())].lines().count().max(1)))
+            .map(|s| {
+                format!(
+                    " line {}",
+                    text[..s.start.min(text.len())].lines().count().max(1)
+                )
+            })
             .unwrap_or_default();
         // toml's own message can span lines; one line is what we promise.
         let msg = e.message().replace('\n', " ");
@@ -362,7 +374,9 @@ pub fn from_str(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigEr
 
 fn parse_duration(key: &str, v: &str, what: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(v).map_err(|_| {
-        ConfigError(format!("{what}: `{key} = \"{v}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\""))
+        ConfigError(format!(
+            "{what}: `{key} = \"{v}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\""
+        ))
     })
 }
 
@@ -388,7 +402,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
     if raw.max_concurrency == 0 {
         return err(format!("config {file}: max_concurrency must be at least 1"));
     }
-    let shutdown_timeout = parse_duration("shutdown_timeout", &raw.shutdown_timeout, &format!("config {file}"))?;
+    let shutdown_timeout = parse_duration(
+        "shutdown_timeout",
+        &raw.shutdown_timeout,
+        &format!("config {file}"),
+    )?;
     if raw.pipelines.is_empty() {
         return err(format!(
             "config {file}: no [[pipelines]] defined; add at least one (see the annotated pipelines.toml)"
@@ -406,16 +424,26 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
                     "{at}: name `{n}` must be 1-64 letters, digits, `-` or `_`; rename it"
                 ))
             }
-            None => return err(format!("{at}: missing key `name`; give the pipeline a unique name")),
+            None => {
+                return err(format!(
+                    "{at}: missing key `name`; give the pipeline a unique name"
+                ))
+            }
         };
         let at = format!("config {file}: pipeline `{name}`");
         if !names.insert(name.clone()) {
-            return err(format!("{at}: the name is used twice; pipeline names must be unique"));
+            return err(format!(
+                "{at}: the name is used twice; pipeline names must be unique"
+            ));
         }
         let Some(provider) = rp.provider else {
-            return err(format!("{at}: missing key `provider`; set it to xquik, x-api-v2 or getxapi"));
+            return err(format!(
+                "{at}: missing key `provider`; set it to xquik, x-api-v2 or getxapi"
+            ));
         };
-        let base_url = rp.base_url.unwrap_or_else(|| provider.default_base_url().to_string());
+        let base_url = rp
+            .base_url
+            .unwrap_or_else(|| provider.default_base_url().to_string());
         let base_url = base_url.trim_end_matches('/').to_string();
         match reqwest::Url::parse(&base_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -468,19 +496,28 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
             _ => {
                 return err(format!(
                     "{at}: missing key `account`; set the connected sender account ({})",
-                    if provider == ProviderKind::Xquik { "its handle" } else { "its numeric user ID" }
+                    if provider == ProviderKind::Xquik {
+                        "its handle"
+                    } else {
+                        "its numeric user ID"
+                    }
                 ))
             }
         };
         if provider != ProviderKind::Xquik && !account.chars().all(|c| c.is_ascii_digit()) {
-            return err(format!("{at}: provider {provider} needs `account` as the numeric user ID, not `{account}`"));
+            return err(format!(
+                "{at}: provider {provider} needs `account` as the numeric user ID, not `{account}`"
+            ));
         }
         let mut conversations = Vec::new();
         let mut seen = BTreeSet::new();
         for c in &rp.conversations {
-            let conv = ConversationRef::parse(c, provider).map_err(|m| ConfigError(format!("{at}: conversations: {m}")))?;
+            let conv = ConversationRef::parse(c, provider)
+                .map_err(|m| ConfigError(format!("{at}: conversations: {m}")))?;
             if !seen.insert(conv.to_string()) {
-                return err(format!("{at}: conversations lists `{conv}` twice; remove one"));
+                return err(format!(
+                    "{at}: conversations lists `{conv}` twice; remove one"
+                ));
             }
             conversations.push(conv);
         }
@@ -491,7 +528,10 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
                 rp.schedule
             ));
         }
-        let output_dir = resolve(&rp.output_dir.unwrap_or_else(|| PathBuf::from("out").join(&name)));
+        let output_dir = resolve(
+            &rp.output_dir
+                .unwrap_or_else(|| PathBuf::from("out").join(&name)),
+        );
         if !outputs.insert(output_dir.clone()) {
             return err(format!(
                 "{at}: output_dir {} is already used by another pipeline; give each pipeline its own",
@@ -568,7 +608,10 @@ fn key_file(p: PathBuf, base: &Path) -> PathBuf {
 }
 
 fn is_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Keys pasted where a variable name belongs must not be echoed back into logs or terminals.
@@ -603,7 +646,11 @@ rotate_max_bytes = 67108864
 "#;
 
     fn check(text: &str) -> Result<Config, ConfigError> {
-        from_str(text, Path::new("/etc/dm/pipelines.toml"), Path::new("/etc/dm"))
+        from_str(
+            text,
+            Path::new("/etc/dm/pipelines.toml"),
+            Path::new("/etc/dm"),
+        )
     }
 
     fn check_err(text: &str) -> String {
@@ -617,7 +664,13 @@ rotate_max_bytes = 67108864
         let p = &cfg.pipelines[0];
         assert_eq!(p.output_dir, PathBuf::from("/etc/dm/out/support"));
         assert_eq!(p.api_key, KeySource::Env("XQUIK_API_KEY".into()));
-        assert_eq!(p.conversations, vec![ConversationRef::Peer("44196397".into()), ConversationRef::Peer("1234567890".into())]);
+        assert_eq!(
+            p.conversations,
+            vec![
+                ConversationRef::Peer("44196397".into()),
+                ConversationRef::Peer("1234567890".into())
+            ]
+        );
         assert_eq!(p.base_url, "http://127.0.0.1:8787/api/v1");
         assert_eq!(p.file_name, "xquik-dm-handoff.jsonl");
         assert!(p.backfill);
@@ -627,14 +680,22 @@ rotate_max_bytes = 67108864
     #[test]
     fn unknown_key_names_the_key_and_line() {
         let e = check_err(&MINIMAL.replace("rotate_max_bytes", "rotate_max_byte"));
-        assert!(e.contains("rotate_max_byte") && e.contains("line 12"), "{e}");
+        assert!(
+            e.contains("rotate_max_byte") && e.contains("line 12"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
     }
 
     #[test]
     fn missing_required_keys_say_which() {
-        assert!(check_err(&MINIMAL.replace("api_key_env = \"XQUIK_API_KEY\"\n", "")).contains("api_key_env"));
-        assert!(check_err(&MINIMAL.replace("account = \"acme_support\"\n", "")).contains("`account`"));
+        assert!(
+            check_err(&MINIMAL.replace("api_key_env = \"XQUIK_API_KEY\"\n", ""))
+                .contains("api_key_env")
+        );
+        assert!(
+            check_err(&MINIMAL.replace("account = \"acme_support\"\n", "")).contains("`account`")
+        );
         assert!(check_err(&MINIMAL.replace("provider = \"xquik\"\n", "")).contains("`provider`"));
         assert!(check_err("state_dir = \"s\"\n").contains("no [[pipelines]]"));
     }
@@ -642,11 +703,18 @@ rotate_max_bytes = 67108864
     #[test]
     fn bad_values_are_explained() {
         assert!(check_err(&MINIMAL.replace("\"xquik\"", "\"myspace\"")).contains("line"));
-        assert!(check_err(&MINIMAL.replace("\"*/30 * * * * *\"", "\"*/5 * * * *\"")).contains("6 fields"));
+        assert!(
+            check_err(&MINIMAL.replace("\"*/30 * * * * *\"", "\"*/5 * * * *\""))
+                .contains("6 fields")
+        );
         assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"not-an-id\"")).contains("not-an-id"));
         assert!(check_err(&MINIMAL.replace("\"1234567890\"", "\"44196397\"")).contains("twice"));
-        assert!(check_err(&MINIMAL.replace("http://127.0.0.1:8787/api/v1", "ftp://x")).contains("base_url"));
-        assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"conv:1-2\"")).contains("no conversation IDs"));
+        assert!(
+            check_err(&MINIMAL.replace("http://127.0.0.1:8787/api/v1", "ftp://x"))
+                .contains("base_url")
+        );
+        assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"conv:1-2\""))
+            .contains("no conversation IDs"));
     }
 
     #[test]
@@ -657,9 +725,15 @@ rotate_max_bytes = 67108864
 
     #[test]
     fn two_pipelines_may_not_share_an_output_dir_or_name() {
-        let two = format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[pipelines]]").unwrap()..].replace("\"support\"", "\"sales\""));
+        let two = format!(
+            "{MINIMAL}\n{}",
+            &MINIMAL[MINIMAL.find("[[pipelines]]").unwrap()..].replace("\"support\"", "\"sales\"")
+        );
         assert!(check_err(&two).contains("already used"));
-        let same = format!("{MINIMAL}\n{}", &MINIMAL[MINIMAL.find("[[pipelines]]").unwrap()..].replace("out/support", "out/sales"));
+        let same = format!(
+            "{MINIMAL}\n{}",
+            &MINIMAL[MINIMAL.find("[[pipelines]]").unwrap()..].replace("out/support", "out/sales")
+        );
         assert!(check_err(&same).contains("used twice"));
     }
 
@@ -670,21 +744,35 @@ rotate_max_bytes = 67108864
             .replace("acme_support", "987654321")
             .replace("\"1234567890\"", "\"@dana_ops\", \"conv:111-222\"");
         let cfg = check(&t).unwrap();
-        assert_eq!(cfg.pipelines[0].conversations[1], ConversationRef::Username("dana_ops".into()));
-        assert_eq!(cfg.pipelines[0].conversations[2], ConversationRef::ConversationId("111-222".into()));
+        assert_eq!(
+            cfg.pipelines[0].conversations[1],
+            ConversationRef::Username("dana_ops".into())
+        );
+        assert_eq!(
+            cfg.pipelines[0].conversations[2],
+            ConversationRef::ConversationId("111-222".into())
+        );
     }
 
     #[test]
     fn getxapi_needs_an_auth_token_source() {
-        let t = MINIMAL.replace("\"xquik\"", "\"getxapi\"").replace("acme_support", "987654321");
+        let t = MINIMAL
+            .replace("\"xquik\"", "\"getxapi\"")
+            .replace("acme_support", "987654321");
         assert!(check_err(&t).contains("auth_token_env"));
-        let ok = t.replace("api_key_env = \"XQUIK_API_KEY\"", "api_key_env = \"GETXAPI_KEY\"\nauth_token_env = \"GETXAPI_AUTH\"");
+        let ok = t.replace(
+            "api_key_env = \"XQUIK_API_KEY\"",
+            "api_key_env = \"GETXAPI_KEY\"\nauth_token_env = \"GETXAPI_AUTH\"",
+        );
         assert!(check(&ok).is_ok());
     }
 
     #[test]
     fn key_source_errors_name_the_variable_not_a_value() {
-        let e = KeySource::Env("DM_HANDOFF_TEST_SURELY_UNSET".into()).read("p", "API key").unwrap_err().0;
+        let e = KeySource::Env("DM_HANDOFF_TEST_SURELY_UNSET".into())
+            .read("p", "API key")
+            .unwrap_err()
+            .0;
         assert!(e.contains("DM_HANDOFF_TEST_SURELY_UNSET"));
     }
 }

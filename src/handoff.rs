@@ -60,15 +60,30 @@ pub struct Handoff {
 
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
-    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
-        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None };
+    pub fn open(
+        store: Arc<Store>,
+        pipeline: &str,
+        cfg: SinkConfig,
+    ) -> Result<(Handoff, Recovery), HandoffError> {
+        let mut writer = Writer {
+            store,
+            pipeline: pipeline.to_string(),
+            cfg,
+            sink: None,
+        };
         let recovery = writer.ensure_open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name(format!("handoff-{pipeline}"))
             .spawn(move || writer.run(rx))
             .map_err(|e| HandoffError(format!("cannot start the writer thread: {e}")))?;
-        Ok((Handoff { tx, thread: Some(thread) }, recovery))
+        Ok((
+            Handoff {
+                tx,
+                thread: Some(thread),
+            },
+            recovery,
+        ))
     }
 
     /// Makes a batch durable; returns once its lines are fsynced and its state committed.
@@ -77,7 +92,8 @@ impl Handoff {
         self.tx
             .send(Request { batch, reply })
             .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
-        rx.await.map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
+        rx.await
+            .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
     }
 
     /// Lets the writer close the active file by age even when nothing new arrives.
@@ -154,12 +170,20 @@ impl Writer {
             return Err(HandoffError("the output is not open".into()));
         };
         let now = SystemTime::now();
-        let point = if lines.is_empty() { sink.rotate_if_due(now).map(|p| p.unwrap_or_else(|| sink.position())) } else { sink.append(&lines, now) };
+        let point = if lines.is_empty() {
+            sink.rotate_if_due(now)
+                .map(|p| p.unwrap_or_else(|| sink.position()))
+        } else {
+            sink.append(&lines, now)
+        };
         let point = match point {
             Ok(p) => p,
             Err(e) => {
                 self.sink = None;
-                return Err(HandoffError(format!("output {}: {e}", self.cfg.dir.display())));
+                return Err(HandoffError(format!(
+                    "output {}: {e}",
+                    self.cfg.dir.display()
+                )));
             }
         };
         commit.sink_points.push((self.pipeline.clone(), point));
@@ -175,11 +199,18 @@ impl Writer {
         if self.sink.is_some() {
             return Ok(Recovery::default());
         }
-        let committed = self.store.commit_point(&self.pipeline).map_err(|e| HandoffError(e.to_string()))?;
+        let committed = self
+            .store
+            .commit_point(&self.pipeline)
+            .map_err(|e| HandoffError(e.to_string()))?;
         let (sink, recovered) = Sink::open(self.cfg.clone(), committed)
             .map_err(|e| HandoffError(format!("opening output {}: {e}", self.cfg.dir.display())))?;
-        let mut commit = reconcile(&self.store, &self.pipeline, &recovered.lines).map_err(|e| HandoffError(e.to_string()))?;
-        let recovery = Recovery { torn_bytes_cut: recovered.torn_bytes_cut, lines_reconciled: recovered.lines.len() as u64 };
+        let mut commit = reconcile(&self.store, &self.pipeline, &recovered.lines)
+            .map_err(|e| HandoffError(e.to_string()))?;
+        let recovery = Recovery {
+            torn_bytes_cut: recovered.torn_bytes_cut,
+            lines_reconciled: recovered.lines.len() as u64,
+        };
         if recovery.torn_bytes_cut > 0 || recovery.lines_reconciled > 0 {
             tracing::warn!(
                 pipeline = %self.pipeline,
@@ -188,21 +219,32 @@ impl Writer {
                 "recovered output left by an interrupted run"
             );
         }
-        commit.sink_points.push((self.pipeline.clone(), sink.position()));
-        self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
+        commit
+            .sink_points
+            .push((self.pipeline.clone(), sink.position()));
+        self.store
+            .commit(&commit)
+            .map_err(|e| HandoffError(e.to_string()))?;
         self.sink = Some(sink);
         Ok(recovery)
     }
 }
 
 /// Folds lines that are on disk but not in state into the seen set and the per-conversation counters.
-pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Commit, crate::state::StateError> {
+pub fn reconcile(
+    store: &Store,
+    pipeline: &str,
+    lines: &[String],
+) -> Result<Commit, crate::state::StateError> {
     let mut commit = Commit::default();
     let mut fresh = HashSet::new();
     let mut convs: BTreeMap<String, ConvState> = BTreeMap::new();
     for line in lines {
         let Some(key) = key_of_line(line) else {
-            tracing::warn!(pipeline, "a recovered line is not a dm-handoff record; left as it is");
+            tracing::warn!(
+                pipeline,
+                "a recovered line is not a dm-handoff record; left as it is"
+            );
             continue;
         };
         if store.is_seen(pipeline, &key)? || !fresh.insert(key.clone()) {
@@ -217,12 +259,19 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
                 }
             };
             st.messages_written += 1;
-            if st.newest_id.as_deref().is_none_or(|n| id_cmp(&key.id, n).is_gt()) {
+            if st
+                .newest_id
+                .as_deref()
+                .is_none_or(|n| id_cmp(&key.id, n).is_gt())
+            {
                 st.newest_id = Some(key.id.clone());
             }
         }
         commit.seen.push((pipeline.to_string(), key));
     }
-    commit.conversations = convs.into_iter().map(|(c, st)| (pipeline.to_string(), c, st)).collect();
+    commit.conversations = convs
+        .into_iter()
+        .map(|(c, st)| (pipeline.to_string(), c, st))
+        .collect();
     Ok(commit)
 }

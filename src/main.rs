@@ -17,7 +17,10 @@ fn main() {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     init_logging(&opts);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -40,9 +43,13 @@ fn init_logging(opts: &Opts) {
     // Our own crate at the chosen level; dependencies only warn unless RUST_LOG says otherwise.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,dm_handoff={}", opts.log_level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match opts.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text | LogFormat::Auto => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text | LogFormat::Auto => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
     }
 }

@@ -80,7 +80,10 @@ pub struct PipelineReport {
 
 impl PipelineReport {
     pub fn failed(&self) -> usize {
-        self.conversations.iter().filter(|c| c.error.is_some()).count()
+        self.conversations
+            .iter()
+            .filter(|c| c.error.is_some())
+            .count()
     }
 }
 
@@ -94,15 +97,27 @@ struct RunShared {
 }
 
 /// Runs one pass over a pipeline's conversations. `global` bounds conversations across pipelines.
-pub async fn sync_pipeline(rt: Arc<Runtime>, opts: RunOptions, global: Arc<Semaphore>, cancel: CancellationToken) -> PipelineReport {
-    let shared = Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
+pub async fn sync_pipeline(
+    rt: Arc<Runtime>,
+    opts: RunOptions,
+    global: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> PipelineReport {
+    let shared = Arc::new(RunShared {
+        opts,
+        credits: AtomicU64::new(0),
+        stop: cancel.child_token(),
+        fatal: Default::default(),
+    });
     let local = Arc::new(Semaphore::new(rt.pipeline.concurrency));
     let mut set = JoinSet::new();
     for conv in rt.pipeline.conversations.clone() {
-        if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string()) {
+        if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string())
+        {
             continue;
         }
-        let (rt, shared, local, global) = (rt.clone(), shared.clone(), local.clone(), global.clone());
+        let (rt, shared, local, global) =
+            (rt.clone(), shared.clone(), local.clone(), global.clone());
         set.spawn(async move {
             // Permits are only ever closed by dropping the semaphore, which cannot happen while we hold an Arc.
             let _l = local.acquire_owned().await.ok();
@@ -114,12 +129,20 @@ pub async fn sync_pipeline(rt: Arc<Runtime>, opts: RunOptions, global: Arc<Semap
     while let Some(res) = set.join_next().await {
         match res {
             Ok(r) => reports.push(r),
-            Err(e) => reports.push(ConvReport { conversation: "?".into(), error: Some(format!("internal error: {e}")), ..Default::default() }),
+            Err(e) => reports.push(ConvReport {
+                conversation: "?".into(),
+                error: Some(format!("internal error: {e}")),
+                ..Default::default()
+            }),
         }
     }
     reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
     let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
-    PipelineReport { pipeline: rt.pipeline.name.clone(), conversations: reports, fatal }
+    PipelineReport {
+        pipeline: rt.pipeline.name.clone(),
+        conversations: reports,
+        fatal,
+    }
 }
 
 /// Why a conversation's run stopped early.
@@ -141,8 +164,15 @@ impl From<crate::state::StateError> for Stop {
     }
 }
 
-async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &RunShared) -> ConvReport {
-    let mut report = ConvReport { conversation: conv_ref.to_string(), ..Default::default() };
+async fn sync_conversation(
+    rt: &Runtime,
+    conv_ref: &ConversationRef,
+    shared: &RunShared,
+) -> ConvReport {
+    let mut report = ConvReport {
+        conversation: conv_ref.to_string(),
+        ..Default::default()
+    };
     let p = &rt.pipeline;
     let result = async {
         let conv = resolve(rt, conv_ref, shared).await?;
@@ -157,9 +187,18 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
             Err(Stop::Write(e)) => Some(e.clone()),
         };
         report.backfill_done = st.backfill_done;
-        let commit = Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), st)], ..Default::default() };
+        let commit = Commit {
+            conversations: vec![(p.name.clone(), conv.key().to_string(), st)],
+            ..Default::default()
+        };
         // Best effort: if even this fails, the run's error is the more useful one to report.
-        let _ = rt.handoff.write(Batch { lines: vec![], commit }).await;
+        let _ = rt
+            .handoff
+            .write(Batch {
+                lines: vec![],
+                commit,
+            })
+            .await;
         outcome
     }
     .await;
@@ -168,7 +207,9 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, duplicates = report.duplicates, credits = report.credits, backfill_done = report.backfill_done, "conversation synced");
         }
         Err(Stop::Cancelled) => {
-            report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
+            report.error = Some(
+                "stopped before finishing (shutdown or a fatal error in this pipeline)".into(),
+            );
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, "conversation stopped at a page boundary");
         }
         Err(Stop::Provider(e)) => {
@@ -190,25 +231,58 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
 }
 
 /// Turns a configured conversation into what the provider's history call needs, caching usernames.
-async fn resolve(rt: &Runtime, conv: &ConversationRef, shared: &RunShared) -> Result<Conversation, Stop> {
+async fn resolve(
+    rt: &Runtime,
+    conv: &ConversationRef,
+    shared: &RunShared,
+) -> Result<Conversation, Stop> {
     match conv {
-        ConversationRef::Peer(id) => Ok(Conversation::Peer { user_id: id.clone(), conversation_id: None }),
-        ConversationRef::ConversationId(id) => Ok(Conversation::Group { conversation_id: id.clone() }),
+        ConversationRef::Peer(id) => Ok(Conversation::Peer {
+            user_id: id.clone(),
+            conversation_id: None,
+        }),
+        ConversationRef::ConversationId(id) => Ok(Conversation::Group {
+            conversation_id: id.clone(),
+        }),
         ConversationRef::Username(name) => {
             let provider = rt.pipeline.provider.name();
             if let Some(id) = rt.store.resolved_user(provider, name)? {
-                return Ok(Conversation::Peer { user_id: id, conversation_id: None });
+                return Ok(Conversation::Peer {
+                    user_id: id,
+                    conversation_id: None,
+                });
             }
-            let user = with_retry(&rt.pipeline.retry, &shared.stop, || rt.client.lookup_user(name)).await.map_err(Stop::Provider)?;
+            let user = with_retry(&rt.pipeline.retry, &shared.stop, || {
+                rt.client.lookup_user(name)
+            })
+            .await
+            .map_err(Stop::Provider)?;
             tracing::info!(pipeline = %rt.pipeline.name, username = %name, user_id = %user.id, "resolved @username");
-            let commit = Commit { raw: vec![Store::user_entry(provider, name, &user.id)], ..Default::default() };
-            rt.handoff.write(Batch { lines: vec![], commit }).await?;
-            Ok(Conversation::Peer { user_id: user.id, conversation_id: None })
+            let commit = Commit {
+                raw: vec![Store::user_entry(provider, name, &user.id)],
+                ..Default::default()
+            };
+            rt.handoff
+                .write(Batch {
+                    lines: vec![],
+                    commit,
+                })
+                .await?;
+            Ok(Conversation::Peer {
+                user_id: user.id,
+                conversation_id: None,
+            })
         }
     }
 }
 
-async fn run_passes(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared: &RunShared, report: &mut ConvReport) -> Result<(), Stop> {
+async fn run_passes(
+    rt: &Runtime,
+    conv: &Conversation,
+    st: &mut ConvState,
+    shared: &RunShared,
+    report: &mut ConvReport,
+) -> Result<(), Stop> {
     let opts = &shared.opts;
     let do_backfill = opts.backfill.unwrap_or(rt.pipeline.backfill);
     if opts.head || (do_backfill && !st.backfill_started) {
@@ -225,7 +299,13 @@ async fn run_passes(rt: &Runtime, conv: &Conversation, st: &mut ConvState, share
 }
 
 /// The first page ever: sets the high-water mark and the backfill frontier in one commit.
-async fn first_page(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared: &RunShared, report: &mut ConvReport) -> Result<(), Stop> {
+async fn first_page(
+    rt: &Runtime,
+    conv: &Conversation,
+    st: &mut ConvState,
+    shared: &RunShared,
+    report: &mut ConvReport,
+) -> Result<(), Stop> {
     let page = fetch(rt, conv, None, shared).await?;
     let mut next = st.clone();
     next.hwm = newest(&page, None);
@@ -236,7 +316,13 @@ async fn first_page(rt: &Runtime, conv: &Conversation, st: &mut ConvState, share
 }
 
 /// From the newest page down to the high-water mark (or to the end while nothing was ever seen).
-async fn head_pass(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared: &RunShared, report: &mut ConvReport) -> Result<(), Stop> {
+async fn head_pass(
+    rt: &Runtime,
+    conv: &Conversation,
+    st: &mut ConvState,
+    shared: &RunShared,
+    report: &mut ConvReport,
+) -> Result<(), Stop> {
     loop {
         if shared.stop.is_cancelled() {
             return Err(Stop::Cancelled);
@@ -265,15 +351,27 @@ async fn head_pass(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared
 }
 
 /// Older pages from the stored cursor, within this run's page, credit and --since limits.
-async fn backfill(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared: &RunShared, report: &mut ConvReport) -> Result<(), Stop> {
+async fn backfill(
+    rt: &Runtime,
+    conv: &Conversation,
+    st: &mut ConvState,
+    shared: &RunShared,
+    report: &mut ConvReport,
+) -> Result<(), Stop> {
     let p = &rt.pipeline;
-    let max_pages = shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
+    let max_pages = shared
+        .opts
+        .max_pages
+        .or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
     let mut pages = 0u64;
     while !st.backfill_done {
         if shared.stop.is_cancelled() {
             return Err(Stop::Cancelled);
         }
-        if max_pages.is_some_and(|m| pages >= m) || (p.max_credits_per_run > 0 && shared.credits.load(Ordering::Relaxed) >= p.max_credits_per_run) {
+        if max_pages.is_some_and(|m| pages >= m)
+            || (p.max_credits_per_run > 0
+                && shared.credits.load(Ordering::Relaxed) >= p.max_credits_per_run)
+        {
             report.limited = true;
             tracing::info!(pipeline = %p.name, conversation = %conv.key(), pages, "backfill paused at this run's limit");
             return Ok(());
@@ -284,7 +382,10 @@ async fn backfill(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared:
         let mut next = st.clone();
         next.backfill_done = page.next_cursor.is_none();
         next.backfill_cursor = page.next_cursor.clone();
-        let reached_since = shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
+        let reached_since = shared
+            .opts
+            .since
+            .is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
         write_page(rt, conv, &page, st, next, report).await?;
         if reached_since && !st.backfill_done {
             report.limited = true;
@@ -295,8 +396,17 @@ async fn backfill(rt: &Runtime, conv: &Conversation, st: &mut ConvState, shared:
     Ok(())
 }
 
-async fn fetch(rt: &Runtime, conv: &Conversation, cursor: Option<&str>, shared: &RunShared) -> Result<Page, Stop> {
-    let page = with_retry(&rt.pipeline.retry, &shared.stop, || rt.client.history(conv, cursor)).await.map_err(|e| {
+async fn fetch(
+    rt: &Runtime,
+    conv: &Conversation,
+    cursor: Option<&str>,
+    shared: &RunShared,
+) -> Result<Page, Stop> {
+    let page = with_retry(&rt.pipeline.retry, &shared.stop, || {
+        rt.client.history(conv, cursor)
+    })
+    .await
+    .map_err(|e| {
         if shared.stop.is_cancelled() && e.class == ErrorClass::Transient {
             Stop::Cancelled
         } else {
@@ -309,7 +419,14 @@ async fn fetch(rt: &Runtime, conv: &Conversation, cursor: Option<&str>, shared: 
 }
 
 /// Writes a page's unseen records and commits `next` with them; on success `st` becomes `next`.
-async fn write_page(rt: &Runtime, conv: &Conversation, page: &Page, st: &mut ConvState, mut next: ConvState, report: &mut ConvReport) -> Result<(), Stop> {
+async fn write_page(
+    rt: &Runtime,
+    conv: &Conversation,
+    page: &Page,
+    st: &mut ConvState,
+    mut next: ConvState,
+    report: &mut ConvReport,
+) -> Result<(), Stop> {
     let p = &rt.pipeline;
     let ctx = Context {
         provider: p.provider.name(),
@@ -340,7 +457,10 @@ async fn write_page(rt: &Runtime, conv: &Conversation, page: &Page, st: &mut Con
         next.newest_id = newest_of(next.newest_id.as_deref(), Some(&k.id));
     }
     let written = records.len() as u64;
-    let mut commit = Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())], ..Default::default() };
+    let mut commit = Commit {
+        conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())],
+        ..Default::default()
+    };
     let mut lines = Vec::with_capacity(records.len());
     for (key, record) in records {
         lines.push(record.to_line());
@@ -355,7 +475,12 @@ async fn write_page(rt: &Runtime, conv: &Conversation, page: &Page, st: &mut Con
 }
 
 fn newest(page: &Page, current: Option<&str>) -> Option<String> {
-    page.items.iter().map(|i| i.id.as_str()).fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(id)))
+    page.items
+        .iter()
+        .map(|i| i.id.as_str())
+        .fold(current.map(str::to_string), |acc, id| {
+            newest_of(acc.as_deref(), Some(id))
+        })
 }
 
 fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
@@ -368,13 +493,19 @@ fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
 fn oldest_time(page: &Page) -> Option<SystemTime> {
     page.items
         .iter()
-        .filter_map(|i| i.created_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok()))
+        .filter_map(|i| {
+            i.created_at
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        })
         .min()
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -383,13 +514,29 @@ mod tests {
     use crate::record::Item;
 
     fn page(ids: &[&str], next: Option<&str>) -> Page {
-        Page { items: ids.iter().map(|i| Item { id: i.to_string(), ..Item::default() }).collect(), next_cursor: next.map(str::to_string), credits: ids.len() as u64 }
+        Page {
+            items: ids
+                .iter()
+                .map(|i| Item {
+                    id: i.to_string(),
+                    ..Item::default()
+                })
+                .collect(),
+            next_cursor: next.map(str::to_string),
+            credits: ids.len() as u64,
+        }
     }
 
     #[test]
     fn newest_is_numeric_and_keeps_current() {
-        assert_eq!(newest(&page(&["9", "100", "11"], None), None).as_deref(), Some("100"));
-        assert_eq!(newest(&page(&["9"], None), Some("50")).as_deref(), Some("50"));
+        assert_eq!(
+            newest(&page(&["9", "100", "11"], None), None).as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            newest(&page(&["9"], None), Some("50")).as_deref(),
+            Some("50")
+        );
         assert_eq!(newest(&page(&[], None), None), None);
         assert_eq!(newest_of(None, Some("3")).as_deref(), Some("3"));
     }

@@ -68,16 +68,35 @@ pub struct ProviderError {
 }
 
 impl ProviderError {
-    pub fn new(class: ErrorClass, endpoint: &'static str, status: Option<u16>, code: impl Into<String>, hint: impl Into<String>) -> Self {
-        ProviderError { class, endpoint, status, code: code.into(), hint: hint.into(), retry_after: None }
+    pub fn new(
+        class: ErrorClass,
+        endpoint: &'static str,
+        status: Option<u16>,
+        code: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        ProviderError {
+            class,
+            endpoint,
+            status,
+            code: code.into(),
+            hint: hint.into(),
+            retry_after: None,
+        }
     }
 
     /// A transport failure from reqwest, classified without leaking the URL's query or any header.
     pub fn transport(endpoint: &'static str, e: &reqwest::Error) -> Self {
         let (code, hint) = if e.is_timeout() {
-            ("timeout", "the request timed out; will retry (raise request_timeout if this persists)")
+            (
+                "timeout",
+                "the request timed out; will retry (raise request_timeout if this persists)",
+            )
         } else if e.is_connect() {
-            ("connect_failed", "cannot connect to the provider; check base_url and the network")
+            (
+                "connect_failed",
+                "cannot connect to the provider; check base_url and the network",
+            )
         } else if e.is_body() || e.is_decode() {
             ("connection_dropped", "the response was cut short")
         } else {
@@ -94,8 +113,16 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 ///
 /// Exponential from `base`, capped at `max`, with "equal jitter" (half fixed, half random) so many
 /// conversations retrying at once spread out. A provider's `Retry-After` is a floor, plus a little jitter.
-pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-    let exp = policy.base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(policy.max);
+pub fn backoff(
+    policy: &RetryPolicy,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let exp = policy
+        .base
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(policy.max);
     let computed = exp / 2 + exp.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
     match retry_after {
         Some(ra) => ra.min(MAX_RETRY_AFTER) + Duration::from_millis(50).mul_f64(jitter),
@@ -107,7 +134,11 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
 const MALFORMED_RETRIES: u32 = 2;
 
 /// Runs `op` until it succeeds, fails for good, or `cancel` fires (then the last error is returned).
-pub async fn with_retry<T, F, Fut>(policy: &RetryPolicy, cancel: &CancellationToken, mut op: F) -> Result<T, ProviderError>
+pub async fn with_retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    mut op: F,
+) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ProviderError>>,
@@ -168,7 +199,11 @@ impl Client {
     }
 
     /// One history page (no retries; wrap in [`with_retry`]).
-    pub async fn history(&self, conv: &Conversation, cursor: Option<&str>) -> Result<Page, ProviderError> {
+    pub async fn history(
+        &self,
+        conv: &Conversation,
+        cursor: Option<&str>,
+    ) -> Result<Page, ProviderError> {
         match self {
             Client::Xquik(c) => c.history(conv, cursor).await,
         }
@@ -194,7 +229,12 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { request_timeout: Duration::from_secs(5), max_retries: 3, base: Duration::from_millis(100), max: Duration::from_secs(2) }
+        RetryPolicy {
+            request_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }
     }
 
     #[test]
@@ -203,7 +243,11 @@ mod tests {
         assert_eq!(backoff(&p, 0, None, 0.0), Duration::from_millis(50));
         assert_eq!(backoff(&p, 0, None, 0.999_999).as_millis(), 99);
         assert_eq!(backoff(&p, 3, None, 0.0), Duration::from_millis(400));
-        assert_eq!(backoff(&p, 30, None, 0.0), Duration::from_secs(1), "capped at max, halved by jitter floor");
+        assert_eq!(
+            backoff(&p, 30, None, 0.0),
+            Duration::from_secs(1),
+            "capped at max, halved by jitter floor"
+        );
         assert!(backoff(&p, 30, None, 0.99) <= Duration::from_secs(2));
     }
 
@@ -215,7 +259,10 @@ mod tests {
     }
 
     fn fail(class: ErrorClass) -> ProviderError {
-        ProviderError { retry_after: Some(Duration::from_millis(1)), ..ProviderError::new(class, "GET /t", Some(503), "x", "y") }
+        ProviderError {
+            retry_after: Some(Duration::from_millis(1)),
+            ..ProviderError::new(class, "GET /t", Some(503), "x", "y")
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -225,7 +272,13 @@ mod tests {
         let r: Result<u32, _> = with_retry(&policy(), &cancel, || {
             calls += 1;
             let c = calls;
-            async move { if c < 3 { Err(fail(ErrorClass::Transient)) } else { Ok(c) } }
+            async move {
+                if c < 3 {
+                    Err(fail(ErrorClass::Transient))
+                } else {
+                    Ok(c)
+                }
+            }
         })
         .await;
         assert_eq!(r.unwrap(), 3);

@@ -40,18 +40,30 @@ impl Xquik {
         key.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", key);
-        Ok(Xquik { http: http_client(p, headers)?, base: p.base_url.clone(), account: p.account.clone() })
+        Ok(Xquik {
+            http: http_client(p, headers)?,
+            base: p.base_url.clone(),
+            account: p.account.clone(),
+        })
     }
 
-    pub async fn history(&self, conv: &Conversation, cursor: Option<&str>) -> Result<Page, ProviderError> {
+    pub async fn history(
+        &self,
+        conv: &Conversation,
+        cursor: Option<&str>,
+    ) -> Result<Page, ProviderError> {
         let peer = conv.key();
         let url = format!("{}/x/dm/{peer}/history", self.base);
-        let mut req = self.http.get(url).query(&[("account", self.account.as_str())]);
+        let mut req = self
+            .http
+            .get(url)
+            .query(&[("account", self.account.as_str())]);
         if let Some(c) = cursor {
             req = req.query(&[("cursor", c)]);
         }
         let body = send(req, HISTORY).await?;
-        let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| malformed(HISTORY, &e))?;
+        let page: HistoryBody =
+            serde_json::from_slice(&body).map_err(|e| malformed(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_next_page && next_cursor.is_none() {
             return Err(ProviderError::new(
@@ -65,7 +77,13 @@ impl Xquik {
         let mut items = Vec::with_capacity(page.messages.len());
         for m in page.messages {
             if !valid_id(&m.id) || !valid_id(&m.sender_id) || !valid_id(&m.receiver_id) {
-                return Err(ProviderError::new(ErrorClass::Malformed, HISTORY, Some(200), "malformed_response", "a message has an invalid id"));
+                return Err(ProviderError::new(
+                    ErrorClass::Malformed,
+                    HISTORY,
+                    Some(200),
+                    "malformed_response",
+                    "a message has an invalid id",
+                ));
             }
             items.push(Item {
                 id: m.id.0,
@@ -80,23 +98,45 @@ impl Xquik {
         Ok(Page {
             credits: items.len() as u64,
             items,
-            next_cursor: if page.has_next_page { next_cursor } else { None },
+            next_cursor: if page.has_next_page {
+                next_cursor
+            } else {
+                None
+            },
         })
     }
 
     pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
-        let url = format!("{}/x/users/{}", self.base, id_or_username.trim_start_matches('@'));
+        let url = format!(
+            "{}/x/users/{}",
+            self.base,
+            id_or_username.trim_start_matches('@')
+        );
         let body = send(self.http.get(url), USER).await?;
         let u: UserBody = serde_json::from_slice(&body).map_err(|e| malformed(USER, &e))?;
         if !valid_id(&u.id) {
-            return Err(ProviderError::new(ErrorClass::Malformed, USER, Some(200), "malformed_response", "the user has an invalid id"));
+            return Err(ProviderError::new(
+                ErrorClass::Malformed,
+                USER,
+                Some(200),
+                "malformed_response",
+                "the user has an invalid id",
+            ));
         }
-        Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: u.can_dm })
+        Ok(User {
+            id: u.id.0,
+            username: u.username,
+            name: u.name,
+            can_dm: u.can_dm,
+        })
     }
 }
 
 /// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages.
-pub(crate) fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::Client, crate::config::ConfigError> {
+pub(crate) fn http_client(
+    p: &Pipeline,
+    headers: HeaderMap,
+) -> Result<reqwest::Client, crate::config::ConfigError> {
     reqwest::Client::builder()
         .default_headers(headers)
         .user_agent(concat!("dm-handoff/", env!("CARGO_PKG_VERSION")))
@@ -104,12 +144,20 @@ pub(crate) fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::C
         .connect_timeout(p.retry.request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))
+        .map_err(|e| {
+            crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name))
+        })
 }
 
 /// Sends a request and returns the body of a 2xx, or the classified error.
-pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    endpoint: &'static str,
+) -> Result<bytes::Bytes, ProviderError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ProviderError::transport(endpoint, &e))?;
     let status = resp.status().as_u16();
     let retry_after_header = resp
         .headers()
@@ -118,7 +166,10 @@ pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     // A body cut short is a dropped connection: transient, never a half-parsed page.
-    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::transport(endpoint, &e))?;
     if (200..300).contains(&status) {
         return Ok(body);
     }
@@ -126,10 +177,23 @@ pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -
 }
 
 /// Maps an Xquik error response to its class and a hint, per PROVIDERS.md and SPEC section 5.
-pub(crate) fn classify(endpoint: &'static str, status: u16, body: &[u8], retry_after_header: Option<Duration>) -> ProviderError {
+pub(crate) fn classify(
+    endpoint: &'static str,
+    status: u16,
+    body: &[u8],
+    retry_after_header: Option<Duration>,
+) -> ProviderError {
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let code = parsed.error.as_ref().map(ErrorField::code).unwrap_or_default();
-    let code = if code.is_empty() { format!("http_{status}") } else { code };
+    let code = parsed
+        .error
+        .as_ref()
+        .map(ErrorField::code)
+        .unwrap_or_default();
+    let code = if code.is_empty() {
+        format!("http_{status}")
+    } else {
+        code
+    };
     let retry_after = retry_after_header
         .or(parsed.retry_after.map(Duration::from_secs))
         .or(parsed.retry_after_ms.map(Duration::from_millis));
@@ -158,12 +222,28 @@ pub(crate) fn classify(endpoint: &'static str, status: u16, body: &[u8], retry_a
         (404, _) => (Conversation, "not found"),
         _ => (Conversation, "unexpected response from the provider"),
     };
-    ProviderError { retry_after: if class == Transient { retry_after } else { None }, ..ProviderError::new(class, endpoint, Some(status), code, hint) }
+    ProviderError {
+        retry_after: if class == Transient {
+            retry_after
+        } else {
+            None
+        },
+        ..ProviderError::new(class, endpoint, Some(status), code, hint)
+    }
 }
 
 fn malformed(endpoint: &'static str, e: &serde_json::Error) -> ProviderError {
     // serde's message names the field or position, never the value of a string.
-    ProviderError::new(ErrorClass::Malformed, endpoint, Some(200), "malformed_response", format!("the body is not the documented JSON ({})", e.classify_name()))
+    ProviderError::new(
+        ErrorClass::Malformed,
+        endpoint,
+        Some(200),
+        "malformed_response",
+        format!(
+            "the body is not the documented JSON ({})",
+            e.classify_name()
+        ),
+    )
 }
 
 trait ClassifyName {
@@ -183,7 +263,12 @@ impl ClassifyName for serde_json::Error {
 
 /// IDs become sled key parts and file names' neighbours: keep them to a safe alphabet.
 fn valid_id(id: &Id) -> bool {
-    !id.0.is_empty() && id.0.len() <= 64 && id.0.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.0.is_empty()
+        && id.0.len() <= 64
+        && id
+            .0
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// An ID that may arrive as a JSON string or number; always kept as a string.
@@ -269,7 +354,9 @@ impl ErrorField {
     fn code(&self) -> String {
         let raw = match self {
             ErrorField::Code(c) => c.clone(),
-            ErrorField::Object { code, kind } => code.clone().or_else(|| kind.clone()).unwrap_or_default(),
+            ErrorField::Object { code, kind } => {
+                code.clone().or_else(|| kind.clone()).unwrap_or_default()
+            }
         };
         // Codes are snake_case identifiers; anything else (a sentence) is not echoed, to keep errors one short line.
         if raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -286,19 +373,48 @@ mod tests {
 
     #[test]
     fn both_error_shapes_are_read() {
-        let e = classify(HISTORY, 403, br#"{"error":"dm_not_permitted","message":"m"}"#, None);
-        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Conversation, "dm_not_permitted"));
-        let e = classify(HISTORY, 401, br#"{"error":{"message":"m","type":"authentication_error","code":"unauthenticated"}}"#, None);
-        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "unauthenticated"));
+        let e = classify(
+            HISTORY,
+            403,
+            br#"{"error":"dm_not_permitted","message":"m"}"#,
+            None,
+        );
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Conversation, "dm_not_permitted")
+        );
+        let e = classify(
+            HISTORY,
+            401,
+            br#"{"error":{"message":"m","type":"authentication_error","code":"unauthenticated"}}"#,
+            None,
+        );
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Fatal, "unauthenticated")
+        );
         let e = classify(HISTORY, 503, b"<html>oops</html>", None);
-        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Transient, "http_503"));
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Transient, "http_503")
+        );
     }
 
     #[test]
     fn retry_after_comes_from_header_or_body() {
-        let e = classify(HISTORY, 429, br#"{"error":"rate_limit_exceeded","retryAfter":7}"#, None);
+        let e = classify(
+            HISTORY,
+            429,
+            br#"{"error":"rate_limit_exceeded","retryAfter":7}"#,
+            None,
+        );
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
-        let e = classify(HISTORY, 429, br#"{"error":"rate_limit_exceeded","retryAfter":7}"#, Some(Duration::from_secs(2)));
+        let e = classify(
+            HISTORY,
+            429,
+            br#"{"error":"rate_limit_exceeded","retryAfter":7}"#,
+            Some(Duration::from_secs(2)),
+        );
         assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
         let e = classify(HISTORY, 429, br#"{"error":"x","retryAfterMs":1500}"#, None);
         assert_eq!(e.retry_after, Some(Duration::from_millis(1500)));
@@ -307,10 +423,18 @@ mod tests {
     #[test]
     fn never_retried_codes_are_not_transient() {
         for s in [400, 401, 402, 403, 404, 409, 422] {
-            assert_ne!(classify(HISTORY, s, b"{}", None).class, ErrorClass::Transient, "{s}");
+            assert_ne!(
+                classify(HISTORY, s, b"{}", None).class,
+                ErrorClass::Transient,
+                "{s}"
+            );
         }
         for s in [429, 502, 503, 504] {
-            assert_eq!(classify(HISTORY, s, b"{}", None).class, ErrorClass::Transient, "{s}");
+            assert_eq!(
+                classify(HISTORY, s, b"{}", None).class,
+                ErrorClass::Transient,
+                "{s}"
+            );
         }
     }
 
