@@ -17,9 +17,10 @@ pub struct Opts {
         env = "DM_HANDOFF_CONFIG"
     )]
     pub config: PathBuf,
-    /// Log level for dm-handoff's own logs (error, warn, info, debug, trace). RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log level for dm-handoff's own logs (error, warn, info, debug, trace); default info (warn for
+    /// `demo`, whose report is on stdout). RUST_LOG overrides it.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use dm_handoff::app::{self, Exit};
-use dm_handoff::cli::{LogFormat, Opts};
+use dm_handoff::cli::{Command, LogFormat, Opts};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -41,8 +41,12 @@ fn main() {
 
 fn init_logging(opts: &Opts) {
     // Our own crate at the chosen level; dependencies only warn unless RUST_LOG says otherwise.
+    let level = opts.log_level.as_deref().unwrap_or(match opts.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    });
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,dm_handoff={}", opts.log_level)));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,dm_handoff={level}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

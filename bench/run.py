@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Benchmark: a full backfill of N conversations x M messages from the simulator, then a quiet re-sync.
+
+Usage: python3 bench/run.py [--sizes 100x1000,1000x1000,10000x10] [--bin target/release/dm-handoff]
+
+Builds nothing: run `cargo build --release` first. Starts `dm-handoff simulate` on a free loopback port
+(separate process, so its CPU is visible but not in our RSS), writes a config, runs `dm-handoff sync`,
+and reports wall time, messages/s, the sync process's peak RSS (getrusage of the child), requests and
+credits the simulator counted, and bytes written. Then it runs a second sync with nothing new, which
+shows the steady-state cost of a poll. Numbers vary with the machine; the README quotes one run.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def run_measured(cmd, env):
+    """Runs cmd; returns (wall seconds, peak RSS MiB of exactly that child, returncode, stderr)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Read stderr before waiting so a chatty child cannot block on a full pipe.
+    err = proc.stderr.read()
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would mix in the simulator).
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    return wall, usage.ru_maxrss / 1024.0, proc.returncode, err
+
+
+def bench(binary, convs, msgs, workdir):
+    scenario = {
+        "seed": 11,
+        "page_size": [18, 30],
+        "conversations": [
+            {"peer_id": str(10_000_000 + i), "messages": msgs, "cursor_style": "offset" if i % 2 else "max_id"}
+            for i in range(convs)
+        ],
+    }
+    sc_path = os.path.join(workdir, "scenario.json")
+    with open(sc_path, "w") as f:
+        json.dump(scenario, f)
+    sim = subprocess.Popen([binary, "simulate", "--listen", "127.0.0.1:0", "--scenario", sc_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = sim.stdout.readline()
+        addr = re.search(r"http://([0-9.:]+)", line).group(1)
+        cfg = os.path.join(workdir, "pipelines.toml")
+        conv_list = ", ".join(f'"{c["peer_id"]}"' for c in scenario["conversations"])
+        with open(cfg, "w") as f:
+            f.write(f"""state_dir = "state"
+max_concurrency = 32
+[[pipelines]]
+name = "bench"
+provider = "xquik"
+base_url = "http://{addr}/api/v1"
+api_key_env = "BENCH_KEY"
+account = "bench_account"
+conversations = [{conv_list}]
+schedule = "0 * * * * *"
+output_dir = "out"
+rotate_max_bytes = 67108864
+concurrency = 32
+""")
+        env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
+        wall, rss, code, err = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
+        if code != 0:
+            sys.exit(f"sync failed ({code}): {err[-2000:]}")
+        stats = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        out = os.path.join(workdir, "out")
+        nbytes = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
+        lines = 0
+        for n in os.listdir(out):
+            with open(os.path.join(out, n), "rb") as fh:
+                lines += fh.read().count(b"\n")
+        total = convs * msgs
+        assert lines == total, f"expected {total} records, found {lines}"
+        wall2, _, code2, _ = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
+        stats2 = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        return {
+            "size": f"{convs}x{msgs}",
+            "messages": total,
+            "wall_s": round(wall, 2),
+            "msgs_per_s": int(total / wall),
+            "peak_rss_mib": round(rss, 1),
+            "requests": stats["requests"],
+            "credits": stats["credits"],
+            "bytes_written": nbytes,
+            "resync_wall_s": round(wall2, 2),
+            "resync_requests": stats2["requests"] - stats["requests"],
+            "resync_credits": stats2["credits"] - stats["credits"],
+            "resync_exit": code2,
+        }
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100x1000,1000x1000,10000x10")
+    ap.add_argument("--bin", default="target/release/dm-handoff")
+    args = ap.parse_args()
+    if not os.path.exists(args.bin):
+        sys.exit(f"{args.bin} not found: run `cargo build --release` first")
+    print(f"machine: {os.cpu_count()} cores; {open('/proc/meminfo').readline().split()[1]} kB memory")
+    for size in args.sizes.split(","):
+        convs, msgs = (int(x) for x in size.lower().split("x"))
+        work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
+        try:
+            print(json.dumps(bench(args.bin, convs, msgs, work)))
+            sys.stdout.flush()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

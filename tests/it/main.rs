@@ -1,0 +1,15 @@
+//! The integration tests: the real `dm-handoff` binary against the built-in simulator, which runs in
+//! this test process so a test can read its ground truth and its request log.
+//!
+//! One test crate (matklad's layout): [`support`] is the harness; each other module covers one area of
+//! the contract in `SPEC.md`. Every test asserts on what the binary produced (JSONL lines, its state
+//! after a restart, its exit code and output) and on what the simulator was asked.
+
+mod support;
+
+mod cli;
+mod crash;
+mod faults;
+mod privacy;
+mod rotation;
+mod sync;
