@@ -14,8 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{BackfillArgs, Command, DemoArgs, Opts, SimulateArgs, StatusArgs, SyncArgs};
+use crate::cli::{BackfillArgs, Command, DemoArgs, Opts, SimulateArgs, SyncArgs};
 use crate::config::{self, Config, ConfigError, ConversationRef, Pipeline};
+use crate::control::{self, Request, Response};
 use crate::handoff::Handoff;
 use crate::provider::Client;
 use crate::record::format_time;
@@ -53,19 +54,68 @@ pub fn exit_code_for(e: &anyhow::Error) -> Exit {
     Exit::Failed
 }
 
-/// Runs the command the user asked for.
-pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
-    match opts.command {
-        Command::Check => check(&config::load(&opts.config)?),
-        Command::Sync(args) => sync(&config::load(&opts.config)?, args).await,
-        Command::Backfill(args) => backfill(&config::load(&opts.config)?, args).await,
-        Command::Status(args) => status(&config::load(&opts.config)?, args),
-        Command::Demo(args) => demo(args).await,
-        Command::Simulate(args) => simulate(args).await,
-    }
+/// Runs the command the user asked for and returns the process exit code.
+pub async fn run(opts: Opts) -> anyhow::Result<i32> {
+    let exit = match opts.command {
+        Command::Check => check(&config::load(&opts.config)?)?,
+        Command::Run => crate::daemon::run(opts.config.clone(), config::load(&opts.config)?).await?,
+        Command::Sync(args) => {
+            let cfg = config::load(&opts.config)?;
+            let req = Request::Sync { pipelines: args.pipelines.clone(), conversations: args.conversations.clone() };
+            return Ok(match forward(&cfg, &req).await? {
+                Some(resp) => emit(resp),
+                None => emit(sync(&cfg, args).await?),
+            });
+        }
+        Command::Backfill(args) => {
+            let cfg = config::load(&opts.config)?;
+            let req = Request::Backfill {
+                pipelines: args.pipelines.clone(),
+                conversations: args.conversations.clone(),
+                since: args.since.clone(),
+                max_pages: args.max_pages,
+            };
+            return Ok(match forward(&cfg, &req).await? {
+                Some(resp) => emit(resp),
+                None => emit(backfill(&cfg, args).await?),
+            });
+        }
+        Command::Status(args) => {
+            let cfg = config::load(&opts.config)?;
+            return Ok(match forward(&cfg, &Request::Status { json: args.json }).await? {
+                Some(resp) => emit(resp),
+                None => {
+                    let store = Store::open(&cfg.state_dir, cfg.state_cache_bytes)?;
+                    emit(status(&cfg, &store, args.json)?)
+                }
+            });
+        }
+        Command::Demo(args) => demo(args).await?,
+        Command::Simulate(args) => simulate(args).await?,
+    };
+    Ok(exit as i32)
 }
 
-fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a Pipeline>, ConfigError> {
+/// Hands a request to the running daemon, if there is one.
+async fn forward(cfg: &Config, req: &Request) -> anyhow::Result<Option<Response>> {
+    let resp = control::call(&cfg.state_dir, req)
+        .await
+        .with_context(|| format!("talking to the daemon on {}", control::socket_path(&cfg.state_dir).display()))?;
+    if resp.is_some() {
+        tracing::debug!("handled by the running daemon");
+    }
+    Ok(resp)
+}
+
+/// Prints a command's output and returns its exit code.
+fn emit(resp: Response) -> i32 {
+    print!("{}", resp.stdout);
+    eprint!("{}", resp.stderr);
+    let _ = std::io::stdout().flush();
+    resp.exit
+}
+
+pub(crate) fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a Pipeline>, ConfigError> {
     for n in names {
         if !cfg.pipelines.iter().any(|p| &p.name == n) {
             let known: Vec<_> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
@@ -76,20 +126,15 @@ fn select<'a>(cfg: &'a Config, names: &[String]) -> Result<Vec<&'a Pipeline>, Co
             )));
         }
     }
-    Ok(cfg
-        .pipelines
-        .iter()
-        .filter(|p| names.is_empty() || names.contains(&p.name))
-        .collect())
+    Ok(cfg.pipelines.iter().filter(|p| names.is_empty() || names.contains(&p.name)).collect())
 }
 
-fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(), ConfigError> {
+pub(crate) fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(), ConfigError> {
     for c in only {
-        if !pipelines
-            .iter()
-            .any(|p| p.conversations.iter().any(|x| &x.to_string() == c))
-        {
-            return Err(ConfigError(format!("conversation `{c}` is not configured in the selected pipelines; list it under `conversations` first")));
+        if !pipelines.iter().any(|p| p.conversations.iter().any(|x| &x.to_string() == c)) {
+            return Err(ConfigError(format!(
+                "conversation `{c}` is not configured in the selected pipelines; list it under `conversations` first"
+            )));
         }
     }
     Ok(())
@@ -98,23 +143,16 @@ fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(), C
 /// Opens the state and each selected pipeline's client and writer (which recovers its files).
 fn open_runtimes(cfg: &Config, pipelines: &[&Pipeline]) -> anyhow::Result<Vec<Arc<Runtime>>> {
     // Secrets first: a missing key should not leave a state directory behind.
-    let clients = pipelines
-        .iter()
-        .map(|p| Client::new(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let clients = pipelines.iter().map(|p| Client::new(p)).collect::<Result<Vec<_>, _>>()?;
     let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
-    let mut out = Vec::new();
-    for (p, client) in pipelines.iter().zip(clients) {
-        let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p))
-            .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
-        out.push(Arc::new(Runtime {
-            pipeline: (*p).clone(),
-            client,
-            handoff,
-            store: store.clone(),
-        }));
-    }
-    Ok(out)
+    pipelines.iter().zip(clients).map(|(p, client)| open_runtime(&store, p, client)).collect()
+}
+
+/// Opens one pipeline's writer (recovering its files) and bundles it with its client.
+pub(crate) fn open_runtime(store: &Arc<Store>, p: &Pipeline, client: Client) -> anyhow::Result<Arc<Runtime>> {
+    let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p))
+        .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
+    Ok(Arc::new(Runtime { pipeline: p.clone(), client, handoff, store: store.clone() }))
 }
 
 /// The sink settings of a pipeline.
@@ -130,9 +168,7 @@ pub fn sink_config(p: &Pipeline) -> SinkConfig {
 /// Cancels `token` on the first SIGINT/SIGTERM (finish at a page boundary); a second one exits at once.
 fn stop_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
             return;
         };
         let mut count = 0;
@@ -146,14 +182,14 @@ fn stop_on_signal(token: CancellationToken) {
                 tracing::warn!("stopping at the next page boundary; signal again to exit at once");
                 token.cancel();
             } else {
-                // Every committed byte is already fsynced and a torn line is repaired at the next start.
-                std::process::exit(Exit::Interrupted as i32);
+                // Waits for an append in progress, so no line is torn; committed state is already durable.
+                crate::handoff::exit_now(Exit::Interrupted as i32);
             }
         }
     });
 }
 
-async fn run_once(cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::Result<Exit> {
+async fn run_once(cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::Result<Response> {
     let pipelines = select(cfg, names)?;
     check_conversations(&pipelines, &opts.only)?;
     let runtimes = open_runtimes(cfg, &pipelines)?;
@@ -162,39 +198,26 @@ async fn run_once(cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::R
     let global = Arc::new(Semaphore::new(cfg.max_concurrency));
     let mut set = JoinSet::new();
     for rt in &runtimes {
-        set.spawn(sync_pipeline(
-            rt.clone(),
-            opts.clone(),
-            global.clone(),
-            cancel.clone(),
-        ));
+        set.spawn(sync_pipeline(rt.clone(), opts.clone(), global.clone(), cancel.clone()));
     }
     let mut reports = Vec::new();
     while let Some(r) = set.join_next().await {
         reports.push(r.context("a pipeline task failed")?);
     }
-    reports.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
     for rt in runtimes {
         if let Ok(rt) = Arc::try_unwrap(rt) {
             rt.handoff.close().await;
         }
     }
-    print_reports(&reports);
-    let exit = if cancel.is_cancelled() {
-        Exit::Interrupted
-    } else if reports.iter().any(|r| r.fatal.is_some()) {
-        Exit::Auth
-    } else if reports.iter().any(|r| r.failed() > 0) {
-        Exit::Failed
-    } else {
-        Exit::Ok
-    };
-    Ok(exit)
+    Ok(render_reports(reports, cancel.is_cancelled()))
 }
 
-fn print_reports(reports: &[PipelineReport]) {
-    let mut out = std::io::stdout().lock();
-    for r in reports {
+/// The text and exit code of a sync or backfill run: the same for a local run and one the daemon did.
+pub(crate) fn render_reports(mut reports: Vec<PipelineReport>, interrupted: bool) -> Response {
+    use std::fmt::Write as _;
+    reports.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
+    let (mut out, mut err) = (String::new(), String::new());
+    for r in &reports {
         let written: u64 = r.conversations.iter().map(|c| c.written).sum();
         let credits: u64 = r.conversations.iter().map(|c| c.credits).sum();
         let _ = writeln!(
@@ -220,69 +243,58 @@ fn print_reports(reports: &[PipelineReport]) {
                 c.conversation, c.pages, c.written, c.duplicates, c.credits, backfill
             );
         }
-    }
-    drop(out);
-    for r in reports {
         if let Some(f) = &r.fatal {
-            eprintln!("error: pipeline `{}` stopped: {f}", r.pipeline);
+            let _ = writeln!(err, "error: pipeline `{}` stopped: {f}", r.pipeline);
         }
         for c in &r.conversations {
             if let Some(e) = &c.error {
-                eprintln!(
-                    "error: pipeline `{}` conversation {}: {e}",
-                    r.pipeline, c.conversation
-                );
+                let _ = writeln!(err, "error: pipeline `{}` conversation {}: {e}", r.pipeline, c.conversation);
             }
         }
     }
+    let exit = if interrupted {
+        Exit::Interrupted
+    } else if reports.iter().any(|r| r.fatal.is_some()) {
+        Exit::Auth
+    } else if reports.iter().any(|r| r.failed() > 0) {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    };
+    Response { exit: exit as i32, stdout: out, stderr: err }
 }
 
-async fn sync(cfg: &Config, args: SyncArgs) -> anyhow::Result<Exit> {
-    // backfill None: each pipeline's own `backfill` setting decides, within its per-run limits.
-    let opts = RunOptions {
-        head: true,
-        backfill: None,
-        only: args.conversations,
-        ..Default::default()
-    };
+async fn sync(cfg: &Config, args: SyncArgs) -> anyhow::Result<Response> {
+    run_once(cfg, &args.pipelines, sync_options(args.conversations)).await
+}
+
+/// What `sync` does: new messages, and backfill as each pipeline's own `backfill` setting says.
+pub(crate) fn sync_options(conversations: Vec<String>) -> RunOptions {
+    RunOptions { head: true, backfill: None, only: conversations, ..Default::default() }
+}
+
+async fn backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<Response> {
+    let opts = backfill_options(args.conversations, args.since.as_deref(), args.max_pages)?;
     run_once(cfg, &args.pipelines, opts).await
 }
 
-fn worse(a: Exit, b: Exit) -> Exit {
-    let rank = |e: Exit| match e {
-        Exit::Ok => 0,
-        Exit::Failed => 1,
-        Exit::Auth => 2,
-        Exit::Interrupted => 3,
-        Exit::Config | Exit::Locked => 4,
-    };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
-async fn backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<Exit> {
-    let since = match &args.since {
-        Some(s) => Some(humantime::parse_rfc3339_weak(s).map_err(|_| {
-            ConfigError(format!(
-                "--since `{s}` is not an RFC 3339 time like 2026-01-31T00:00:00Z"
-            ))
-        })?),
+/// What `backfill` does, from its arguments.
+pub(crate) fn backfill_options(
+    conversations: Vec<String>,
+    since: Option<&str>,
+    max_pages: Option<u64>,
+) -> Result<RunOptions, ConfigError> {
+    let since = match since {
+        Some(s) => Some(
+            humantime::parse_rfc3339_weak(s)
+                .map_err(|_| ConfigError(format!("--since `{s}` is not an RFC 3339 time like 2026-01-31T00:00:00Z")))?,
+        ),
         None => None,
     };
-    if args.max_pages == Some(0) {
-        return Err(ConfigError("--max-pages must be at least 1".into()).into());
+    if max_pages == Some(0) {
+        return Err(ConfigError("--max-pages must be at least 1".into()));
     }
-    let opts = RunOptions {
-        head: false,
-        backfill: Some(true),
-        max_pages: args.max_pages,
-        since,
-        only: args.conversations,
-    };
-    run_once(cfg, &args.pipelines, opts).await
+    Ok(RunOptions { head: false, backfill: Some(true), max_pages, since, only: conversations, ..Default::default() })
 }
 
 fn check(cfg: &Config) -> anyhow::Result<Exit> {
@@ -304,36 +316,17 @@ fn check(cfg: &Config) -> anyhow::Result<Exit> {
         writeln!(out, "  base_url      {}", p.base_url)?;
         writeln!(out, "  account       {}", p.account)?;
         writeln!(out, "  api key       {} ({key})", p.api_key.describe())?;
-        let convs: Vec<String> = p
-            .conversations
-            .iter()
-            .map(ConversationRef::to_string)
-            .collect();
-        writeln!(
-            out,
-            "  conversations {} [{}]",
-            convs.len(),
-            convs.join(", ")
-        )?;
+        let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();
+        writeln!(out, "  conversations {} [{}]", convs.len(), convs.join(", "))?;
         writeln!(out, "  schedule      {}", p.schedule)?;
-        writeln!(
-            out,
-            "  output        {}",
-            p.output_dir.join(&p.file_name).display()
-        )?;
+        writeln!(out, "  output        {}", p.output_dir.join(&p.file_name).display())?;
         writeln!(
             out,
             "  rotation      at {} bytes{}",
             p.rotate_max_bytes,
-            p.rotate_max_age
-                .map(|a| format!(" or {}", humantime::format_duration(a)))
-                .unwrap_or_default()
+            p.rotate_max_age.map(|a| format!(" or {}", humantime::format_duration(a))).unwrap_or_default()
         )?;
-        let limits = match (
-            p.backfill,
-            p.backfill_max_pages_per_run,
-            p.max_credits_per_run,
-        ) {
+        let limits = match (p.backfill, p.backfill_max_pages_per_run, p.max_credits_per_run) {
             (false, _, _) => "off during sync (use the backfill command)".to_string(),
             (true, 0, 0) => "full history, no per-run limit".to_string(),
             (true, pages, credits) => {
@@ -368,8 +361,9 @@ struct StatusPipeline {
     conversations: Vec<StatusConv>,
 }
 
-fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
-    let store = Store::open(&cfg.state_dir, cfg.state_cache_bytes)?;
+/// The `status` output, from an open store (the daemon's or our own).
+pub(crate) fn status(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Response> {
+    use std::fmt::Write as _;
     let mut doc = Vec::new();
     for p in &cfg.pipelines {
         let mut convs = Vec::new();
@@ -388,9 +382,7 @@ fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
                 messages_written: st.messages_written,
                 newest_message_id: st.newest_id,
                 backfill_done: st.backfill_done,
-                last_sync: st
-                    .last_sync_ms
-                    .map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+                last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
                 last_error: st.last_error,
                 credits_total: st.credits_total,
             });
@@ -402,18 +394,14 @@ fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
             conversations: convs,
         });
     }
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "pipelines": doc }))?;
-        writeln!(out)?;
-        return Ok(Exit::Ok);
+    let mut out = String::new();
+    if json {
+        out = serde_json::to_string_pretty(&serde_json::json!({ "pipelines": doc }))?;
+        out.push('\n');
+        return Ok(Response { exit: 0, stdout: out, stderr: String::new() });
     }
     for p in &doc {
-        writeln!(
-            out,
-            "pipeline {} ({}) -> {}",
-            p.name, p.provider, p.output_dir
-        )?;
+        writeln!(out, "pipeline {} ({}) -> {}", p.name, p.provider, p.output_dir)?;
         writeln!(
             out,
             "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error",
@@ -433,20 +421,16 @@ fn status(cfg: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
             )?;
         }
     }
-    Ok(Exit::Ok)
+    Ok(Response { exit: 0, stdout: out, stderr: String::new() })
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     let mut sim_cfg = match &args.scenario {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!("cannot read scenario {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read scenario {}: {e}", path.display())))?;
             serde_json::from_str(&text).map_err(|e| {
-                ConfigError(format!(
-                    "scenario {}: {e}; see the simulator section of the README",
-                    path.display()
-                ))
+                ConfigError(format!("scenario {}: {e}; see the simulator section of the README", path.display()))
             })?
         }
         None => crate::simulator::default_scenario(),
@@ -456,22 +440,13 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|e| {
-            ConfigError(format!(
-                "cannot listen on {}: {e}; pick another --listen address",
-                args.listen
-            ))
-        })?;
+        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}; pick another --listen address", args.listen)))?;
     let addr = listener.local_addr()?;
-    println!(
-        "dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)"
-    );
+    println!("dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)");
     std::io::stdout().flush()?;
     let cancel = CancellationToken::new();
     stop_on_signal(cancel.clone());
-    crate::simulator::Simulator::new(sim_cfg)
-        .serve(listener, async move { cancel.cancelled().await })
-        .await?;
+    crate::simulator::Simulator::new(sim_cfg).serve(listener, async move { cancel.cancelled().await }).await?;
     Ok(Exit::Ok)
 }
 
@@ -484,11 +459,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     let config_path = dir.join("pipelines.toml");
     std::fs::write(dir.join("demo-api-key"), "xq_demo_key_not_secret\n")?;
     let scenario = crate::simulator::default_scenario();
-    let convs: Vec<String> = scenario
-        .conversations
-        .iter()
-        .map(|c| format!("\"{}\"", c.peer_id))
-        .collect();
+    let convs: Vec<String> = scenario.conversations.iter().map(|c| format!("\"{}\"", c.peer_id)).collect();
     std::fs::write(
         &config_path,
         format!(
@@ -509,34 +480,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
         config_path.display()
     );
     println!("\n== first sync: everything the simulator has");
-    let first = run_once(
-        &cfg,
-        &[],
-        RunOptions {
-            head: true,
-            backfill: Some(true),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let ids = handle
-        .sim
-        .add_messages(&scenario.conversations[0].peer_id, 5);
+    let first = emit(run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?);
+    let ids = handle.sim.add_messages(&scenario.conversations[0].peer_id, 5);
     println!(
         "\n== {} new messages arrive in {}; second sync writes only those",
         ids.len(),
         scenario.conversations[0].peer_id
     );
-    let second = run_once(
-        &cfg,
-        &[],
-        RunOptions {
-            head: true,
-            backfill: Some(true),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let second =
+        emit(run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?);
     let stats = handle.sim.stats();
     handle.shutdown().await;
     let out_dir = &cfg.pipelines[0].output_dir;
@@ -545,22 +497,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     for (name, lines, bytes) in &files {
         println!("  {name:<52} {lines:>6} records {bytes:>9} bytes");
     }
-    println!(
-        "  total {records} records; simulator served {} requests, {} credits",
-        stats.requests, stats.credits
-    );
+    println!("  total {records} records; simulator served {} requests, {} credits", stats.requests, stats.credits);
     let active = out_dir.join(&cfg.pipelines[0].file_name);
     println!("\nLook at it:");
     println!("  tail -n 3 {}", active.display());
-    println!(
-        "  cargo run --release -- status --config {}",
-        config_path.display()
-    );
+    println!("  cargo run --release -- status --config {}", config_path.display());
     println!(
         "  cargo run --release -- sync --config {}   # run again: nothing is written twice",
         config_path.display()
     );
-    Ok(worse(first, second))
+    Ok(if first != 0 || second != 0 { Exit::Failed } else { Exit::Ok })
 }
 
 /// A handoff file as the demo reports it: (file name, lines, bytes).
@@ -574,11 +520,7 @@ fn describe_files(dir: &Path) -> anyhow::Result<(Vec<FileSummary>, u64)> {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".jsonl") {
             let data = std::fs::read(e.path())?;
-            files.push((
-                name,
-                data.iter().filter(|b| **b == b'\n').count() as u64,
-                data.len() as u64,
-            ));
+            files.push((name, data.iter().filter(|b| **b == b'\n').count() as u64, data.len() as u64));
         }
     }
     // Closed segments sort by their timestamp and sequence; the active file (no sequence) goes last.

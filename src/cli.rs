@@ -9,13 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "dm-handoff", version, about, propagate_version = true)]
 pub struct Opts {
     /// The pipelines file. Relative paths inside it are taken from its folder.
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "pipelines.toml",
-        env = "DM_HANDOFF_CONFIG"
-    )]
+    #[arg(long, short, global = true, default_value = "pipelines.toml", env = "DM_HANDOFF_CONFIG")]
     pub config: PathBuf,
     /// Log level for dm-handoff's own logs (error, warn, info, debug, trace); default info (warn for
     /// `demo`, whose report is on stdout). RUST_LOG overrides it.
@@ -39,6 +33,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Daemon: run every pipeline on its schedule until SIGTERM/SIGINT (for systemd: Type=notify).
+    Run,
     /// One pass now over the selected pipelines: new messages, plus backfill within the configured limits.
     Sync(SyncArgs),
     /// Walk older history toward its start.

@@ -242,9 +242,8 @@ impl ConversationRef {
     fn parse(s: &str, provider: ProviderKind) -> Result<ConversationRef, String> {
         let s = s.trim();
         if let Some(user) = s.strip_prefix('@') {
-            let ok = !user.is_empty()
-                && user.len() <= 15
-                && user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let ok =
+                !user.is_empty() && user.len() <= 15 && user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             return if ok {
                 Ok(ConversationRef::Username(user.to_string()))
             } else {
@@ -269,11 +268,7 @@ impl ConversationRef {
         } else {
             Err(format!(
                 "`{s}` is neither a numeric user ID nor an @username{}",
-                if provider == ProviderKind::Xquik {
-                    ""
-                } else {
-                    " nor conv:<id>"
-                }
+                if provider == ProviderKind::Xquik { "" } else { " nor conv:<id>" }
             ))
         }
     }
@@ -290,7 +285,7 @@ impl fmt::Display for ConversationRef {
 }
 
 /// Retry and timeout policy toward a provider.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// One request's whole time, connect to last byte.
     pub request_timeout: Duration,
@@ -302,8 +297,8 @@ pub struct RetryPolicy {
     pub max: Duration,
 }
 
-/// One validated pipeline.
-#[derive(Clone, Debug)]
+/// One validated pipeline. Compared on reload to find the pipelines that changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pipeline {
     /// Unique; in every record and every state key.
     pub name: String,
@@ -338,15 +333,9 @@ pub struct Pipeline {
 /// Reads and validates a config file. Relative paths inside it are taken from the file's folder.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "cannot read config {}: {e}; pass --config PATH or create pipelines.toml",
-            path.display()
-        ))
+        ConfigError(format!("cannot read config {}: {e}; pass --config PATH or create pipelines.toml", path.display()))
     })?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     from_str(&text, path, base)
 }
 
@@ -355,12 +344,7 @@ pub fn from_str(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigEr
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
-            .map(|s| {
-                format!(
-                    " line {}",
-                    text[..s.start.min(text.len())].lines().count().max(1)
-                )
-            })
+            .map(|s| format!(" line {}", text[..s.start.min(text.len())].lines().count().max(1)))
             .unwrap_or_default();
         // toml's own message can span lines; one line is what we promise.
         let msg = e.message().replace('\n', " ");
@@ -374,9 +358,7 @@ pub fn from_str(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigEr
 
 fn parse_duration(key: &str, v: &str, what: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(v).map_err(|_| {
-        ConfigError(format!(
-            "{what}: `{key} = \"{v}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\""
-        ))
+        ConfigError(format!("{what}: `{key} = \"{v}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\""))
     })
 }
 
@@ -402,11 +384,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
     if raw.max_concurrency == 0 {
         return err(format!("config {file}: max_concurrency must be at least 1"));
     }
-    let shutdown_timeout = parse_duration(
-        "shutdown_timeout",
-        &raw.shutdown_timeout,
-        &format!("config {file}"),
-    )?;
+    let shutdown_timeout = parse_duration("shutdown_timeout", &raw.shutdown_timeout, &format!("config {file}"))?;
     if raw.pipelines.is_empty() {
         return err(format!(
             "config {file}: no [[pipelines]] defined; add at least one (see the annotated pipelines.toml)"
@@ -419,31 +397,17 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
         let at = format!("config {file}: pipelines[{i}]");
         let name = match rp.name {
             Some(n) if is_name(&n) => n,
-            Some(n) => {
-                return err(format!(
-                    "{at}: name `{n}` must be 1-64 letters, digits, `-` or `_`; rename it"
-                ))
-            }
-            None => {
-                return err(format!(
-                    "{at}: missing key `name`; give the pipeline a unique name"
-                ))
-            }
+            Some(n) => return err(format!("{at}: name `{n}` must be 1-64 letters, digits, `-` or `_`; rename it")),
+            None => return err(format!("{at}: missing key `name`; give the pipeline a unique name")),
         };
         let at = format!("config {file}: pipeline `{name}`");
         if !names.insert(name.clone()) {
-            return err(format!(
-                "{at}: the name is used twice; pipeline names must be unique"
-            ));
+            return err(format!("{at}: the name is used twice; pipeline names must be unique"));
         }
         let Some(provider) = rp.provider else {
-            return err(format!(
-                "{at}: missing key `provider`; set it to xquik, x-api-v2 or getxapi"
-            ));
+            return err(format!("{at}: missing key `provider`; set it to xquik, x-api-v2 or getxapi"));
         };
-        let base_url = rp
-            .base_url
-            .unwrap_or_else(|| provider.default_base_url().to_string());
+        let base_url = rp.base_url.unwrap_or_else(|| provider.default_base_url().to_string());
         let base_url = base_url.trim_end_matches('/').to_string();
         match reqwest::Url::parse(&base_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -487,51 +451,41 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
                 ))
             }
             (_, None, None) => None,
-            (p, _, _) => {
-                return err(format!("{at}: auth_token_env/auth_token_file are only for getxapi, not {p}"))
-            }
+            (p, _, _) => return err(format!("{at}: auth_token_env/auth_token_file are only for getxapi, not {p}")),
         };
         let account = match rp.account {
             Some(a) if !a.trim().is_empty() => a.trim().trim_start_matches('@').to_string(),
             _ => {
                 return err(format!(
                     "{at}: missing key `account`; set the connected sender account ({})",
-                    if provider == ProviderKind::Xquik {
-                        "its handle"
-                    } else {
-                        "its numeric user ID"
-                    }
+                    if provider == ProviderKind::Xquik { "its handle" } else { "its numeric user ID" }
                 ))
             }
         };
         if provider != ProviderKind::Xquik && !account.chars().all(|c| c.is_ascii_digit()) {
-            return err(format!(
-                "{at}: provider {provider} needs `account` as the numeric user ID, not `{account}`"
-            ));
+            return err(format!("{at}: provider {provider} needs `account` as the numeric user ID, not `{account}`"));
         }
         let mut conversations = Vec::new();
         let mut seen = BTreeSet::new();
         for c in &rp.conversations {
-            let conv = ConversationRef::parse(c, provider)
-                .map_err(|m| ConfigError(format!("{at}: conversations: {m}")))?;
+            let conv =
+                ConversationRef::parse(c, provider).map_err(|m| ConfigError(format!("{at}: conversations: {m}")))?;
             if !seen.insert(conv.to_string()) {
-                return err(format!(
-                    "{at}: conversations lists `{conv}` twice; remove one"
-                ));
+                return err(format!("{at}: conversations lists `{conv}` twice; remove one"));
             }
             conversations.push(conv);
         }
+        // Parsed by the same scheduler `run` uses, so `check` accepts exactly what the daemon can run.
         let fields = rp.schedule.split_whitespace().count();
-        if !(6..=7).contains(&fields) {
+        if !(6..=7).contains(&fields)
+            || tokio_cron_scheduler::Job::new_async(rp.schedule.as_str(), |_, _| Box::pin(async {})).is_err()
+        {
             return err(format!(
                 "{at}: schedule `{}` must be cron with seconds (6 fields), like \"*/30 * * * * *\"",
                 rp.schedule
             ));
         }
-        let output_dir = resolve(
-            &rp.output_dir
-                .unwrap_or_else(|| PathBuf::from("out").join(&name)),
-        );
+        let output_dir = resolve(&rp.output_dir.unwrap_or_else(|| PathBuf::from("out").join(&name)));
         if !outputs.insert(output_dir.clone()) {
             return err(format!(
                 "{at}: output_dir {} is already used by another pipeline; give each pipeline its own",
@@ -608,10 +562,7 @@ fn key_file(p: PathBuf, base: &Path) -> PathBuf {
 }
 
 fn is_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Keys pasted where a variable name belongs must not be echoed back into logs or terminals.
@@ -646,11 +597,7 @@ rotate_max_bytes = 67108864
 "#;
 
     fn check(text: &str) -> Result<Config, ConfigError> {
-        from_str(
-            text,
-            Path::new("/etc/dm/pipelines.toml"),
-            Path::new("/etc/dm"),
-        )
+        from_str(text, Path::new("/etc/dm/pipelines.toml"), Path::new("/etc/dm"))
     }
 
     fn check_err(text: &str) -> String {
@@ -666,10 +613,7 @@ rotate_max_bytes = 67108864
         assert_eq!(p.api_key, KeySource::Env("XQUIK_API_KEY".into()));
         assert_eq!(
             p.conversations,
-            vec![
-                ConversationRef::Peer("44196397".into()),
-                ConversationRef::Peer("1234567890".into())
-            ]
+            vec![ConversationRef::Peer("44196397".into()), ConversationRef::Peer("1234567890".into())]
         );
         assert_eq!(p.base_url, "http://127.0.0.1:8787/api/v1");
         assert_eq!(p.file_name, "xquik-dm-handoff.jsonl");
@@ -680,22 +624,14 @@ rotate_max_bytes = 67108864
     #[test]
     fn unknown_key_names_the_key_and_line() {
         let e = check_err(&MINIMAL.replace("rotate_max_bytes", "rotate_max_byte"));
-        assert!(
-            e.contains("rotate_max_byte") && e.contains("line 12"),
-            "{e}"
-        );
+        assert!(e.contains("rotate_max_byte") && e.contains("line 12"), "{e}");
         assert!(!e.contains('\n'));
     }
 
     #[test]
     fn missing_required_keys_say_which() {
-        assert!(
-            check_err(&MINIMAL.replace("api_key_env = \"XQUIK_API_KEY\"\n", ""))
-                .contains("api_key_env")
-        );
-        assert!(
-            check_err(&MINIMAL.replace("account = \"acme_support\"\n", "")).contains("`account`")
-        );
+        assert!(check_err(&MINIMAL.replace("api_key_env = \"XQUIK_API_KEY\"\n", "")).contains("api_key_env"));
+        assert!(check_err(&MINIMAL.replace("account = \"acme_support\"\n", "")).contains("`account`"));
         assert!(check_err(&MINIMAL.replace("provider = \"xquik\"\n", "")).contains("`provider`"));
         assert!(check_err("state_dir = \"s\"\n").contains("no [[pipelines]]"));
     }
@@ -703,18 +639,11 @@ rotate_max_bytes = 67108864
     #[test]
     fn bad_values_are_explained() {
         assert!(check_err(&MINIMAL.replace("\"xquik\"", "\"myspace\"")).contains("line"));
-        assert!(
-            check_err(&MINIMAL.replace("\"*/30 * * * * *\"", "\"*/5 * * * *\""))
-                .contains("6 fields")
-        );
+        assert!(check_err(&MINIMAL.replace("\"*/30 * * * * *\"", "\"*/5 * * * *\"")).contains("6 fields"));
         assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"not-an-id\"")).contains("not-an-id"));
         assert!(check_err(&MINIMAL.replace("\"1234567890\"", "\"44196397\"")).contains("twice"));
-        assert!(
-            check_err(&MINIMAL.replace("http://127.0.0.1:8787/api/v1", "ftp://x"))
-                .contains("base_url")
-        );
-        assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"conv:1-2\""))
-            .contains("no conversation IDs"));
+        assert!(check_err(&MINIMAL.replace("http://127.0.0.1:8787/api/v1", "ftp://x")).contains("base_url"));
+        assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"conv:1-2\"")).contains("no conversation IDs"));
     }
 
     #[test]
@@ -744,21 +673,13 @@ rotate_max_bytes = 67108864
             .replace("acme_support", "987654321")
             .replace("\"1234567890\"", "\"@dana_ops\", \"conv:111-222\"");
         let cfg = check(&t).unwrap();
-        assert_eq!(
-            cfg.pipelines[0].conversations[1],
-            ConversationRef::Username("dana_ops".into())
-        );
-        assert_eq!(
-            cfg.pipelines[0].conversations[2],
-            ConversationRef::ConversationId("111-222".into())
-        );
+        assert_eq!(cfg.pipelines[0].conversations[1], ConversationRef::Username("dana_ops".into()));
+        assert_eq!(cfg.pipelines[0].conversations[2], ConversationRef::ConversationId("111-222".into()));
     }
 
     #[test]
     fn getxapi_needs_an_auth_token_source() {
-        let t = MINIMAL
-            .replace("\"xquik\"", "\"getxapi\"")
-            .replace("acme_support", "987654321");
+        let t = MINIMAL.replace("\"xquik\"", "\"getxapi\"").replace("acme_support", "987654321");
         assert!(check_err(&t).contains("auth_token_env"));
         let ok = t.replace(
             "api_key_env = \"XQUIK_API_KEY\"",
@@ -769,10 +690,7 @@ rotate_max_bytes = 67108864
 
     #[test]
     fn key_source_errors_name_the_variable_not_a_value() {
-        let e = KeySource::Env("DM_HANDOFF_TEST_SURELY_UNSET".into())
-            .read("p", "API key")
-            .unwrap_err()
-            .0;
+        let e = KeySource::Env("DM_HANDOFF_TEST_SURELY_UNSET".into()).read("p", "API key").unwrap_err().0;
         assert!(e.contains("DM_HANDOFF_TEST_SURELY_UNSET"));
     }
 }

@@ -22,6 +22,16 @@ use crate::record::{id_cmp, key_of_line, Kind};
 use crate::sink::{Sink, SinkConfig};
 use crate::state::{Commit, ConvState, Store};
 
+/// Held by a writer while it appends and commits, and by [`exit_now`]: an immediate exit (second
+/// Ctrl-C) waits for the append in progress, so even then no line is left torn.
+static WRITE_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Exits the process at once, but never in the middle of an append.
+pub fn exit_now(code: i32) -> ! {
+    let _gate = WRITE_GATE.lock();
+    std::process::exit(code)
+}
+
 /// Upper bound on one group commit's new bytes: bounds memory and the latency of the batch that waits longest.
 pub const GROUP_MAX_BYTES: usize = 8 * 1024 * 1024;
 
@@ -60,40 +70,22 @@ pub struct Handoff {
 
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
-    pub fn open(
-        store: Arc<Store>,
-        pipeline: &str,
-        cfg: SinkConfig,
-    ) -> Result<(Handoff, Recovery), HandoffError> {
-        let mut writer = Writer {
-            store,
-            pipeline: pipeline.to_string(),
-            cfg,
-            sink: None,
-        };
+    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
+        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None };
         let recovery = writer.ensure_open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name(format!("handoff-{pipeline}"))
             .spawn(move || writer.run(rx))
             .map_err(|e| HandoffError(format!("cannot start the writer thread: {e}")))?;
-        Ok((
-            Handoff {
-                tx,
-                thread: Some(thread),
-            },
-            recovery,
-        ))
+        Ok((Handoff { tx, thread: Some(thread) }, recovery))
     }
 
     /// Makes a batch durable; returns once its lines are fsynced and its state committed.
     pub async fn write(&self, batch: Batch) -> Result<(), HandoffError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { batch, reply })
-            .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
+        self.tx.send(Request { batch, reply }).map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
+        rx.await.map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
     }
 
     /// Lets the writer close the active file by age even when nothing new arrives.
@@ -165,14 +157,15 @@ impl Writer {
     }
 
     fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
+        // A poisoned gate only means another writer panicked; the gate guards no data.
+        let _gate = WRITE_GATE.lock().unwrap_or_else(|p| p.into_inner());
         self.ensure_open()?;
         let Some(sink) = self.sink.as_mut() else {
             return Err(HandoffError("the output is not open".into()));
         };
         let now = SystemTime::now();
         let point = if lines.is_empty() {
-            sink.rotate_if_due(now)
-                .map(|p| p.unwrap_or_else(|| sink.position()))
+            sink.rotate_if_due(now).map(|p| p.unwrap_or_else(|| sink.position()))
         } else {
             sink.append(&lines, now)
         };
@@ -180,10 +173,7 @@ impl Writer {
             Ok(p) => p,
             Err(e) => {
                 self.sink = None;
-                return Err(HandoffError(format!(
-                    "output {}: {e}",
-                    self.cfg.dir.display()
-                )));
+                return Err(HandoffError(format!("output {}: {e}", self.cfg.dir.display())));
             }
         };
         commit.sink_points.push((self.pipeline.clone(), point));
@@ -199,18 +189,13 @@ impl Writer {
         if self.sink.is_some() {
             return Ok(Recovery::default());
         }
-        let committed = self
-            .store
-            .commit_point(&self.pipeline)
-            .map_err(|e| HandoffError(e.to_string()))?;
+        let committed = self.store.commit_point(&self.pipeline).map_err(|e| HandoffError(e.to_string()))?;
         let (sink, recovered) = Sink::open(self.cfg.clone(), committed)
             .map_err(|e| HandoffError(format!("opening output {}: {e}", self.cfg.dir.display())))?;
-        let mut commit = reconcile(&self.store, &self.pipeline, &recovered.lines)
-            .map_err(|e| HandoffError(e.to_string()))?;
-        let recovery = Recovery {
-            torn_bytes_cut: recovered.torn_bytes_cut,
-            lines_reconciled: recovered.lines.len() as u64,
-        };
+        let mut commit =
+            reconcile(&self.store, &self.pipeline, &recovered.lines).map_err(|e| HandoffError(e.to_string()))?;
+        let recovery =
+            Recovery { torn_bytes_cut: recovered.torn_bytes_cut, lines_reconciled: recovered.lines.len() as u64 };
         if recovery.torn_bytes_cut > 0 || recovery.lines_reconciled > 0 {
             tracing::warn!(
                 pipeline = %self.pipeline,
@@ -219,32 +204,21 @@ impl Writer {
                 "recovered output left by an interrupted run"
             );
         }
-        commit
-            .sink_points
-            .push((self.pipeline.clone(), sink.position()));
-        self.store
-            .commit(&commit)
-            .map_err(|e| HandoffError(e.to_string()))?;
+        commit.sink_points.push((self.pipeline.clone(), sink.position()));
+        self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
         self.sink = Some(sink);
         Ok(recovery)
     }
 }
 
 /// Folds lines that are on disk but not in state into the seen set and the per-conversation counters.
-pub fn reconcile(
-    store: &Store,
-    pipeline: &str,
-    lines: &[String],
-) -> Result<Commit, crate::state::StateError> {
+pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Commit, crate::state::StateError> {
     let mut commit = Commit::default();
     let mut fresh = HashSet::new();
     let mut convs: BTreeMap<String, ConvState> = BTreeMap::new();
     for line in lines {
         let Some(key) = key_of_line(line) else {
-            tracing::warn!(
-                pipeline,
-                "a recovered line is not a dm-handoff record; left as it is"
-            );
+            tracing::warn!(pipeline, "a recovered line is not a dm-handoff record; left as it is");
             continue;
         };
         if store.is_seen(pipeline, &key)? || !fresh.insert(key.clone()) {
@@ -259,19 +233,12 @@ pub fn reconcile(
                 }
             };
             st.messages_written += 1;
-            if st
-                .newest_id
-                .as_deref()
-                .is_none_or(|n| id_cmp(&key.id, n).is_gt())
-            {
+            if st.newest_id.as_deref().is_none_or(|n| id_cmp(&key.id, n).is_gt()) {
                 st.newest_id = Some(key.id.clone());
             }
         }
         commit.seen.push((pipeline.to_string(), key));
     }
-    commit.conversations = convs
-        .into_iter()
-        .map(|(c, st)| (pipeline.to_string(), c, st))
-        .collect();
+    commit.conversations = convs.into_iter().map(|(c, st)| (pipeline.to_string(), c, st)).collect();
     Ok(commit)
 }

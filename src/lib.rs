@@ -5,6 +5,8 @@
 //! - [`cli`]: the command line (clap derive); its doc comments are `--help`.
 //! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
 //! - [`app`]: the commands; the application edge where errors become exit codes.
+//! - [`daemon`]: `run`: schedules, single-flight runs, reload, systemd notify and watchdog, clean stop.
+//! - [`control`]: the Unix control socket through which commands reach a running daemon.
 //! - [`sync`]: one pass per conversation: fetch a page → write → fsync → commit; head pass and backfill.
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
 //! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
@@ -16,6 +18,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod handoff;
 pub mod provider;
 pub mod record;

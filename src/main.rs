@@ -17,10 +17,7 @@ fn main() {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     init_logging(&opts);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -28,15 +25,15 @@ fn main() {
         }
     };
     let code = match runtime.block_on(app::run(opts)) {
-        Ok(exit) => exit,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            app::exit_code_for(&e)
+            app::exit_code_for(&e) as i32
         }
     };
     // Let background tasks (signal watchers) go without waiting on them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    std::process::exit(code as i32);
+    std::process::exit(code);
 }
 
 fn init_logging(opts: &Opts) {
@@ -45,15 +42,28 @@ fn init_logging(opts: &Opts) {
         Command::Demo(_) => "warn",
         _ => "info",
     });
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,dm_handoff={level}")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match opts.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text | LogFormat::Auto => {
-            builder.with_ansi(std::io::stderr().is_terminal()).init()
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("warn,dm_handoff={level}")));
+    // Under systemd (JOURNAL_STREAM names our stderr), send structured fields straight to journald.
+    if opts.log_format == LogFormat::Auto && stderr_is_journal() {
+        if let Ok(layer) = tracing_journald::layer() {
+            use tracing_subscriber::prelude::*;
+            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("dm-handoff".into())).init();
+            return;
         }
     }
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match opts.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text | LogFormat::Auto => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Whether stderr is the journal stream systemd gave us (JOURNAL_STREAM is "device:inode" of it).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }

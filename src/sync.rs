@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub since: Option<SystemTime>,
     /// Only these conversations (as configured, or as resolved IDs); empty = all.
     pub only: Vec<String>,
+    /// Set to the current Unix ms before every request and after every commit: the daemon's watchdog
+    /// pings systemd only while runs keep making progress.
+    pub heartbeat: Option<Arc<AtomicU64>>,
 }
 
 /// How one conversation's run went.
@@ -80,10 +83,7 @@ pub struct PipelineReport {
 
 impl PipelineReport {
     pub fn failed(&self) -> usize {
-        self.conversations
-            .iter()
-            .filter(|c| c.error.is_some())
-            .count()
+        self.conversations.iter().filter(|c| c.error.is_some()).count()
     }
 }
 
@@ -96,6 +96,14 @@ struct RunShared {
     fatal: std::sync::Mutex<Option<String>>,
 }
 
+impl RunShared {
+    fn beat(&self) {
+        if let Some(h) = &self.opts.heartbeat {
+            h.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs one pass over a pipeline's conversations. `global` bounds conversations across pipelines.
 pub async fn sync_pipeline(
     rt: Arc<Runtime>,
@@ -103,21 +111,15 @@ pub async fn sync_pipeline(
     global: Arc<Semaphore>,
     cancel: CancellationToken,
 ) -> PipelineReport {
-    let shared = Arc::new(RunShared {
-        opts,
-        credits: AtomicU64::new(0),
-        stop: cancel.child_token(),
-        fatal: Default::default(),
-    });
+    let shared =
+        Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
     let local = Arc::new(Semaphore::new(rt.pipeline.concurrency));
     let mut set = JoinSet::new();
     for conv in rt.pipeline.conversations.clone() {
-        if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string())
-        {
+        if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string()) {
             continue;
         }
-        let (rt, shared, local, global) =
-            (rt.clone(), shared.clone(), local.clone(), global.clone());
+        let (rt, shared, local, global) = (rt.clone(), shared.clone(), local.clone(), global.clone());
         set.spawn(async move {
             // Permits are only ever closed by dropping the semaphore, which cannot happen while we hold an Arc.
             let _l = local.acquire_owned().await.ok();
@@ -138,11 +140,7 @@ pub async fn sync_pipeline(
     }
     reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
     let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
-    PipelineReport {
-        pipeline: rt.pipeline.name.clone(),
-        conversations: reports,
-        fatal,
-    }
+    PipelineReport { pipeline: rt.pipeline.name.clone(), conversations: reports, fatal }
 }
 
 /// Why a conversation's run stopped early.
@@ -164,15 +162,8 @@ impl From<crate::state::StateError> for Stop {
     }
 }
 
-async fn sync_conversation(
-    rt: &Runtime,
-    conv_ref: &ConversationRef,
-    shared: &RunShared,
-) -> ConvReport {
-    let mut report = ConvReport {
-        conversation: conv_ref.to_string(),
-        ..Default::default()
-    };
+async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &RunShared) -> ConvReport {
+    let mut report = ConvReport { conversation: conv_ref.to_string(), ..Default::default() };
     let p = &rt.pipeline;
     let result = async {
         let conv = resolve(rt, conv_ref, shared).await?;
@@ -187,18 +178,9 @@ async fn sync_conversation(
             Err(Stop::Write(e)) => Some(e.clone()),
         };
         report.backfill_done = st.backfill_done;
-        let commit = Commit {
-            conversations: vec![(p.name.clone(), conv.key().to_string(), st)],
-            ..Default::default()
-        };
+        let commit = Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), st)], ..Default::default() };
         // Best effort: if even this fails, the run's error is the more useful one to report.
-        let _ = rt
-            .handoff
-            .write(Batch {
-                lines: vec![],
-                commit,
-            })
-            .await;
+        let _ = rt.handoff.write(Batch { lines: vec![], commit }).await;
         outcome
     }
     .await;
@@ -207,9 +189,7 @@ async fn sync_conversation(
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, duplicates = report.duplicates, credits = report.credits, backfill_done = report.backfill_done, "conversation synced");
         }
         Err(Stop::Cancelled) => {
-            report.error = Some(
-                "stopped before finishing (shutdown or a fatal error in this pipeline)".into(),
-            );
+            report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, "conversation stopped at a page boundary");
         }
         Err(Stop::Provider(e)) => {
@@ -231,47 +211,22 @@ async fn sync_conversation(
 }
 
 /// Turns a configured conversation into what the provider's history call needs, caching usernames.
-async fn resolve(
-    rt: &Runtime,
-    conv: &ConversationRef,
-    shared: &RunShared,
-) -> Result<Conversation, Stop> {
+async fn resolve(rt: &Runtime, conv: &ConversationRef, shared: &RunShared) -> Result<Conversation, Stop> {
     match conv {
-        ConversationRef::Peer(id) => Ok(Conversation::Peer {
-            user_id: id.clone(),
-            conversation_id: None,
-        }),
-        ConversationRef::ConversationId(id) => Ok(Conversation::Group {
-            conversation_id: id.clone(),
-        }),
+        ConversationRef::Peer(id) => Ok(Conversation::Peer { user_id: id.clone(), conversation_id: None }),
+        ConversationRef::ConversationId(id) => Ok(Conversation::Group { conversation_id: id.clone() }),
         ConversationRef::Username(name) => {
             let provider = rt.pipeline.provider.name();
             if let Some(id) = rt.store.resolved_user(provider, name)? {
-                return Ok(Conversation::Peer {
-                    user_id: id,
-                    conversation_id: None,
-                });
+                return Ok(Conversation::Peer { user_id: id, conversation_id: None });
             }
-            let user = with_retry(&rt.pipeline.retry, &shared.stop, || {
-                rt.client.lookup_user(name)
-            })
-            .await
-            .map_err(Stop::Provider)?;
+            let user = with_retry(&rt.pipeline.retry, &shared.stop, || rt.client.lookup_user(name))
+                .await
+                .map_err(Stop::Provider)?;
             tracing::info!(pipeline = %rt.pipeline.name, username = %name, user_id = %user.id, "resolved @username");
-            let commit = Commit {
-                raw: vec![Store::user_entry(provider, name, &user.id)],
-                ..Default::default()
-            };
-            rt.handoff
-                .write(Batch {
-                    lines: vec![],
-                    commit,
-                })
-                .await?;
-            Ok(Conversation::Peer {
-                user_id: user.id,
-                conversation_id: None,
-            })
+            let commit = Commit { raw: vec![Store::user_entry(provider, name, &user.id)], ..Default::default() };
+            rt.handoff.write(Batch { lines: vec![], commit }).await?;
+            Ok(Conversation::Peer { user_id: user.id, conversation_id: None })
         }
     }
 }
@@ -312,7 +267,7 @@ async fn first_page(
     next.backfill_started = true;
     next.backfill_done = page.next_cursor.is_none();
     next.backfill_cursor = page.next_cursor.clone();
-    write_page(rt, conv, &page, st, next, report).await
+    write_page(rt, conv, &page, st, next, shared, report).await
 }
 
 /// From the newest page down to the high-water mark (or to the end while nothing was ever seen).
@@ -343,7 +298,7 @@ async fn head_pass(
         } else {
             next.head_cursor = page.next_cursor.clone();
         }
-        write_page(rt, conv, &page, st, next, report).await?;
+        write_page(rt, conv, &page, st, next, shared, report).await?;
         if done {
             return Ok(());
         }
@@ -359,18 +314,15 @@ async fn backfill(
     report: &mut ConvReport,
 ) -> Result<(), Stop> {
     let p = &rt.pipeline;
-    let max_pages = shared
-        .opts
-        .max_pages
-        .or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
+    let max_pages =
+        shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
     let mut pages = 0u64;
     while !st.backfill_done {
         if shared.stop.is_cancelled() {
             return Err(Stop::Cancelled);
         }
         if max_pages.is_some_and(|m| pages >= m)
-            || (p.max_credits_per_run > 0
-                && shared.credits.load(Ordering::Relaxed) >= p.max_credits_per_run)
+            || (p.max_credits_per_run > 0 && shared.credits.load(Ordering::Relaxed) >= p.max_credits_per_run)
         {
             report.limited = true;
             tracing::info!(pipeline = %p.name, conversation = %conv.key(), pages, "backfill paused at this run's limit");
@@ -382,11 +334,8 @@ async fn backfill(
         let mut next = st.clone();
         next.backfill_done = page.next_cursor.is_none();
         next.backfill_cursor = page.next_cursor.clone();
-        let reached_since = shared
-            .opts
-            .since
-            .is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
-        write_page(rt, conv, &page, st, next, report).await?;
+        let reached_since = shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
+        write_page(rt, conv, &page, st, next, shared, report).await?;
         if reached_since && !st.backfill_done {
             report.limited = true;
             tracing::info!(pipeline = %p.name, conversation = %conv.key(), "backfill reached --since");
@@ -396,17 +345,11 @@ async fn backfill(
     Ok(())
 }
 
-async fn fetch(
-    rt: &Runtime,
-    conv: &Conversation,
-    cursor: Option<&str>,
-    shared: &RunShared,
-) -> Result<Page, Stop> {
+async fn fetch(rt: &Runtime, conv: &Conversation, cursor: Option<&str>, shared: &RunShared) -> Result<Page, Stop> {
     let page = with_retry(&rt.pipeline.retry, &shared.stop, || {
+        shared.beat();
         rt.client.history(conv, cursor)
-    })
-    .await
-    .map_err(|e| {
+    }).await.map_err(|e| {
         if shared.stop.is_cancelled() && e.class == ErrorClass::Transient {
             Stop::Cancelled
         } else {
@@ -425,6 +368,7 @@ async fn write_page(
     page: &Page,
     st: &mut ConvState,
     mut next: ConvState,
+    shared: &RunShared,
     report: &mut ConvReport,
 ) -> Result<(), Stop> {
     let p = &rt.pipeline;
@@ -457,16 +401,15 @@ async fn write_page(
         next.newest_id = newest_of(next.newest_id.as_deref(), Some(&k.id));
     }
     let written = records.len() as u64;
-    let mut commit = Commit {
-        conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())],
-        ..Default::default()
-    };
+    let mut commit =
+        Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())], ..Default::default() };
     let mut lines = Vec::with_capacity(records.len());
     for (key, record) in records {
         lines.push(record.to_line());
         commit.seen.push((p.name.clone(), key));
     }
     rt.handoff.write(Batch { lines, commit }).await?;
+    shared.beat();
     *st = next;
     report.pages += 1;
     report.written += written;
@@ -478,9 +421,7 @@ fn newest(page: &Page, current: Option<&str>) -> Option<String> {
     page.items
         .iter()
         .map(|i| i.id.as_str())
-        .fold(current.map(str::to_string), |acc, id| {
-            newest_of(acc.as_deref(), Some(id))
-        })
+        .fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(id)))
 }
 
 fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
@@ -491,21 +432,12 @@ fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
 }
 
 fn oldest_time(page: &Page) -> Option<SystemTime> {
-    page.items
-        .iter()
-        .filter_map(|i| {
-            i.created_at
-                .as_deref()
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        })
-        .min()
+    page.items.iter().filter_map(|i| i.created_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())).min()
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -515,13 +447,7 @@ mod tests {
 
     fn page(ids: &[&str], next: Option<&str>) -> Page {
         Page {
-            items: ids
-                .iter()
-                .map(|i| Item {
-                    id: i.to_string(),
-                    ..Item::default()
-                })
-                .collect(),
+            items: ids.iter().map(|i| Item { id: i.to_string(), ..Item::default() }).collect(),
             next_cursor: next.map(str::to_string),
             credits: ids.len() as u64,
         }
@@ -529,14 +455,8 @@ mod tests {
 
     #[test]
     fn newest_is_numeric_and_keeps_current() {
-        assert_eq!(
-            newest(&page(&["9", "100", "11"], None), None).as_deref(),
-            Some("100")
-        );
-        assert_eq!(
-            newest(&page(&["9"], None), Some("50")).as_deref(),
-            Some("50")
-        );
+        assert_eq!(newest(&page(&["9", "100", "11"], None), None).as_deref(), Some("100"));
+        assert_eq!(newest(&page(&["9"], None), Some("50")).as_deref(), Some("50"));
         assert_eq!(newest(&page(&[], None), None), None);
         assert_eq!(newest_of(None, Some("3")).as_deref(), Some("3"));
     }

@@ -1,0 +1,394 @@
+//! The daemon (`run`): schedules, single-flight runs, the control socket, reload, systemd, shutdown.
+//!
+//! Each pipeline is a [`Slot`]: its runtime, a cron job, and a run lock. A tick takes the lock with
+//! `try_lock` and skips (logging it) when the previous run is still going, so one pipeline never runs
+//! twice at once; a control-socket request waits for the lock instead. Runs live in one `JoinSet` and
+//! stop on the daemon's `CancellationToken` at a page boundary.
+//!
+//! systemd: `READY=1` once the state is open and every pipeline's output recovered; `STATUS=` after each
+//! run; `WATCHDOG=1` every half `WATCHDOG_USEC` *only while runs make progress* (a request started or a
+//! page committed within the watchdog interval, or nothing running); `STOPPING=1` on shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop the scheduler, cancel runs, wait up to `shutdown_timeout`, abort what
+//! is left, close every writer (fsync), flush sled, exit 0. A second signal exits at once through
+//! [`crate::handoff::exit_now`], which never interrupts an append.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::app::{self, Exit};
+use crate::config::{self, Config, Pipeline};
+use crate::control::{self, Request, Response};
+use crate::provider::Client;
+use crate::state::Store;
+use crate::sync::{sync_pipeline, unix_ms, PipelineReport, RunOptions, Runtime};
+
+/// One pipeline as the daemon holds it.
+struct Slot {
+    rt: Arc<Runtime>,
+    /// Held for the length of a run: the single-flight guarantee.
+    running: Arc<tokio::sync::Mutex<()>>,
+    /// The scheduler's job, to remove it on reload.
+    job: Uuid,
+    /// One line about the last run, for `STATUS=` and `status`.
+    last: Mutex<Option<String>>,
+}
+
+/// The running daemon's shared parts.
+struct Daemon {
+    config_path: PathBuf,
+    config: Mutex<Config>,
+    store: Arc<Store>,
+    /// Bounds conversations across all pipelines.
+    global: Arc<Semaphore>,
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+    runs: Mutex<JoinSet<()>>,
+    sched: JobScheduler,
+    /// Cancelled on shutdown: runs stop at a page boundary, requests are refused.
+    cancel: CancellationToken,
+    /// Unix ms of the last sign of progress; see the module doc.
+    heartbeat: Arc<AtomicU64>,
+    in_flight: AtomicUsize,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns the exit code of a clean stop.
+pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
+    // Read every secret before touching state, so a missing key is one clear error and nothing else.
+    let clients = cfg.pipelines.iter().map(Client::new).collect::<Result<Vec<_>, _>>()?;
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    let sched = JobScheduler::new().await.context("starting the scheduler")?;
+    let listener = control::bind(&cfg.state_dir)
+        .with_context(|| format!("creating the control socket in {}", cfg.state_dir.display()))?;
+    let daemon = Arc::new(Daemon {
+        config_path,
+        global: Arc::new(Semaphore::new(cfg.max_concurrency)),
+        config: Mutex::new(cfg.clone()),
+        store,
+        slots: Mutex::new(BTreeMap::new()),
+        runs: Mutex::new(JoinSet::new()),
+        sched,
+        cancel: CancellationToken::new(),
+        heartbeat: Arc::new(AtomicU64::new(unix_ms(SystemTime::now()))),
+        in_flight: AtomicUsize::new(0),
+    });
+    for (p, client) in cfg.pipelines.iter().zip(clients) {
+        daemon.add_pipeline(p, client).await?;
+    }
+    daemon.sched.start().await.context("starting the scheduler")?;
+    let names: Vec<String> = cfg.pipelines.iter().map(|p| p.name.clone()).collect();
+    tracing::info!(pipelines = ?names, state_dir = %cfg.state_dir.display(), "daemon ready");
+    notify(&[NotifyState::Ready, NotifyState::Status(&format!("ready: {} pipelines", names.len()))]);
+
+    let result = daemon.clone().serve(listener).await;
+    daemon.shutdown(cfg.shutdown_timeout).await;
+    let _ = std::fs::remove_file(control::socket_path(&cfg.state_dir));
+    result.map(|()| Exit::Ok)
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+impl Daemon {
+    /// The main loop: signals, control connections and the watchdog, until a stop signal.
+    async fn serve(self: Arc<Self>, listener: tokio::net::UnixListener) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let watchdog = sd_notify::watchdog_enabled();
+        // Half the interval, as systemd recommends; a daemon without a watchdog still wakes up rarely.
+        let mut tick = tokio::time::interval(watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(3600)));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => self.clone().reload().await,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let d = self.clone();
+                        self.spawn(async move { d.handle(stream).await });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                },
+                _ = tick.tick() => {
+                    if let Some(w) = watchdog {
+                        if self.healthy(w) {
+                            notify(&[NotifyState::Watchdog]);
+                        } else {
+                            tracing::error!(watchdog_ms = w.as_millis() as u64, "no progress within the watchdog interval; withholding WATCHDOG=1");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Progress means: nothing is running, or a running pass did something within the interval.
+    fn healthy(&self, watchdog: Duration) -> bool {
+        let idle = self.in_flight.load(Ordering::SeqCst) == 0;
+        let since = unix_ms(SystemTime::now()).saturating_sub(self.heartbeat.load(Ordering::Relaxed));
+        idle || since < watchdog.as_millis() as u64
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut runs) = self.runs.lock() {
+            // Reap finished tasks so the set does not grow over months of uptime.
+            while runs.try_join_next().is_some() {}
+            runs.spawn(fut);
+        }
+    }
+
+    /// Builds a pipeline's slot and schedules it.
+    async fn add_pipeline(self: &Arc<Self>, p: &Pipeline, client: Client) -> anyhow::Result<()> {
+        let rt = app::open_runtime(&self.store, p, client)?;
+        let name = p.name.clone();
+        let weak = Arc::downgrade(self);
+        let job = Job::new_async(p.schedule.as_str(), move |_, _| {
+            let (weak, name) = (weak.clone(), name.clone());
+            Box::pin(async move {
+                if let Some(d) = weak.upgrade() {
+                    d.tick(&name);
+                }
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("pipeline `{}`: schedule `{}`: {e:?}", p.name, p.schedule))?;
+        let job = self.sched.add(job).await.map_err(|e| anyhow::anyhow!("pipeline `{}`: scheduling: {e:?}", p.name))?;
+        let slot = Arc::new(Slot { rt, running: Arc::new(tokio::sync::Mutex::new(())), job, last: Mutex::new(None) });
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.insert(p.name.clone(), slot);
+        }
+        Ok(())
+    }
+
+    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots.lock().ok()?.get(name).cloned()
+    }
+
+    /// A schedule tick: start a run unless the previous one is still going.
+    fn tick(self: &Arc<Self>, name: &str) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let Some(slot) = self.slot(name) else { return };
+        let Ok(guard) = slot.running.clone().try_lock_owned() else {
+            tracing::warn!(pipeline = %name, "previous run still going; skipping this tick");
+            return;
+        };
+        let d = self.clone();
+        self.spawn(async move {
+            d.run_slot(&slot, app::sync_options(Vec::new())).await;
+            drop(guard);
+        });
+    }
+
+    /// One run of a pipeline; the caller holds its run lock.
+    async fn run_slot(&self, slot: &Slot, mut opts: RunOptions) -> PipelineReport {
+        opts.heartbeat = Some(self.heartbeat.clone());
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.heartbeat.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        let report = sync_pipeline(slot.rt.clone(), opts, self.global.clone(), self.cancel.clone()).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Lets the active file close by age even when a run wrote nothing.
+        if let Err(e) = slot.rt.handoff.tick().await {
+            tracing::error!(pipeline = %report.pipeline, error = %e, "age rotation failed");
+        }
+        let written: u64 = report.conversations.iter().map(|c| c.written).sum();
+        let credits: u64 = report.conversations.iter().map(|c| c.credits).sum();
+        let line = format!(
+            "{}: {} conversations, {} new records, {} failed, {} credits",
+            report.pipeline,
+            report.conversations.len(),
+            written,
+            report.failed(),
+            credits
+        );
+        tracing::info!(pipeline = %report.pipeline, conversations = report.conversations.len(), records = written, failed = report.failed(), credits, "run finished");
+        if let Ok(mut last) = slot.last.lock() {
+            *last = Some(line);
+        }
+        notify(&[NotifyState::Status(&self.status_line())]);
+        report
+    }
+
+    /// `STATUS=`: the last run of every pipeline on one line.
+    fn status_line(&self) -> String {
+        let Ok(slots) = self.slots.lock() else { return String::new() };
+        let parts: Vec<String> =
+            slots.values().filter_map(|s| s.last.lock().ok().and_then(|l| l.clone())).collect();
+        if parts.is_empty() {
+            format!("ready: {} pipelines", slots.len())
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Answers one control connection.
+    async fn handle(self: Arc<Self>, mut stream: tokio::net::UnixStream) {
+        let resp = match control::read_request(&mut stream).await {
+            Ok(req) => self.answer(req).await,
+            Err(e) => Response { exit: Exit::Config as i32, stderr: format!("error: {e}\n"), ..Default::default() },
+        };
+        if let Err(e) = control::write_response(&mut stream, &resp).await {
+            tracing::warn!(error = %e, "could not answer a control request");
+        }
+    }
+
+    async fn answer(&self, req: Request) -> Response {
+        let failure = |e: anyhow::Error| Response {
+            exit: app::exit_code_for(&e) as i32,
+            stderr: format!("error: {e:#}\n"),
+            ..Default::default()
+        };
+        if self.cancel.is_cancelled() {
+            return failure(anyhow::anyhow!("the daemon is stopping; try again once it has restarted"));
+        }
+        let cfg = match self.config.lock() {
+            Ok(c) => c.clone(),
+            Err(_) => return failure(anyhow::anyhow!("internal error: config lock poisoned")),
+        };
+        match req {
+            Request::Status { json } => app::status(&cfg, &self.store, json).unwrap_or_else(failure),
+            Request::Sync { pipelines, conversations } => {
+                self.run_now(&cfg, &pipelines, app::sync_options(conversations)).await.unwrap_or_else(failure)
+            }
+            Request::Backfill { pipelines, conversations, since, max_pages } => {
+                match app::backfill_options(conversations, since.as_deref(), max_pages) {
+                    Ok(opts) => self.run_now(&cfg, &pipelines, opts).await.unwrap_or_else(failure),
+                    Err(e) => failure(e.into()),
+                }
+            }
+            Request::Send { .. } => failure(anyhow::anyhow!("this daemon does not take sends yet; stop it to send")),
+        }
+    }
+
+    /// A run asked for through the socket: waits for any run in progress, then runs the pipelines.
+    async fn run_now(&self, cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::Result<Response> {
+        let selected = app::select(cfg, names)?;
+        app::check_conversations(&selected, &opts.only)?;
+        let mut reports = Vec::new();
+        for p in selected {
+            let Some(slot) = self.slot(&p.name) else { continue };
+            let _guard = slot.running.lock().await;
+            reports.push(self.run_slot(&slot, opts.clone()).await);
+        }
+        Ok(app::render_reports(reports, self.cancel.is_cancelled()))
+    }
+
+    /// SIGHUP: a valid new config replaces the old one; pipelines that changed are restarted.
+    async fn reload(self: Arc<Self>) {
+        let new = match config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload rejected; the running config stays");
+                return;
+            }
+        };
+        let old = match self.config.lock() {
+            Ok(c) => c.clone(),
+            Err(_) => return,
+        };
+        if new.state_dir != old.state_dir {
+            tracing::error!("reload rejected: state_dir cannot change while running; restart the daemon");
+            return;
+        }
+        // Secrets of new and changed pipelines first, so a missing key rejects the reload as a whole.
+        let changed: Vec<&Pipeline> =
+            new.pipelines.iter().filter(|p| old.pipelines.iter().find(|o| o.name == p.name) != Some(*p)).collect();
+        let clients = match changed.iter().map(|p| Client::new(p)).collect::<Result<Vec<_>, _>>() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload rejected; the running config stays");
+                return;
+            }
+        };
+        let gone: Vec<String> = old
+            .pipelines
+            .iter()
+            .filter(|o| new.pipelines.iter().find(|p| p.name == o.name) != Some(*o))
+            .map(|o| o.name.clone())
+            .collect();
+        for name in &gone {
+            self.remove_pipeline(name).await;
+        }
+        for (p, client) in changed.into_iter().zip(clients) {
+            if let Err(e) = self.add_pipeline(p, client).await {
+                tracing::error!(pipeline = %p.name, error = %e, "could not start the pipeline after reload");
+            }
+        }
+        if let Ok(mut c) = self.config.lock() {
+            *c = new;
+        }
+        tracing::info!(restarted_or_removed = gone.len(), "config reloaded");
+        notify(&[NotifyState::Status(&self.status_line())]);
+    }
+
+    /// Unschedules a pipeline, waits for its run to end, and closes its writer.
+    async fn remove_pipeline(&self, name: &str) {
+        let slot = self.slots.lock().ok().and_then(|mut s| s.remove(name));
+        let Some(slot) = slot else { return };
+        if let Err(e) = self.sched.remove(&slot.job).await {
+            tracing::warn!(pipeline = %name, error = ?e, "unscheduling");
+        }
+        let running = slot.running.clone();
+        let guard = running.lock().await;
+        close_slot(slot).await;
+        drop(guard);
+        tracing::info!(pipeline = %name, "pipeline stopped");
+    }
+
+    async fn shutdown(&self, bound: Duration) {
+        notify(&[NotifyState::Stopping]);
+        tracing::info!(bound_ms = bound.as_millis() as u64, "stopping: finishing at page boundaries");
+        // A second signal means: now. exit_now waits for an append in progress, so no line is torn.
+        tokio::spawn(async {
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            crate::handoff::exit_now(Exit::Interrupted as i32);
+        });
+        self.cancel.cancel();
+        let mut sched = self.sched.clone();
+        if let Err(e) = sched.shutdown().await {
+            tracing::warn!(error = ?e, "stopping the scheduler");
+        }
+        let mut runs = self.runs.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        let drained = tokio::time::timeout(bound, async { while runs.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("runs did not stop within shutdown_timeout; aborting them (committed data is safe)");
+            runs.abort_all();
+            while runs.join_next().await.is_some() {}
+        }
+        let slots = self.slots.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        for slot in slots.into_values() {
+            close_slot(slot).await;
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "flushing state");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Closes a pipeline's writer (joining its thread, fsyncing the active file) once nothing else holds it.
+async fn close_slot(slot: Arc<Slot>) {
+    let Ok(slot) = Arc::try_unwrap(slot) else { return };
+    if let Ok(rt) = Arc::try_unwrap(slot.rt) {
+        rt.handoff.close().await;
+    }
+}
