@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod crash;
+mod daemon;
 mod faults;
 mod privacy;
 mod rotation;
