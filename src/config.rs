@@ -106,6 +106,10 @@ struct RawPipeline {
     #[serde(default)]
     max_credits_per_run: u64,
     #[serde(default)]
+    max_credits_per_day: u64,
+    #[serde(default = "default_adaptive_poll_max")]
+    adaptive_poll_max: String,
+    #[serde(default)]
     redact_text: bool,
     #[serde(default = "default_concurrency")]
     concurrency: usize,
@@ -148,6 +152,9 @@ const fn default_true() -> bool {
 }
 const fn default_concurrency() -> usize {
     4
+}
+fn default_adaptive_poll_max() -> String {
+    "15m".into()
 }
 fn default_request_timeout() -> String {
     "30s".into()
@@ -321,8 +328,12 @@ pub struct Pipeline {
     pub backfill: bool,
     /// 0 = no limit.
     pub backfill_max_pages_per_run: u64,
-    /// 0 = no limit. Counts provider credits spent by one run of this pipeline.
+    /// 0 = no limit. Provider credits one run of this pipeline may spend (head pass and backfill).
     pub max_credits_per_run: u64,
+    /// 0 = no limit. Provider credits this pipeline may spend per UTC day; polling pauses when spent.
+    pub max_credits_per_day: u64,
+    /// The longest the daemon leaves a quiet conversation unpolled; zero polls every conversation every tick.
+    pub adaptive_poll_max: Duration,
     /// Leave `text` out of records, for warehouses that must not hold DM bodies.
     pub redact_text: bool,
     /// Conversations of this pipeline synced at once.
@@ -509,6 +520,10 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
             "0" | "" | "never" => None,
             v => Some(parse_duration("rotate_max_age", v, &at)?),
         };
+        let adaptive_poll_max = match rp.adaptive_poll_max.trim() {
+            "0" | "" | "off" => Duration::ZERO,
+            v => parse_duration("adaptive_poll_max", v, &at)?,
+        };
         if rp.concurrency == 0 {
             return err(format!("{at}: concurrency must be at least 1"));
         }
@@ -537,6 +552,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
             backfill: rp.backfill,
             backfill_max_pages_per_run: rp.backfill_max_pages_per_run,
             max_credits_per_run: rp.max_credits_per_run,
+            max_credits_per_day: rp.max_credits_per_day,
+            adaptive_poll_max,
             redact_text: rp.redact_text,
             concurrency: rp.concurrency,
             retry,

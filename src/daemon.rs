@@ -24,6 +24,7 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 use crate::app::{self, Exit};
 use crate::config::{self, Config, Pipeline};
 use crate::control::{self, Request, Response};
+use crate::poll::PollPlan;
 use crate::provider::Client;
 use crate::state::Store;
 use crate::sync::{sync_pipeline, unix_ms, PipelineReport, RunOptions, Runtime};
@@ -44,6 +46,10 @@ struct Slot {
     job: Uuid,
     /// One line about the last run, for `STATUS=` and `status`.
     last: Mutex<Option<String>>,
+    /// Adaptive polling: which conversations a scheduled run skips because they have been quiet.
+    plan: Mutex<PollPlan>,
+    /// When the previous tick fired: the length of a tick, for the plan.
+    last_tick: Mutex<Option<Instant>>,
 }
 
 /// The running daemon's shared parts.
@@ -168,7 +174,14 @@ impl Daemon {
         })
         .map_err(|e| anyhow::anyhow!("pipeline `{}`: schedule `{}`: {e:?}", p.name, p.schedule))?;
         let job = self.sched.add(job).await.map_err(|e| anyhow::anyhow!("pipeline `{}`: scheduling: {e:?}", p.name))?;
-        let slot = Arc::new(Slot { rt, running: Arc::new(tokio::sync::Mutex::new(())), job, last: Mutex::new(None) });
+        let slot = Arc::new(Slot {
+            rt,
+            running: Arc::new(tokio::sync::Mutex::new(())),
+            job,
+            last: Mutex::new(None),
+            plan: Mutex::new(PollPlan::new(p.adaptive_poll_max)),
+            last_tick: Mutex::new(None),
+        });
         if let Ok(mut slots) = self.slots.lock() {
             slots.insert(p.name.clone(), slot);
         }
@@ -189,9 +202,32 @@ impl Daemon {
             tracing::warn!(pipeline = %name, "previous run still going; skipping this tick");
             return;
         };
+        let now = Instant::now();
+        let tick = slot.last_tick.lock().ok().and_then(|mut t| t.replace(now)).map(|t| now - t).unwrap_or_default();
+        let all: Vec<String> = slot.rt.pipeline.conversations.iter().map(|c| c.to_string()).collect();
+        let due: Vec<String> = match slot.plan.lock() {
+            Ok(plan) => all.iter().filter(|c| plan.due(c, now, tick)).cloned().collect(),
+            Err(_) => all.clone(),
+        };
+        if due.is_empty() {
+            tracing::debug!(pipeline = %name, "every conversation is quiet; nothing due this tick");
+            return;
+        }
+        tracing::debug!(pipeline = %name, due = due.len(), of = all.len(), "tick");
+        // An empty filter means every conversation.
+        let only = if due.len() == all.len() { Vec::new() } else { due };
         let d = self.clone();
         self.spawn(async move {
-            d.run_slot(&slot, app::sync_options(Vec::new())).await;
+            let report = d.run_slot(&slot, app::sync_options(only)).await;
+            if let Ok(mut plan) = slot.plan.lock() {
+                for c in &report.conversations {
+                    match (&c.error, &c.budget) {
+                        (None, None) => plan.record(&c.configured, now, tick, c.written),
+                        // A failed or budget-stopped poll proves nothing about quietness: try again next tick.
+                        _ => plan.reset(&c.configured),
+                    }
+                }
+            }
             drop(guard);
         });
     }

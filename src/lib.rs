@@ -9,9 +9,11 @@
 //! - [`control`]: the Unix control socket through which commands reach a running daemon.
 //! - [`sync`]: one pass per conversation: fetch a page → write → fsync → commit; head pass and backfill.
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
+//! - [`outbound`]: `send`, `lookup`, `upload-media`: idempotent send jobs, their ledger and `dm_send` records.
 //! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
 //! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
 //! - [`record`]: the normalized record schema, its exactly-once key, and time normalization.
+//! - [`poll`]: cost policies, pure: adaptive polling of quiet conversations and credit budgets.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
 //! - [`simulator`]: the built-in simulator of the provider APIs, for `demo`, tests and benchmarks.
 
@@ -21,6 +23,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod handoff;
+pub mod outbound;
+pub mod poll;
 pub mod provider;
 pub mod record;
 pub mod simulator;

@@ -10,6 +10,7 @@
 //! | `k`    | pipeline                               | the sink's [`CommitPoint`]: where in the files this state ends |
 //! | `u`    | provider, username                     | a resolved `@username` → user ID |
 //! | `x`    | pipeline, idempotency key              | a send-ledger entry (outbound sends) |
+//! | `d`    | pipeline                               | [`DayCredits`]: credits spent this UTC day, for the daily budget |
 //!
 //! Key parts are joined with a NUL byte, which no part can contain (names and IDs are validated).
 //! The state directory is owned by one process at a time through an exclusive `flock` on `LOCK`, which also
@@ -35,19 +36,11 @@ pub enum StateError {
     )]
     Locked { dir: PathBuf, holder: Option<u32> },
     #[error("state directory {dir}: {op}: {source}")]
-    Io {
-        dir: PathBuf,
-        op: &'static str,
-        source: std::io::Error,
-    },
+    Io { dir: PathBuf, op: &'static str, source: std::io::Error },
     #[error("state database in {dir}: {source}; if the disk is full, free space and run again")]
     Db { dir: PathBuf, source: sled::Error },
     #[error("state database in {dir}: a stored value under {key} is unreadable: {detail}")]
-    Corrupt {
-        dir: PathBuf,
-        key: String,
-        detail: String,
-    },
+    Corrupt { dir: PathBuf, key: String, detail: String },
 }
 
 /// Everything the engine remembers about one conversation between runs.
@@ -89,6 +82,16 @@ pub struct Commit {
     pub sink_points: Vec<(String, CommitPoint)>,
     /// Raw values under the `u` and `x` prefixes, already encoded by [`Store`] helpers.
     pub raw: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Provider credits spent, as (pipeline, credits): added to the pipeline's counter for today.
+    pub credits: Vec<(String, u64)>,
+}
+
+/// A pipeline's credit spending on one UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayCredits {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub credits: u64,
 }
 
 impl Commit {
@@ -97,6 +100,7 @@ impl Commit {
             && self.conversations.is_empty()
             && self.sink_points.is_empty()
             && self.raw.is_empty()
+            && self.credits.is_empty()
     }
 
     /// Appends another commit's changes after this one's.
@@ -105,6 +109,7 @@ impl Commit {
         self.conversations.extend(other.conversations);
         self.sink_points.extend(other.sink_points);
         self.raw.extend(other.raw);
+        self.credits.extend(other.credits);
     }
 }
 
@@ -132,19 +137,9 @@ fn seen_key(pipeline: &str, k: &Key) -> Vec<u8> {
 impl Store {
     /// Creates the directory (0750) if needed, takes the lock, and opens sled with a bounded cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StateError> {
-        let io = |op: &'static str| {
-            move |source| StateError::Io {
-                dir: dir.to_path_buf(),
-                op,
-                source,
-            }
-        };
+        let io = |op: &'static str| move |source| StateError::Io { dir: dir.to_path_buf(), op, source };
         if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)
-                .map_err(io("creating it"))?;
+            fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?;
         }
         let mut lock = OpenOptions::new()
             .read(true)
@@ -156,17 +151,9 @@ impl Store {
             .map_err(io("opening LOCK"))?;
         match FileExt::try_lock_exclusive(&lock) {
             Ok(true) => {}
-            Ok(false) => {
-                return Err(StateError::Locked {
-                    dir: dir.to_path_buf(),
-                    holder: read_pid(&mut lock),
-                })
-            }
+            Ok(false) => return Err(StateError::Locked { dir: dir.to_path_buf(), holder: read_pid(&mut lock) }),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(StateError::Locked {
-                    dir: dir.to_path_buf(),
-                    holder: read_pid(&mut lock),
-                })
+                return Err(StateError::Locked { dir: dir.to_path_buf(), holder: read_pid(&mut lock) })
             }
             Err(e) => return Err(io("locking LOCK")(e)),
         }
@@ -182,39 +169,22 @@ impl Store {
             // We flush explicitly after every commit; sled's timer flush would only add background writes.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| StateError::Db {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
-        Ok(Store {
-            db,
-            dir: dir.to_path_buf(),
-            _lock: lock,
-        })
+            .map_err(|source| StateError::Db { dir: dir.to_path_buf(), source })?;
+        Ok(Store { db, dir: dir.to_path_buf(), _lock: lock })
     }
 
     fn db_err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
-        move |source| StateError::Db {
-            dir: self.dir.clone(),
-            source,
-        }
+        move |source| StateError::Db { dir: self.dir.clone(), source }
     }
 
     /// Whether a record with this key was already written for this pipeline.
     pub fn is_seen(&self, pipeline: &str, k: &Key) -> Result<bool, StateError> {
-        self.db
-            .contains_key(seen_key(pipeline, k))
-            .map_err(self.db_err())
+        self.db.contains_key(seen_key(pipeline, k)).map_err(self.db_err())
     }
 
     /// The stored state of a conversation, or the empty state for one never synced.
-    pub fn conversation(
-        &self,
-        pipeline: &str,
-        conversation: &str,
-    ) -> Result<ConvState, StateError> {
-        self.get_json(&key(b'c', &[pipeline, conversation]))
-            .map(Option::unwrap_or_default)
+    pub fn conversation(&self, pipeline: &str, conversation: &str) -> Result<ConvState, StateError> {
+        self.get_json(&key(b'c', &[pipeline, conversation])).map(Option::unwrap_or_default)
     }
 
     /// All stored conversation states of a pipeline, by conversation key.
@@ -232,25 +202,28 @@ impl Store {
 
     /// Where the pipeline's files end as far as this state knows.
     pub fn commit_point(&self, pipeline: &str) -> Result<CommitPoint, StateError> {
-        self.get_json(&key(b'k', &[pipeline]))
-            .map(Option::unwrap_or_default)
+        self.get_json(&key(b'k', &[pipeline])).map(Option::unwrap_or_default)
+    }
+
+    /// The pipeline's stored day counter (possibly of an earlier day).
+    pub fn day_credits(&self, pipeline: &str) -> Result<DayCredits, StateError> {
+        self.get_json(&key(b'd', &[pipeline])).map(Option::unwrap_or_default)
+    }
+
+    /// Credits the pipeline spent today (UTC).
+    pub fn credits_today(&self, pipeline: &str) -> Result<u64, StateError> {
+        let d = self.day_credits(pipeline)?;
+        Ok(if d.day == crate::poll::utc_day(std::time::SystemTime::now()) { d.credits } else { 0 })
     }
 
     /// A cached `@username` resolution.
-    pub fn resolved_user(
-        &self,
-        provider: &str,
-        username: &str,
-    ) -> Result<Option<String>, StateError> {
+    pub fn resolved_user(&self, provider: &str, username: &str) -> Result<Option<String>, StateError> {
         self.get_json(&Self::user_key(provider, username))
     }
 
     /// The raw entry for caching a username resolution, to put in a [`Commit`].
     pub fn user_entry(provider: &str, username: &str, user_id: &str) -> (Vec<u8>, Vec<u8>) {
-        (
-            Self::user_key(provider, username),
-            serde_json::to_vec(user_id).unwrap_or_default(),
-        )
+        (Self::user_key(provider, username), serde_json::to_vec(user_id).unwrap_or_default())
     }
 
     fn user_key(provider: &str, username: &str) -> Vec<u8> {
@@ -258,20 +231,13 @@ impl Store {
     }
 
     /// A send-ledger entry of a pipeline, by idempotency key.
-    pub fn ledger<T: for<'de> Deserialize<'de>>(
-        &self,
-        pipeline: &str,
-        idem: &str,
-    ) -> Result<Option<T>, StateError> {
+    pub fn ledger<T: for<'de> Deserialize<'de>>(&self, pipeline: &str, idem: &str) -> Result<Option<T>, StateError> {
         self.get_json(&key(b'x', &[pipeline, idem]))
     }
 
     /// The raw entry for a send-ledger value, to put in a [`Commit`].
     pub fn ledger_entry<T: Serialize>(pipeline: &str, idem: &str, value: &T) -> (Vec<u8>, Vec<u8>) {
-        (
-            key(b'x', &[pipeline, idem]),
-            serde_json::to_vec(value).unwrap_or_default(),
-        )
+        (key(b'x', &[pipeline, idem]), serde_json::to_vec(value).unwrap_or_default())
     }
 
     /// Applies a commit atomically and makes it durable before returning.
@@ -284,19 +250,27 @@ impl Store {
             batch.insert(seen_key(pipeline, k), &[][..]);
         }
         for (pipeline, conv, st) in &c.conversations {
-            batch.insert(
-                key(b'c', &[pipeline, conv]),
-                serde_json::to_vec(st).unwrap_or_default(),
-            );
+            batch.insert(key(b'c', &[pipeline, conv]), serde_json::to_vec(st).unwrap_or_default());
         }
         for (pipeline, point) in &c.sink_points {
-            batch.insert(
-                key(b'k', &[pipeline]),
-                serde_json::to_vec(point).unwrap_or_default(),
-            );
+            batch.insert(key(b'k', &[pipeline]), serde_json::to_vec(point).unwrap_or_default());
         }
         for (k, v) in &c.raw {
             batch.insert(k.clone(), v.clone());
+        }
+        // Read-modify-write is safe: a pipeline's commits all come from its one writer thread.
+        let today = crate::poll::utc_day(std::time::SystemTime::now());
+        let mut spent: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for (pipeline, n) in &c.credits {
+            *spent.entry(pipeline.as_str()).or_default() += n;
+        }
+        for (pipeline, n) in spent {
+            let mut day = self.day_credits(pipeline)?;
+            if day.day != today {
+                day = DayCredits { day: today.clone(), credits: 0 };
+            }
+            day.credits += n;
+            batch.insert(key(b'd', &[pipeline]), serde_json::to_vec(&day).unwrap_or_default());
         }
         self.db.apply_batch(batch).map_err(self.db_err())?;
         self.db.flush().map_err(self.db_err())?;
@@ -314,8 +288,7 @@ impl Store {
         for kv in self.db.scan_prefix(key(b's', &[pipeline, ""])) {
             let (k, _) = kv.map_err(self.db_err())?;
             // Key layout: s, pipeline, conversation, kind, id, joined by NUL.
-            if kind.is_none_or(|kind| k.split(|b| *b == 0).nth(3) == Some(kind.as_str().as_bytes()))
-            {
+            if kind.is_none_or(|kind| k.split(|b| *b == 0).nth(3) == Some(kind.as_str().as_bytes())) {
                 n += 1;
             }
         }
@@ -325,9 +298,7 @@ impl Store {
     fn get_json<T: for<'de> Deserialize<'de>>(&self, k: &[u8]) -> Result<Option<T>, StateError> {
         match self.db.get(k).map_err(self.db_err())? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| self.corrupt(k, e)),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| self.corrupt(k, e)),
         }
     }
 
@@ -352,11 +323,7 @@ mod tests {
     use super::*;
 
     fn k(conv: &str, id: &str) -> Key {
-        Key {
-            kind: Kind::DmMessage,
-            conversation: conv.into(),
-            id: id.into(),
-        }
+        Key { kind: Kind::DmMessage, conversation: conv.into(), id: id.into() }
     }
 
     #[test]
@@ -364,40 +331,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), 1 << 20).unwrap();
-            let st = ConvState {
-                hwm: Some("10".into()),
-                messages_written: 3,
-                ..ConvState::default()
-            };
+            let st = ConvState { hwm: Some("10".into()), messages_written: 3, ..ConvState::default() };
             s.commit(&Commit {
                 seen: vec![("p".into(), k("a", "1")), ("p".into(), k("a", "2"))],
                 conversations: vec![("p".into(), "a".into(), st)],
-                sink_points: vec![(
-                    "p".into(),
-                    CommitPoint {
-                        seq: 2,
-                        offset: 99,
-                        active_since_ms: Some(5),
-                    },
-                )],
+                sink_points: vec![("p".into(), CommitPoint { seq: 2, offset: 99, active_since_ms: Some(5) })],
                 raw: vec![Store::user_entry("xquik", "Dana", "42")],
+                credits: vec![("p".into(), 5), ("p".into(), 7)],
             })
             .unwrap();
         }
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         assert!(s.is_seen("p", &k("a", "1")).unwrap());
         assert!(!s.is_seen("p", &k("a", "3")).unwrap());
-        assert!(
-            !s.is_seen("other", &k("a", "1")).unwrap(),
-            "seen sets are per pipeline"
-        );
+        assert!(!s.is_seen("other", &k("a", "1")).unwrap(), "seen sets are per pipeline");
         assert_eq!(s.conversation("p", "a").unwrap().hwm.as_deref(), Some("10"));
         assert_eq!(s.conversation("p", "b").unwrap(), ConvState::default());
         assert_eq!(s.commit_point("p").unwrap().offset, 99);
-        assert_eq!(
-            s.resolved_user("xquik", "dana").unwrap().as_deref(),
-            Some("42")
-        );
+        assert_eq!(s.resolved_user("xquik", "dana").unwrap().as_deref(), Some("42"));
+        assert_eq!(s.credits_today("p").unwrap(), 12);
+        assert_eq!(s.credits_today("q").unwrap(), 0);
         assert_eq!(s.conversations("p").unwrap().len(), 1);
         assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
         assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 0);
@@ -407,15 +360,10 @@ mod tests {
     fn a_second_owner_is_refused_with_the_holders_pid() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path(), 1 << 20).unwrap();
-        let err = Store::open(dir.path(), 1 << 20)
-            .err()
-            .expect("second open must fail");
+        let err = Store::open(dir.path(), 1 << 20).err().expect("second open must fail");
         let msg = err.to_string();
         assert!(matches!(err, StateError::Locked { .. }), "{msg}");
-        assert!(
-            msg.contains(&format!("pid {}", std::process::id())),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
     }
 
     #[test]
@@ -423,9 +371,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sd = dir.path().join("new/state");
         let _s = Store::open(&sd, 1 << 20).unwrap();
-        assert_eq!(
-            fs::metadata(&sd).unwrap().permissions().mode() & 0o777,
-            0o750
-        );
+        assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o777, 0o750);
     }
 }

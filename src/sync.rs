@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConversationRef, Pipeline};
 use crate::handoff::{Batch, Handoff};
+use crate::poll::{Budget, Spent};
 use crate::provider::{with_retry, Client, ErrorClass, Page, ProviderError};
 use crate::record::{id_cmp, message_record, now_string, Context, Conversation};
 use crate::state::{Commit, ConvState, Store};
@@ -70,6 +71,10 @@ pub struct ConvReport {
     pub error: Option<String>,
     /// Backfill stopped because of a page, credit or --since limit, not because history ended.
     pub limited: bool,
+    /// The conversation as configured (`@name` stays `@name`; `conversation` is the resolved key).
+    pub configured: String,
+    /// Set when a credit budget stopped this conversation's run: the config key that did.
+    pub budget: Option<String>,
 }
 
 /// How one pipeline's run went.
@@ -145,6 +150,8 @@ pub async fn sync_pipeline(
 
 /// Why a conversation's run stopped early.
 enum Stop {
+    /// A credit budget is spent: not an error, the run just ends here (cursors are committed).
+    Budget(Spent),
     Provider(ProviderError),
     Write(String),
     Cancelled,
@@ -163,7 +170,8 @@ impl From<crate::state::StateError> for Stop {
 }
 
 async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &RunShared) -> ConvReport {
-    let mut report = ConvReport { conversation: conv_ref.to_string(), ..Default::default() };
+    let mut report =
+        ConvReport { conversation: conv_ref.to_string(), configured: conv_ref.to_string(), ..Default::default() };
     let p = &rt.pipeline;
     let result = async {
         let conv = resolve(rt, conv_ref, shared).await?;
@@ -173,7 +181,7 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
         // Record how the run ended, whatever happened; the cursors in `st` are the committed ones.
         st.last_sync_ms = Some(unix_ms(SystemTime::now()));
         st.last_error = match &outcome {
-            Ok(()) | Err(Stop::Cancelled) => None,
+            Ok(()) | Err(Stop::Cancelled) | Err(Stop::Budget(_)) => None,
             Err(Stop::Provider(e)) => Some(e.to_string()),
             Err(Stop::Write(e)) => Some(e.clone()),
         };
@@ -187,6 +195,15 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
     match result {
         Ok(()) => {
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, duplicates = report.duplicates, credits = report.credits, backfill_done = report.backfill_done, "conversation synced");
+        }
+        Err(Stop::Budget(spent)) => {
+            let which = match spent {
+                Spent::Run => "max_credits_per_run",
+                Spent::Day => "max_credits_per_day",
+            };
+            report.limited = true;
+            report.budget = Some(which.to_string());
+            tracing::warn!(pipeline = %p.name, conversation = %report.conversation, budget = which, "credit budget spent; paused until the next run");
         }
         Err(Stop::Cancelled) => {
             report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
@@ -321,9 +338,7 @@ async fn backfill(
         if shared.stop.is_cancelled() {
             return Err(Stop::Cancelled);
         }
-        if max_pages.is_some_and(|m| pages >= m)
-            || (p.max_credits_per_run > 0 && shared.credits.load(Ordering::Relaxed) >= p.max_credits_per_run)
-        {
+        if max_pages.is_some_and(|m| pages >= m) {
             report.limited = true;
             tracing::info!(pipeline = %p.name, conversation = %conv.key(), pages, "backfill paused at this run's limit");
             return Ok(());
@@ -346,6 +361,10 @@ async fn backfill(
 }
 
 async fn fetch(rt: &Runtime, conv: &Conversation, cursor: Option<&str>, shared: &RunShared) -> Result<Page, Stop> {
+    let p = &rt.pipeline;
+    let budget = Budget { per_run: p.max_credits_per_run, per_day: p.max_credits_per_day };
+    let today = if budget.per_day > 0 { rt.store.credits_today(&p.name)? } else { 0 };
+    budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
     let page = with_retry(&rt.pipeline.retry, &shared.stop, || {
         shared.beat();
         rt.client.history(conv, cursor)
@@ -401,8 +420,11 @@ async fn write_page(
         next.newest_id = newest_of(next.newest_id.as_deref(), Some(&k.id));
     }
     let written = records.len() as u64;
-    let mut commit =
-        Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())], ..Default::default() };
+    let mut commit = Commit {
+        conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())],
+        credits: if page.credits > 0 { vec![(p.name.clone(), page.credits)] } else { Vec::new() },
+        ..Default::default()
+    };
     let mut lines = Vec::with_capacity(records.len());
     for (key, record) in records {
         lines.push(record.to_line());
