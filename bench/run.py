@@ -2,6 +2,12 @@
 """Benchmark: a full backfill of N conversations x M messages from the simulator, then a quiet re-sync.
 
 Usage: python3 bench/run.py [--sizes 100x1000,1000x1000,10000x10] [--bin target/release/dm-handoff]
+                            [--baseline 100x1000] [--steady 500x20 --ticks 60]
+
+--baseline runs bench/baseline.py (plain Python: urllib + sqlite3) on the same backfill for a ratio.
+--steady runs the daemon with a one-second schedule for --ticks ticks while new messages arrive in 2% of
+the conversations per tick, once with adaptive polling and once without (same traffic), and reports
+credits spent per new message delivered.
 
 Builds nothing: run `cargo build --release` first. Starts `dm-handoff simulate` on a free loopback port
 (separate process, so its CPU is visible but not in our RSS), writes a config, runs `dm-handoff sync`,
@@ -35,22 +41,9 @@ def run_measured(cmd, env):
 
 
 def bench(binary, convs, msgs, workdir):
-    scenario = {
-        "seed": 11,
-        "page_size": [18, 30],
-        "conversations": [
-            {"peer_id": str(10_000_000 + i), "messages": msgs, "cursor_style": "offset" if i % 2 else "max_id"}
-            for i in range(convs)
-        ],
-    }
-    sc_path = os.path.join(workdir, "scenario.json")
-    with open(sc_path, "w") as f:
-        json.dump(scenario, f)
-    sim = subprocess.Popen([binary, "simulate", "--listen", "127.0.0.1:0", "--scenario", sc_path],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    scenario = scenario_of(convs, msgs)
+    sim, addr = start_sim(binary, scenario, workdir)
     try:
-        line = sim.stdout.readline()
-        addr = re.search(r"http://([0-9.:]+)", line).group(1)
         cfg = os.path.join(workdir, "pipelines.toml")
         conv_list = ", ".join(f'"{c["peer_id"]}"' for c in scenario["conversations"])
         with open(cfg, "w") as f:
@@ -102,15 +95,141 @@ concurrency = 32
         sim.wait()
 
 
+def start_sim(binary, scenario, workdir):
+    sc_path = os.path.join(workdir, "scenario.json")
+    with open(sc_path, "w") as f:
+        json.dump(scenario, f)
+    sim = subprocess.Popen([binary, "simulate", "--listen", "127.0.0.1:0", "--scenario", sc_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    addr = re.search(r"http://([0-9.:]+)", sim.stdout.readline()).group(1)
+    return sim, addr
+
+
+def scenario_of(convs, msgs):
+    return {
+        "seed": 11,
+        "page_size": [18, 30],
+        "conversations": [
+            {"peer_id": str(10_000_000 + i), "messages": msgs, "cursor_style": "offset" if i % 2 else "max_id"}
+            for i in range(convs)
+        ],
+    }
+
+
+def count_lines(out):
+    n = 0
+    for name in os.listdir(out):
+        with open(os.path.join(out, name), "rb") as fh:
+            n += fh.read().count(b"\n")
+    return n
+
+
+def baseline(binary, convs, msgs, workdir):
+    scenario = scenario_of(convs, msgs)
+    sim, addr = start_sim(binary, scenario, workdir)
+    try:
+        peers = [c["peer_id"] for c in scenario["conversations"]]
+        here = os.path.dirname(os.path.abspath(__file__))
+        cmd = [sys.executable, os.path.join(here, "baseline.py"), f"http://{addr}/api/v1", "bench_account",
+               os.path.join(workdir, "seen.db"), os.path.join(workdir, "out.jsonl"), *peers]
+        wall, rss, code, err = run_measured(cmd, dict(os.environ))
+        if code != 0:
+            sys.exit(f"baseline failed: {err[-2000:]}")
+        lines = sum(1 for _ in open(os.path.join(workdir, "out.jsonl"), "rb"))
+        assert lines == convs * msgs, f"baseline wrote {lines}"
+        return {"baseline": f"{convs}x{msgs}", "wall_s": round(wall, 2), "msgs_per_s": int(lines / wall),
+                "peak_rss_mib": round(rss, 1)}
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+def steady(binary, convs, msgs, ticks, adaptive, workdir):
+    """Daemon on a 1 s schedule for `ticks` ticks; 2% of conversations get one new message per tick."""
+    import random
+    import signal
+    scenario = scenario_of(convs, msgs)
+    sim, addr = start_sim(binary, scenario, workdir)
+    try:
+        peers = [c["peer_id"] for c in scenario["conversations"]]
+        cfg = os.path.join(workdir, "pipelines.toml")
+        conv_list = ", ".join(f'"{p}"' for p in peers)
+        with open(cfg, "w") as f:
+            f.write(f"""state_dir = "state"
+max_concurrency = 32
+[[pipelines]]
+name = "bench"
+provider = "xquik"
+base_url = "http://{addr}/api/v1"
+api_key_env = "BENCH_KEY"
+account = "bench_account"
+conversations = [{conv_list}]
+schedule = "* * * * * *"
+output_dir = "out"
+rotate_max_bytes = 67108864
+concurrency = 32
+adaptive_poll_max = "{'16s' if adaptive else '0'}"
+""")
+        env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
+        out = os.path.join(workdir, "out")
+        # The initial backfill, so the steady state starts from a synced pipeline.
+        subprocess.run([binary, "sync", "--config", cfg], env=env, capture_output=True, check=True)
+        before_lines = count_lines(out)
+        daemon = subprocess.Popen([binary, "run", "--config", cfg], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        base = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        rng = random.Random(5)
+        added = 0
+        for _ in range(ticks):
+            for peer in rng.sample(peers, max(1, convs // 50)):
+                req = urllib.request.Request(f"http://{addr}/_sim/conversations/{peer}/messages",
+                                             data=b'{"count":1}', headers={"content-type": "application/json"})
+                urllib.request.urlopen(req).read()
+                added += 1
+            time.sleep(1.0)
+        time.sleep(2.0)
+        stats = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait()
+        delivered = count_lines(out) - before_lines
+        credits = stats["credits"] - base["credits"]
+        return {"steady": f"{convs}x{msgs}", "adaptive": adaptive, "ticks": ticks, "new_messages": added,
+                "delivered_in_window": delivered, "requests": stats["requests"] - base["requests"],
+                "credits": credits, "credits_per_new_message": round(credits / max(delivered, 1), 1)}
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100x1000,1000x1000,10000x10")
     ap.add_argument("--bin", default="target/release/dm-handoff")
+    ap.add_argument("--baseline", default="")
+    ap.add_argument("--steady", default="")
+    ap.add_argument("--ticks", type=int, default=60)
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: run `cargo build --release` first")
     print(f"machine: {os.cpu_count()} cores; {open('/proc/meminfo').readline().split()[1]} kB memory")
-    for size in args.sizes.split(","):
+    for size in [x for x in args.baseline.split(",") if x]:
+        convs, msgs = (int(x) for x in size.lower().split("x"))
+        work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
+        try:
+            print(json.dumps(baseline(args.bin, convs, msgs, work)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    for size in [x for x in args.steady.split(",") if x]:
+        convs, msgs = (int(x) for x in size.lower().split("x"))
+        for adaptive in (False, True):
+            work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
+            try:
+                print(json.dumps(steady(args.bin, convs, msgs, args.ticks, adaptive, work)))
+                sys.stdout.flush()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    for size in [x for x in args.sizes.split(",") if x]:
         convs, msgs = (int(x) for x in size.lower().split("x"))
         work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
         try:
