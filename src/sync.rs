@@ -55,6 +55,15 @@ pub struct RunOptions {
     /// Set to the current Unix ms before every request and after every commit: the daemon's watchdog
     /// pings systemd only while runs keep making progress.
     pub heartbeat: Option<Arc<AtomicU64>>,
+    /// Live totals for a progress display: pages fetched and records written by this run so far.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Counters a progress bar reads while a run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub pages: AtomicU64,
+    pub records: AtomicU64,
 }
 
 /// How one conversation's run went.
@@ -231,7 +240,7 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
 async fn resolve(rt: &Runtime, conv: &ConversationRef, shared: &RunShared) -> Result<Conversation, Stop> {
     match conv {
         ConversationRef::Peer(id) => Ok(Conversation::Peer { user_id: id.clone(), conversation_id: None }),
-        ConversationRef::ConversationId(id) => Ok(Conversation::Group { conversation_id: id.clone() }),
+        ConversationRef::ConversationId(id) => Ok(Conversation::from_conversation_id(id, rt.client.account_user_id())),
         ConversationRef::Username(name) => {
             let provider = rt.pipeline.provider.name();
             if let Some(id) = rt.store.resolved_user(provider, name)? {
@@ -432,6 +441,10 @@ async fn write_page(
     }
     rt.handoff.write(Batch { lines, commit }).await?;
     shared.beat();
+    if let Some(progress) = &shared.opts.progress {
+        progress.pages.fetch_add(1, Ordering::Relaxed);
+        progress.records.fetch_add(written, Ordering::Relaxed);
+    }
     *st = next;
     report.pages += 1;
     report.written += written;
