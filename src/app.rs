@@ -4,7 +4,8 @@
 //! ([`ConfigError`], [`StateError::Locked`]) are recovered in [`exit_code_for`]. Nothing below this
 //! module prints to stdout; everything here prints only IDs, counts, paths and endpoints.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -92,6 +93,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<i32> {
         }
         Command::Demo(args) => demo(args).await?,
         Command::Simulate(args) => simulate(args).await?,
+        Command::Send(args) => crate::outbound::send_command(&config::load(&opts.config)?, args).await?,
+        Command::Lookup(args) => crate::outbound::lookup_command(&config::load(&opts.config)?, args).await?,
+        Command::UploadMedia(args) => crate::outbound::upload_command(&config::load(&opts.config)?, args).await?,
+        Command::Delete(args) => crate::manage::delete_command(&config::load(&opts.config)?, args).await?,
+        Command::GroupSend(args) => crate::manage::group_send_command(&config::load(&opts.config)?, args).await?,
     };
     Ok(exit as i32)
 }
@@ -230,7 +236,11 @@ pub(crate) fn render_reports(mut reports: Vec<PipelineReport>, interrupted: bool
             credits
         );
         for c in &r.conversations {
-            let backfill = if c.backfill_done {
+            let budget;
+            let backfill = if let Some(key) = &c.budget {
+                budget = format!("paused: {key} spent");
+                budget.as_str()
+            } else if c.backfill_done {
                 "backfill done"
             } else if c.limited {
                 "backfill paused (limit)"
@@ -274,8 +284,35 @@ pub(crate) fn sync_options(conversations: Vec<String>) -> RunOptions {
 }
 
 async fn backfill(cfg: &Config, args: BackfillArgs) -> anyhow::Result<Response> {
-    let opts = backfill_options(args.conversations, args.since.as_deref(), args.max_pages)?;
-    run_once(cfg, &args.pipelines, opts).await
+    let mut opts = backfill_options(args.conversations, args.since.as_deref(), args.max_pages)?;
+    // A progress line on a terminal only: logs and pipes get the summary alone.
+    if !std::io::stderr().is_terminal() {
+        return run_once(cfg, &args.pipelines, opts).await;
+    }
+    let progress = Arc::new(crate::sync::Progress::default());
+    opts.progress = Some(progress.clone());
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} backfill: {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let ticker = {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                let (pages, records) =
+                    (progress.pages.load(Ordering::Relaxed), progress.records.load(Ordering::Relaxed));
+                bar.set_message(format!("{pages} pages, {records} records written"));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+        })
+    };
+    let result = run_once(cfg, &args.pipelines, opts).await;
+    ticker.abort();
+    let _ = ticker.await;
+    bar.finish_and_clear();
+    result
 }
 
 /// What `backfill` does, from its arguments.
@@ -358,6 +395,11 @@ struct StatusPipeline {
     name: String,
     provider: &'static str,
     output_dir: String,
+    /// Credits spent today (UTC), against `max_credits_per_day` (0 = no limit).
+    credits_today: u64,
+    max_credits_per_day: u64,
+    /// Polling is paused until midnight UTC because the daily budget is spent.
+    paused: bool,
     conversations: Vec<StatusConv>,
 }
 
@@ -369,7 +411,10 @@ pub(crate) fn status(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<
         let mut convs = Vec::new();
         for c in &p.conversations {
             let key = match c {
-                ConversationRef::Peer(id) | ConversationRef::ConversationId(id) => Some(id.clone()),
+                ConversationRef::Peer(id) => Some(id.clone()),
+                ConversationRef::ConversationId(id) => {
+                    Some(crate::record::Conversation::from_conversation_id(id, Some(&p.account)).key().to_string())
+                }
                 ConversationRef::Username(u) => store.resolved_user(p.provider.name(), u)?,
             };
             let st = match &key {
@@ -387,10 +432,14 @@ pub(crate) fn status(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<
                 credits_total: st.credits_total,
             });
         }
+        let credits_today = store.credits_today(&p.name)?;
         doc.push(StatusPipeline {
             name: p.name.clone(),
             provider: p.provider.name(),
             output_dir: p.output_dir.display().to_string(),
+            credits_today,
+            max_credits_per_day: p.max_credits_per_day,
+            paused: p.max_credits_per_day > 0 && credits_today >= p.max_credits_per_day,
             conversations: convs,
         });
     }
@@ -402,6 +451,9 @@ pub(crate) fn status(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<
     }
     for p in &doc {
         writeln!(out, "pipeline {} ({}) -> {}", p.name, p.provider, p.output_dir)?;
+        let limit = if p.max_credits_per_day > 0 { format!(" of {}", p.max_credits_per_day) } else { String::new() };
+        let paused = if p.paused { "  PAUSED: daily credit budget spent, resumes at 00:00 UTC" } else { "" };
+        writeln!(out, "  credits today: {}{limit}{paused}", p.credits_today)?;
         writeln!(
             out,
             "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error",
@@ -450,20 +502,35 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// The first line of a config `demo` wrote; marks a folder the demo may clear.
+const DEMO_HEADER: &str = "# Written by `dm-handoff demo`";
+
 async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     let dir = &args.dir;
+    let config_path = dir.join("pipelines.toml");
+    // Each demo starts fresh, but only a folder an earlier demo wrote is cleared (its config says so).
+    if std::fs::read_to_string(&config_path).is_ok_and(|t| t.starts_with(DEMO_HEADER)) {
+        for sub in ["state", "out"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+        }
+    } else if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(ConfigError(format!(
+            "{} exists and was not written by `dm-handoff demo`; pass --dir with a new folder",
+            dir.display()
+        ))
+        .into());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let handle = crate::simulator::Simulator::spawn(crate::simulator::default_scenario())
         .await
         .context("starting the simulator")?;
-    let config_path = dir.join("pipelines.toml");
     std::fs::write(dir.join("demo-api-key"), "xq_demo_key_not_secret\n")?;
     let scenario = crate::simulator::default_scenario();
     let convs: Vec<String> = scenario.conversations.iter().map(|c| format!("\"{}\"", c.peer_id)).collect();
     std::fs::write(
         &config_path,
         format!(
-            "# Written by `dm-handoff demo`: a pipeline against the built-in simulator on loopback.\n\
+            "{DEMO_HEADER}: a pipeline against the built-in simulator on loopback.\n\
              state_dir = \"state\"\n\n[[pipelines]]\nname = \"support\"\nprovider = \"xquik\"\n\
              base_url = \"{}\"\napi_key_file = \"demo-api-key\"\naccount = \"acme_support\"\n\
              conversations = [{}]\nschedule = \"*/30 * * * * *\"\noutput_dir = \"out/support\"\n\
