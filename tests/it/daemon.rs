@@ -206,6 +206,18 @@ async fn status_and_sync_go_through_the_daemon_and_a_second_daemon_is_refused() 
     // A sync asked while idle is not repeated by the schedule: nothing is written twice.
     fx.sim.sim.add_messages("700006", 3);
     fx.sync().await.expect_code(0);
+    // A send while the daemon runs goes through the socket too: one send, one record, twice asked.
+    for _ in 0..2 {
+        let send = fx.cmd(&["send", "--pipeline", PIPELINE, "--to", "700007", "--text", "through the daemon zqdaemon01"]).run().await;
+        send.expect_code(0);
+        assert!(!send.all().contains("zqdaemon01"), "{send}");
+    }
+    assert_eq!(fx.sim.sim.stats().sends, 1);
+    let sends: Vec<_> = fx.records().into_iter().filter(|r| r["kind"] == "dm_send").collect();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0]["conversation_user_id"], "700007");
+    // The sent DM is now in the conversation's history: the next sync writes it once, as a dm_message.
+    fx.sync().await.expect_code(0);
     daemon.signal(libc::SIGTERM);
     daemon.wait().await.expect_code(0);
     assert!(!socket.exists(), "the socket is removed on a clean stop");

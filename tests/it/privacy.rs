@@ -1,0 +1,138 @@
+//! SPEC section 7: DM text and API keys never appear on stdout or stderr, at any log level, on error
+//! paths included, nor in `status`.
+
+use std::collections::BTreeSet;
+
+use dm_handoff::simulator::{CursorStyle, Faults};
+
+use crate::support::*;
+
+/// Everything secret a run could leak: the key (and pieces of it), every text, every marker.
+struct Secrets {
+    needles: BTreeSet<String>,
+}
+
+impl Secrets {
+    fn new(fx: &Fixture, records: &[serde_json::Value]) -> Secrets {
+        let mut needles = BTreeSet::new();
+        needles.insert(KEY.to_string());
+        // A key printed in part (masked, truncated) is still a leak: any 16 characters of it.
+        for i in 0..=KEY.len() - 16 {
+            needles.insert(KEY[i..i + 16].to_string());
+        }
+        for r in records {
+            if let Some(t) = str_field(r, "text") {
+                if t.chars().count() >= 6 {
+                    needles.insert(t.to_string());
+                    // Escaped the way a JSON log would print it.
+                    let json = serde_json::to_string(t).unwrap();
+                    needles.insert(json[1..json.len() - 1].to_string());
+                }
+            }
+        }
+        // Markers of every message the simulator has, written or not (a run may log a page it did
+        // not write).
+        for p in &fx.peers {
+            for m in fx.sim.sim.messages(p) {
+                needles.extend(m.text.as_deref().map(markers).unwrap_or_default());
+            }
+        }
+        Secrets { needles }
+    }
+
+    fn assert_absent(&self, what: &str, output: &str) {
+        let leaks: Vec<&String> = self.needles.iter().filter(|n| output.contains(n.as_str())).take(3).collect();
+        assert!(leaks.is_empty(), "{what} leaks secrets (showing up to 3): {leaks:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_text_or_key_in_any_output_at_trace_level_even_on_error_paths() {
+    assert_eq!(KEY.len(), 3 + 64, "the key is shaped like a real one");
+    let mut cfg = sim_config(
+        71,
+        vec![
+            conv("7100001", 300, CursorStyle::Offset),
+            conv("7100002", 120, CursorStyle::MaxId),
+            conv("7100003", 20, CursorStyle::Offset),
+        ],
+    );
+    cfg.faults = Faults {
+        rate_limit: 0.2,
+        server_error: 0.2,
+        drop: 0.05,
+        malformed: 0.02,
+        retry_after_secs: 0,
+        forbidden_peers: vec!["7100003".into()],
+        ..Faults::default()
+    };
+    let fx = Fixture::new(cfg, "max_retries = 40").await;
+
+    let mut outputs = Vec::new();
+    let out = fx.cmd(&["sync", "--log-level", "trace"]).run().await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("DEBUG"), "verbose logging is on\n{out}");
+    outputs.push(("sync --log-level trace", out));
+
+    for p in &fx.peers {
+        fx.sim.sim.add_messages(p, 12);
+    }
+    let out = fx.cmd(&["sync"]).env("RUST_LOG", "trace").run().await;
+    out.expect_code(1);
+    outputs.push(("sync with RUST_LOG=trace", out));
+
+    for p in &fx.peers {
+        fx.sim.sim.add_messages(p, 12);
+    }
+    let out = fx.cmd(&["sync", "--log-level", "trace", "--log-format", "json"]).run().await;
+    out.expect_code(1);
+    outputs.push(("sync --log-format json at trace", out));
+
+    // A run whose requests are all rejected: the error path around the key itself.
+    let mut wrong_key = KEY.to_string();
+    wrong_key.replace_range(10..14, "0000");
+    let out = fx.cmd(&["sync", "--log-level", "trace"]).key(Some(&wrong_key)).run().await;
+    assert!(!out.all().contains(&wrong_key), "the rejected key is printed\n{out}");
+    outputs.push(("sync with a rejected key", out));
+
+    for (what, args) in
+        [("status", &["status"][..]), ("status --json", &["status", "--json"][..]), ("check", &["check"][..])]
+    {
+        let out = fx.cmd(args).env("RUST_LOG", "trace").run().await;
+        out.expect_code(0);
+        outputs.push((what, out));
+    }
+
+    // The faults were served, so error paths ran, and there is text in the files to leak.
+    let stats = fx.sim.sim.stats();
+    for s in [429, 502, 403] {
+        assert!(stats.by_status.contains_key(&s), "no {s} was served: {:?}", stats.by_status);
+    }
+    let records = fx.records();
+    assert_exactly_once(&records, &fx.sim.sim, &fx.peers[..2]);
+    let secrets = Secrets::new(&fx, &records);
+    assert!(secrets.needles.len() > 300, "texts and markers to look for: {}", secrets.needles.len());
+    for (what, out) in &outputs {
+        secrets.assert_absent(&format!("stdout of `{what}`"), &out.stdout);
+        secrets.assert_absent(&format!("stderr of `{what}`"), &out.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_text_leaves_text_out_of_records_and_keeps_the_rest() {
+    let fx = Fixture::new(sim_config(73, vec![conv("7200001", 80, CursorStyle::Offset)]), "redact_text = true").await;
+    fx.sync().await.expect_code(0);
+    let records = fx.assert_exactly_once();
+    assert!(records.iter().all(|r| r.get("text").is_none()), "no record carries text");
+    let truth = fx.sim.sim.messages(&fx.peers[0]);
+    let with_media = truth.iter().filter(|m| m.media_url.is_some()).count();
+    assert!(with_media > 0);
+    assert_eq!(records.iter().filter(|r| r.get("media_url").is_some()).count(), with_media, "media_url is kept");
+    let bytes = std::fs::read(fx.active_path()).unwrap();
+    let content = String::from_utf8(bytes).unwrap();
+    for m in truth {
+        for mark in m.text.as_deref().map(markers).unwrap_or_default() {
+            assert!(!content.contains(&mark), "text marker {mark} is in the files");
+        }
+    }
+}
