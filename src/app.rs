@@ -93,7 +93,16 @@ pub async fn run(opts: Opts) -> anyhow::Result<i32> {
         }
         Command::Demo(args) => demo(args).await?,
         Command::Simulate(args) => simulate(args).await?,
-        Command::Send(args) => crate::outbound::send_command(&config::load(&opts.config)?, args).await?,
+        Command::Send(args) => {
+            let cfg = config::load(&opts.config)?;
+            let req = crate::outbound::prepare_send(&args)?;
+            // The request carries the message text: it goes only through the owner-only socket, never a log.
+            let forwarded = Request::Send { args: serde_json::to_value(&req)? };
+            return Ok(match forward(&cfg, &forwarded).await? {
+                Some(resp) => emit(resp),
+                None => crate::outbound::send_prepared(&cfg, &req).await? as i32,
+            });
+        }
         Command::Lookup(args) => crate::outbound::lookup_command(&config::load(&opts.config)?, args).await?,
         Command::UploadMedia(args) => crate::outbound::upload_command(&config::load(&opts.config)?, args).await?,
         Command::Delete(args) => crate::manage::delete_command(&config::load(&opts.config)?, args).await?,

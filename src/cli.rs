@@ -47,6 +47,17 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the provider simulator (for tests, benchmarks and your own loader tests).
     Simulate(SimulateArgs),
+    /// Send a DM (text, or text plus one media item) and record it in the pipeline's files, exactly once.
+    Send(SendArgs),
+    /// Look a user up by numeric ID or @username: prints id, username, name, and canDm when known.
+    Lookup(LookupArgs),
+    /// Check and upload an image, GIF or MP4 (a local file or an https:// URL); prints its media ID.
+    UploadMedia(UploadMediaArgs),
+    /// Delete a DM for the account (provider x-api-v2) and record it as a `dm_delete` line, once.
+    Delete(DeleteArgs),
+    /// Send into an existing conversation, or create a group with a first message (provider x-api-v2);
+    /// recorded as a `dm_send` line.
+    GroupSend(GroupSendArgs),
 }
 
 #[derive(Debug, Args)]
@@ -100,4 +111,131 @@ pub struct SimulateArgs {
     /// Seed for the simulated conversations (overrides the scenario's).
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// The pipeline whose account sends and whose files get the record (default: the only one configured).
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// The recipient: a numeric X user ID or @username.
+    #[arg(long, value_name = "ID|@USER", required_unless_present = "jobs", conflicts_with = "jobs")]
+    pub to: Option<String>,
+    /// The message text. Other local users can see it in the process list; --text-file avoids that.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        allow_hyphen_values = true,
+        required_unless_present_any = ["jobs", "text_file"],
+        conflicts_with_all = ["jobs", "text_file"]
+    )]
+    pub text: Option<String>,
+    /// Read the message text from this file (`-`: standard input); one trailing newline is dropped.
+    #[arg(long, value_name = "PATH", conflicts_with = "jobs")]
+    pub text_file: Option<PathBuf>,
+    /// Attach one media item: a local file or an https:// URL (AVIF, GIF, JPEG, PNG, WebP or MP4; at most
+    /// 15,728,640 bytes). It is checked before anything is spent.
+    #[arg(long, value_name = "PATH|URL", conflicts_with = "jobs")]
+    pub media: Option<String>,
+    /// The send's idempotency key (1-255 printable ASCII characters, no spaces). Default: a hash of pipeline,
+    /// recipient, text and media, so running the same send again never sends twice.
+    #[arg(long, value_name = "KEY", conflicts_with = "jobs")]
+    pub idempotency_key: Option<String>,
+    /// Send a batch: a JSONL file with one job per line, {"to", "text", "media"?, "idempotency_key"?};
+    /// relative media paths are taken from the file's folder. Prints one result line per job and a summary.
+    #[arg(long, value_name = "FILE")]
+    pub jobs: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SendArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the message text: Debug output can end up in logs.
+        f.debug_struct("SendArgs")
+            .field("pipeline", &self.pipeline)
+            .field("to", &self.to)
+            .field("text", &self.text.as_ref().map(|_| "<redacted>"))
+            .field("text_file", &self.text_file)
+            .field("media", &self.media)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// The pipeline whose provider and key to use (default: the only one configured).
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// A numeric X user ID or @username.
+    #[arg(value_name = "ID|@USER")]
+    pub user: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadMediaArgs {
+    /// The pipeline whose account uploads (default: the only one configured).
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// A local file or an https:// URL: AVIF, GIF, JPEG, PNG, WebP or MP4, at most 15,728,640 bytes.
+    #[arg(value_name = "PATH|URL")]
+    pub source: String,
+    /// The upload's idempotency key. Default: a hash of pipeline and media, so uploading the same file
+    /// again returns the same media ID instead of a second upload.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The x-api-v2 pipeline whose account deletes and whose files get the record (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// The DM's ID (its X event ID).
+    #[arg(long, value_name = "ID")]
+    pub message_id: String,
+    /// Its conversation: the peer's user ID or conv:<dm_conversation_id>. Looked up when not given.
+    #[arg(long, value_name = "ID|conv:ID")]
+    pub conversation: Option<String>,
+}
+
+#[derive(Args)]
+pub struct GroupSendArgs {
+    /// The x-api-v2 pipeline whose account sends and whose files get the record (default: the only one).
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// An existing conversation: a group's ID or a 1:1 `<id>-<id>` (a `conv:` prefix is fine).
+    #[arg(long, value_name = "ID", required_unless_present = "participants", conflicts_with = "participants")]
+    pub conversation: Option<String>,
+    /// A new group with this user (numeric ID; repeat for 2 to 49 participants besides the account).
+    #[arg(long = "participant", value_name = "ID")]
+    pub participants: Vec<String>,
+    /// The message text. Other local users can see it in the process list; --text-file avoids that.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        allow_hyphen_values = true,
+        required_unless_present = "text_file",
+        conflicts_with = "text_file"
+    )]
+    pub text: Option<String>,
+    /// Read the message text from this file (`-`: standard input); one trailing newline is dropped.
+    #[arg(long, value_name = "PATH")]
+    pub text_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GroupSendArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the message text: Debug output can end up in logs.
+        f.debug_struct("GroupSendArgs")
+            .field("pipeline", &self.pipeline)
+            .field("conversation", &self.conversation)
+            .field("participants", &self.participants)
+            .field("text", &self.text.as_ref().map(|_| "<redacted>"))
+            .field("text_file", &self.text_file)
+            .finish()
+    }
 }

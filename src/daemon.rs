@@ -67,6 +67,8 @@ struct Daemon {
     /// Unix ms of the last sign of progress; see the module doc.
     heartbeat: Arc<AtomicU64>,
     in_flight: AtomicUsize,
+    /// Shared by every forwarded `send`, so the per-account write limit holds across requests.
+    send_ctx: crate::outbound::SendContext,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit code of a clean stop.
@@ -77,6 +79,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
     let sched = JobScheduler::new().await.context("starting the scheduler")?;
     let listener = control::bind(&cfg.state_dir)
         .with_context(|| format!("creating the control socket in {}", cfg.state_dir.display()))?;
+    let cancel = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         config_path,
         global: Arc::new(Semaphore::new(cfg.max_concurrency)),
@@ -85,9 +88,10 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         slots: Mutex::new(BTreeMap::new()),
         runs: Mutex::new(JoinSet::new()),
         sched,
-        cancel: CancellationToken::new(),
         heartbeat: Arc::new(AtomicU64::new(unix_ms(SystemTime::now()))),
         in_flight: AtomicUsize::new(0),
+        send_ctx: crate::outbound::SendContext::new(cancel.clone()),
+        cancel,
     });
     for (p, client) in cfg.pipelines.iter().zip(clients) {
         daemon.add_pipeline(p, client).await?;
@@ -308,8 +312,24 @@ impl Daemon {
                     Err(e) => failure(e.into()),
                 }
             }
-            Request::Send { .. } => failure(anyhow::anyhow!("this daemon does not take sends yet; stop it to send")),
+            Request::Send { args } => match serde_json::from_value::<crate::outbound::SendRequest>(args) {
+                Ok(req) => self.send(&cfg, &req).await.unwrap_or_else(failure),
+                Err(e) => failure(anyhow::anyhow!("bad send request: {e}")),
+            },
         }
+    }
+
+    /// A send asked for through the socket: runs in the daemon, records through the pipeline's writer.
+    async fn send(&self, cfg: &Config, req: &crate::outbound::SendRequest) -> anyhow::Result<Response> {
+        let p = crate::outbound::pick(cfg, req.pipeline.as_deref())?;
+        let slot = self.slot(&p.name).ok_or_else(|| anyhow::anyhow!("pipeline `{}` is not running", p.name))?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let exit = crate::outbound::run_send(&slot.rt, req, &self.send_ctx, &mut out, &mut err).await;
+        Ok(Response {
+            exit: exit as i32,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        })
     }
 
     /// A run asked for through the socket: waits for any run in progress, then runs the pipelines.

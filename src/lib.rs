@@ -9,6 +9,7 @@
 //! - [`control`]: the Unix control socket through which commands reach a running daemon.
 //! - [`sync`]: one pass per conversation: fetch a page → write → fsync → commit; head pass and backfill.
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
+//! - [`manage`]: X API v2 `delete` and `group-send`, recorded as `dm_delete` / `dm_send` lines.
 //! - [`outbound`]: `send`, `lookup`, `upload-media`: idempotent send jobs, their ledger and `dm_send` records.
 //! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
 //! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod handoff;
+pub mod manage;
 pub mod outbound;
 pub mod poll;
 pub mod provider;

@@ -39,7 +39,8 @@ fn main() {
 fn init_logging(opts: &Opts) {
     // Our own crate at the chosen level; dependencies only warn unless RUST_LOG says otherwise.
     let level = opts.log_level.as_deref().unwrap_or(match opts.command {
-        Command::Demo(_) => "warn",
+        // Commands whose report is their stdout stay quiet unless asked.
+        Command::Demo(_) | Command::Send(_) | Command::Lookup(_) | Command::UploadMedia(_) => "warn",
         _ => "info",
     });
     let filter =

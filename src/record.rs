@@ -113,19 +113,12 @@ impl Record {
     /// The exactly-once key, or None for a line that is not one of ours.
     pub fn key(&self) -> Option<Key> {
         let kind = self.kind?;
-        let conversation = self
-            .conversation_user_id
-            .clone()
-            .or_else(|| self.conversation_id.clone())?;
+        let conversation = self.conversation_user_id.clone().or_else(|| self.conversation_id.clone())?;
         let id = match kind {
             Kind::DmEvent => self.event_id.clone()?,
             _ => self.message_id.clone()?,
         };
-        Some(Key {
-            kind,
-            conversation,
-            id,
-        })
+        Some(Key { kind, conversation, id })
     }
 
     /// The line as written (no trailing newline).
@@ -155,13 +148,8 @@ pub struct Context<'a> {
 /// Where a history page came from: a peer (1:1 by user ID) or a provider conversation ID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Conversation {
-    Peer {
-        user_id: String,
-        conversation_id: Option<String>,
-    },
-    Group {
-        conversation_id: String,
-    },
+    Peer { user_id: String, conversation_id: Option<String> },
+    Group { conversation_id: String },
 }
 
 impl Conversation {
@@ -172,97 +160,63 @@ impl Conversation {
             Conversation::Group { conversation_id } => conversation_id,
         }
     }
+
+    /// A configured provider conversation ID (`conv:<id>`). A 1:1 ID `"<a>-<b>"` that names the account is
+    /// the conversation with the other user, keyed by that peer like a listed peer (so the two spellings
+    /// never write the same messages twice); any other ID is a group, keyed by its ID.
+    pub fn from_conversation_id(id: &str, account_user_id: Option<&str>) -> Conversation {
+        if let (Some((a, b)), Some(me)) = (id.split_once('-'), account_user_id) {
+            let peer = match (a == me, b == me) {
+                (true, false) => Some(b),
+                (false, true) => Some(a),
+                _ => None,
+            };
+            if let Some(peer) = peer.filter(|p| !p.is_empty()) {
+                return Conversation::Peer { user_id: peer.to_string(), conversation_id: Some(id.to_string()) };
+            }
+        }
+        Conversation::Group { conversation_id: id.to_string() }
+    }
 }
 
 /// Normalizes one history item into its record.
-pub fn message_record(
-    ctx: &Context<'_>,
-    conv: &Conversation,
-    item: &Item,
-    synced_at: &str,
-) -> Record {
+pub fn message_record(ctx: &Context<'_>, conv: &Conversation, item: &Item, synced_at: &str) -> Record {
     let is_event = matches!(item.event_type.as_deref(), Some(t) if t != "MessageCreate");
-    let created_at = item
-        .created_at
-        .as_deref()
-        .and_then(normalize_time)
-        .or_else(|| snowflake_time(&item.id));
+    let created_at = item.created_at.as_deref().and_then(normalize_time).or_else(|| snowflake_time(&item.id));
     let (conversation_user_id, conversation_id) = match conv {
-        Conversation::Peer {
-            user_id,
-            conversation_id,
-        } => (
-            Some(user_id.clone()),
-            conversation_id
-                .clone()
-                .or_else(|| item.conversation_id.clone()),
-        ),
+        Conversation::Peer { user_id, conversation_id } => {
+            (Some(user_id.clone()), conversation_id.clone().or_else(|| item.conversation_id.clone()))
+        }
         Conversation::Group { conversation_id } => (None, Some(conversation_id.clone())),
     };
     let direction = match (conv, item.sender_id.as_deref()) {
-        (Conversation::Peer { user_id, .. }, Some(s)) => {
-            Some(if s == user_id { "inbound" } else { "outbound" })
+        (Conversation::Peer { user_id, .. }, Some(s)) => Some(if s == user_id { "inbound" } else { "outbound" }),
+        (Conversation::Group { .. }, Some(s)) => {
+            Some(if Some(s) == ctx.account_user_id { "outbound" } else { "inbound" })
         }
-        (Conversation::Group { .. }, Some(s)) => Some(if Some(s) == ctx.account_user_id {
-            "outbound"
-        } else {
-            "inbound"
-        }),
         (_, None) => None,
     };
     Record {
-        kind: Some(if is_event {
-            Kind::DmEvent
-        } else {
-            Kind::DmMessage
-        }),
-        event_type: if is_event {
-            item.event_type.clone()
-        } else {
-            None
-        },
-        event_id: if is_event {
-            Some(item.id.clone())
-        } else {
-            None
-        },
+        kind: Some(if is_event { Kind::DmEvent } else { Kind::DmMessage }),
+        event_type: if is_event { item.event_type.clone() } else { None },
+        event_id: if is_event { Some(item.id.clone()) } else { None },
         provider: ctx.provider.to_string(),
         pipeline: ctx.pipeline.to_string(),
         account: ctx.account.to_string(),
         conversation_user_id,
         conversation_id,
-        message_id: if is_event {
-            None
-        } else {
-            Some(item.id.clone())
-        },
-        participant_ids: if is_event {
-            item.participant_ids.clone()
-        } else {
-            None
-        },
+        message_id: if is_event { None } else { Some(item.id.clone()) },
+        participant_ids: if is_event { item.participant_ids.clone() } else { None },
         sender_id: item.sender_id.clone(),
         receiver_id: if matches!(conv, Conversation::Group { .. }) || is_event {
             None
         } else {
             item.receiver_id.clone()
         },
-        direction: if is_event {
-            None
-        } else {
-            direction.map(str::to_string)
-        },
+        direction: if is_event { None } else { direction.map(str::to_string) },
         created_at,
-        text: if ctx.redact_text || is_event {
-            None
-        } else {
-            item.text.clone()
-        },
-        media_url: if is_event {
-            None
-        } else {
-            item.media_url.clone()
-        },
+        text: if ctx.redact_text || is_event { None } else { item.text.clone() },
+        media_url: if is_event { None } else { item.media_url.clone() },
         source_endpoint: ctx.source_endpoint.to_string(),
         synced_at: Some(synced_at.to_string()),
         ..Record::default()
@@ -283,10 +237,7 @@ pub fn now_string() -> String {
 pub fn normalize_time(s: &str) -> Option<String> {
     let s = s.trim();
     // humantime reads `Z` forms; offsets like +00:00 are rewritten to Z first when they are zero.
-    let s = s
-        .strip_suffix("+00:00")
-        .map(|b| format!("{b}Z"))
-        .unwrap_or_else(|| s.to_string());
+    let s = s.strip_suffix("+00:00").map(|b| format!("{b}Z")).unwrap_or_else(|| s.to_string());
     humantime::parse_rfc3339_weak(&s).ok().map(format_time)
 }
 
@@ -321,10 +272,7 @@ mod tests {
     }
 
     fn peer() -> Conversation {
-        Conversation::Peer {
-            user_id: "44196397".into(),
-            conversation_id: None,
-        }
+        Conversation::Peer { user_id: "44196397".into(), conversation_id: None }
     }
 
     #[test]
@@ -338,8 +286,7 @@ mod tests {
             media_url: Some("https://pbs.twimg.com/dm_media/abc.jpg".into()),
             ..Item::default()
         };
-        let line =
-            message_record(&ctx(false), &peer(), &item, "2026-11-23T13:00:00.000Z").to_line();
+        let line = message_record(&ctx(false), &peer(), &item, "2026-11-23T13:00:00.000Z").to_line();
         assert_eq!(
             line,
             r#"{"kind":"dm_message","provider":"xquik","pipeline":"support","account":"acme_support","conversation_user_id":"44196397","message_id":"1893456789012345678","sender_id":"44196397","receiver_id":"987654321","direction":"inbound","created_at":"2026-02-24T10:00:00.000Z","text":"Hey, great tool!","media_url":"https://pbs.twimg.com/dm_media/abc.jpg","source_endpoint":"GET /x/dm/{userId}/history","synced_at":"2026-11-23T13:00:00.000Z"}"#
@@ -347,11 +294,7 @@ mod tests {
         let key = key_of_line(&line).unwrap();
         assert_eq!(
             key,
-            Key {
-                kind: Kind::DmMessage,
-                conversation: "44196397".into(),
-                id: "1893456789012345678".into()
-            }
+            Key { kind: Kind::DmMessage, conversation: "44196397".into(), id: "1893456789012345678".into() }
         );
     }
 
@@ -367,20 +310,12 @@ mod tests {
         assert_eq!(r.direction.as_deref(), Some("outbound"));
         assert_eq!(r.created_at.as_deref(), Some("2025-02-23T00:24:11.883Z"));
         let line = r.to_line();
-        assert!(
-            !line.contains("text") && !line.contains("media_url") && !line.contains("null"),
-            "{line}"
-        );
+        assert!(!line.contains("text") && !line.contains("media_url") && !line.contains("null"), "{line}");
     }
 
     #[test]
     fn redaction_drops_text_only() {
-        let item = Item {
-            id: "5".into(),
-            text: Some("secret".into()),
-            media_url: Some("m".into()),
-            ..Item::default()
-        };
+        let item = Item { id: "5".into(), text: Some("secret".into()), media_url: Some("m".into()), ..Item::default() };
         let r = message_record(&ctx(true), &peer(), &item, "t");
         assert_eq!(r.text, None);
         assert_eq!(r.media_url.as_deref(), Some("m"));
@@ -388,18 +323,9 @@ mod tests {
 
     #[test]
     fn times_are_normalized_to_millis_z() {
-        assert_eq!(
-            normalize_time("2026-02-24T10:00:00Z").as_deref(),
-            Some("2026-02-24T10:00:00.000Z")
-        );
-        assert_eq!(
-            normalize_time("2026-02-24T10:00:00.123456Z").as_deref(),
-            Some("2026-02-24T10:00:00.123Z")
-        );
-        assert_eq!(
-            normalize_time("2026-02-24T10:00:00+00:00").as_deref(),
-            Some("2026-02-24T10:00:00.000Z")
-        );
+        assert_eq!(normalize_time("2026-02-24T10:00:00Z").as_deref(), Some("2026-02-24T10:00:00.000Z"));
+        assert_eq!(normalize_time("2026-02-24T10:00:00.123456Z").as_deref(), Some("2026-02-24T10:00:00.123Z"));
+        assert_eq!(normalize_time("2026-02-24T10:00:00+00:00").as_deref(), Some("2026-02-24T10:00:00.000Z"));
         assert_eq!(normalize_time("yesterday"), None);
     }
 
@@ -407,37 +333,32 @@ mod tests {
     fn ids_order_numerically() {
         use std::cmp::Ordering::*;
         assert_eq!(id_cmp("99", "100"), Less);
-        assert_eq!(
-            id_cmp("1893456789012345678", "1893456789012345677"),
-            Greater
-        );
+        assert_eq!(id_cmp("1893456789012345678", "1893456789012345677"), Greater);
         assert_eq!(id_cmp("abc", "abd"), Less);
     }
 
     #[test]
+    fn one_to_one_conversation_ids_are_the_peer() {
+        let c = Conversation::from_conversation_id("44196397-987654321", Some("987654321"));
+        let peer =
+            Conversation::Peer { user_id: "44196397".into(), conversation_id: Some("44196397-987654321".into()) };
+        assert_eq!(c, peer);
+        assert_eq!(c.key(), "44196397");
+        let g = Conversation::from_conversation_id("1578398451921985538", Some("987654321"));
+        assert_eq!(g.key(), "1578398451921985538");
+        // A 1:1 ID without the account is not ours to read as a peer.
+        assert!(matches!(Conversation::from_conversation_id("1-2", Some("3")), Conversation::Group { .. }));
+        assert!(matches!(Conversation::from_conversation_id("1-2", None), Conversation::Group { .. }));
+    }
+
+    #[test]
     fn group_records_carry_conversation_id_and_no_receiver() {
-        let c = Context {
-            account_user_id: Some("1"),
-            ..ctx(false)
-        };
-        let conv = Conversation::Group {
-            conversation_id: "1578398451921985538".into(),
-        };
-        let item = Item {
-            id: "9".into(),
-            sender_id: Some("1".into()),
-            receiver_id: Some("2".into()),
-            ..Item::default()
-        };
+        let c = Context { account_user_id: Some("1"), ..ctx(false) };
+        let conv = Conversation::Group { conversation_id: "1578398451921985538".into() };
+        let item =
+            Item { id: "9".into(), sender_id: Some("1".into()), receiver_id: Some("2".into()), ..Item::default() };
         let r = message_record(&c, &conv, &item, "t");
-        assert_eq!(
-            (
-                r.conversation_user_id,
-                r.receiver_id,
-                r.direction.as_deref()
-            ),
-            (None, None, Some("outbound"))
-        );
+        assert_eq!((r.conversation_user_id, r.receiver_id, r.direction.as_deref()), (None, None, Some("outbound")));
         let ev = Item {
             id: "10".into(),
             event_type: Some("ParticipantsJoin".into()),

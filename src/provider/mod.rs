@@ -6,6 +6,8 @@
 //! `Retry-After`, and never repeats anything else. The engine holds a [`Client`], an enum over the
 //! adapters, so adding a provider never touches the engine.
 
+pub mod getxapi;
+pub mod x_api_v2;
 pub mod xquik;
 
 use std::future::Future;
@@ -75,28 +77,15 @@ impl ProviderError {
         code: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
-        ProviderError {
-            class,
-            endpoint,
-            status,
-            code: code.into(),
-            hint: hint.into(),
-            retry_after: None,
-        }
+        ProviderError { class, endpoint, status, code: code.into(), hint: hint.into(), retry_after: None }
     }
 
     /// A transport failure from reqwest, classified without leaking the URL's query or any header.
     pub fn transport(endpoint: &'static str, e: &reqwest::Error) -> Self {
         let (code, hint) = if e.is_timeout() {
-            (
-                "timeout",
-                "the request timed out; will retry (raise request_timeout if this persists)",
-            )
+            ("timeout", "the request timed out; will retry (raise request_timeout if this persists)")
         } else if e.is_connect() {
-            (
-                "connect_failed",
-                "cannot connect to the provider; check base_url and the network",
-            )
+            ("connect_failed", "cannot connect to the provider; check base_url and the network")
         } else if e.is_body() || e.is_decode() {
             ("connection_dropped", "the response was cut short")
         } else {
@@ -113,16 +102,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 ///
 /// Exponential from `base`, capped at `max`, with "equal jitter" (half fixed, half random) so many
 /// conversations retrying at once spread out. A provider's `Retry-After` is a floor, plus a little jitter.
-pub fn backoff(
-    policy: &RetryPolicy,
-    attempt: u32,
-    retry_after: Option<Duration>,
-    jitter: f64,
-) -> Duration {
-    let exp = policy
-        .base
-        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-        .min(policy.max);
+pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let exp = policy.base.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(policy.max);
     let computed = exp / 2 + exp.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
     match retry_after {
         Some(ra) => ra.min(MAX_RETRY_AFTER) + Duration::from_millis(50).mul_f64(jitter),
@@ -174,6 +155,8 @@ where
 /// The provider adapters, as one type the engine can hold.
 pub enum Client {
     Xquik(xquik::Xquik),
+    XApiV2(x_api_v2::XApiV2),
+    GetXApi(getxapi::GetXApi),
 }
 
 impl Client {
@@ -184,28 +167,37 @@ impl Client {
                 let key = p.api_key.read(&p.name, "API key")?;
                 Ok(Client::Xquik(xquik::Xquik::new(p, &key)?))
             }
-            other => Err(crate::config::ConfigError(format!(
-                "pipeline `{}`: provider {other} is not supported by this build yet; use provider = \"xquik\"",
-                p.name
-            ))),
+            ProviderKind::XApiV2 => {
+                let token = p.api_key.read(&p.name, "access token")?;
+                Ok(Client::XApiV2(x_api_v2::XApiV2::new(p, &token)?))
+            }
+            ProviderKind::GetXApi => {
+                let key = p.api_key.read(&p.name, "API key")?;
+                let source = p.auth_token.as_ref().ok_or_else(|| {
+                    crate::config::ConfigError(format!("pipeline `{}`: provider getxapi needs auth_token_env", p.name))
+                })?;
+                let token = source.read(&p.name, "auth_token")?;
+                Ok(Client::GetXApi(getxapi::GetXApi::new(p, &key, &token)?))
+            }
         }
     }
 
     /// The route template of the history endpoint, for records and logs.
-    pub fn history_endpoint(&self, _conv: &Conversation) -> &'static str {
-        match self {
-            Client::Xquik(_) => xquik::HISTORY,
+    pub fn history_endpoint(&self, conv: &Conversation) -> &'static str {
+        match (self, conv) {
+            (Client::Xquik(_), _) => xquik::HISTORY,
+            (Client::XApiV2(_), Conversation::Peer { .. }) => x_api_v2::HISTORY_WITH,
+            (Client::XApiV2(_), Conversation::Group { .. }) => x_api_v2::HISTORY_CONV,
+            (Client::GetXApi(_), _) => getxapi::HISTORY,
         }
     }
 
     /// One history page (no retries; wrap in [`with_retry`]).
-    pub async fn history(
-        &self,
-        conv: &Conversation,
-        cursor: Option<&str>,
-    ) -> Result<Page, ProviderError> {
+    pub async fn history(&self, conv: &Conversation, cursor: Option<&str>) -> Result<Page, ProviderError> {
         match self {
             Client::Xquik(c) => c.history(conv, cursor).await,
+            Client::XApiV2(c) => c.history(conv, cursor).await,
+            Client::GetXApi(c) => c.history(conv, cursor).await,
         }
     }
 
@@ -213,6 +205,8 @@ impl Client {
     pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
         match self {
             Client::Xquik(c) => c.lookup_user(id_or_username).await,
+            Client::XApiV2(c) => c.lookup_user(id_or_username).await,
+            Client::GetXApi(c) => c.lookup_user(id_or_username).await,
         }
     }
 
@@ -220,6 +214,94 @@ impl Client {
     pub fn account_user_id(&self) -> Option<&str> {
         match self {
             Client::Xquik(_) => None,
+            // X API v2 and GetXAPI name the account by its numeric ID in the config.
+            Client::XApiV2(c) => Some(c.account()),
+            Client::GetXApi(c) => Some(c.account()),
+        }
+    }
+}
+
+/// What a write (a DM send or a media upload) has come to, as far as the provider says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteState {
+    /// Final: the DM or the media exists.
+    Done(WriteDone),
+    /// Accepted but not yet confirmed: ask again about `action` (the write-action ID) after `after`.
+    Pending { action: String, after: Duration },
+    /// Final failure. `safe_to_retry`: the provider says nothing was dispatched.
+    Failed { code: String, safe_to_retry: bool },
+}
+
+/// A confirmed write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteDone {
+    /// The DM's message ID, or the upload's media ID.
+    pub id: String,
+    /// The public media URL of an upload, when the provider gives one.
+    pub url: Option<String>,
+    /// When the provider completed it, as the provider wrote it (unnormalized).
+    pub at: Option<String>,
+}
+
+/// Which result a write-action status is read for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    DirectMessage,
+    Media,
+}
+
+/// Media to upload, already checked by the caller (type and size).
+#[derive(Clone, Debug)]
+pub enum Upload {
+    /// A local file's bytes, sent as multipart.
+    File { name: String, mime: &'static str, bytes: Vec<u8> },
+    /// An HTTPS URL the provider fetches itself.
+    Url(String),
+}
+
+/// Outbound writes: sends, uploads and write-action polls (no retries; wrap in [`with_retry`]).
+/// Every write carries the caller's idempotency key, so repeating one never writes twice.
+impl Client {
+    /// The route template of the DM send endpoint, for records and logs.
+    pub fn send_endpoint(&self) -> &'static str {
+        match self {
+            Client::Xquik(_) => xquik::SEND_DM,
+            Client::XApiV2(_) => x_api_v2::SEND_WITH,
+            Client::GetXApi(_) => getxapi::SEND_DM,
+        }
+    }
+
+    /// Sends a DM to a numeric user ID, with at most one uploaded media ID.
+    pub async fn send_dm(
+        &self,
+        to: &str,
+        text: &str,
+        media_id: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<WriteState, ProviderError> {
+        match self {
+            Client::Xquik(c) => c.send_dm(to, text, media_id, idempotency_key).await,
+            // Neither takes an idempotency key: a send interrupted before its record can be sent twice.
+            Client::XApiV2(c) => c.send_dm(to, text, media_id).await,
+            Client::GetXApi(c) => c.send_dm(to, text, media_id).await,
+        }
+    }
+
+    /// Uploads media for a DM attachment.
+    pub async fn upload_media(&self, upload: &Upload, idempotency_key: &str) -> Result<WriteState, ProviderError> {
+        match self {
+            Client::Xquik(c) => c.upload_media(upload, idempotency_key).await,
+            Client::XApiV2(c) => c.upload_media(upload).await,
+            Client::GetXApi(c) => c.upload_media(upload).await,
+        }
+    }
+
+    /// Asks where a pending write stands.
+    pub async fn write_action(&self, action: &str, kind: WriteKind) -> Result<WriteState, ProviderError> {
+        match self {
+            Client::Xquik(c) => c.write_action(action, kind).await,
+            Client::XApiV2(c) => c.write_action(action, kind).await,
+            Client::GetXApi(c) => c.write_action(action, kind).await,
         }
     }
 }
@@ -243,11 +325,7 @@ mod tests {
         assert_eq!(backoff(&p, 0, None, 0.0), Duration::from_millis(50));
         assert_eq!(backoff(&p, 0, None, 0.999_999).as_millis(), 99);
         assert_eq!(backoff(&p, 3, None, 0.0), Duration::from_millis(400));
-        assert_eq!(
-            backoff(&p, 30, None, 0.0),
-            Duration::from_secs(1),
-            "capped at max, halved by jitter floor"
-        );
+        assert_eq!(backoff(&p, 30, None, 0.0), Duration::from_secs(1), "capped at max, halved by jitter floor");
         assert!(backoff(&p, 30, None, 0.99) <= Duration::from_secs(2));
     }
 

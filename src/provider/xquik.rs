@@ -1,4 +1,5 @@
-//! The Xquik adapter: `GET /x/dm/{userId}/history` and `GET /x/users/{id}` (PROVIDERS.md section 1).
+//! The Xquik adapter: `GET /x/dm/{userId}/history` and `GET /x/users/{id}` (PROVIDERS.md section 1), and
+//! the writes: `POST /x/dm/{userId}`, `POST /x/media` and `GET /x/write-actions/{id}`.
 //!
 //! Parsing is tolerant where the docs and the live API may differ (camelCase or snake_case fields, IDs as
 //! strings or numbers, `error` as a string or an object, `next_cursor` as "" or null) and strict where
@@ -10,7 +11,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
-use super::{ErrorClass, Page, ProviderError, User};
+use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
 use crate::config::Pipeline;
 use crate::record::{Conversation, Item};
 
@@ -40,30 +41,18 @@ impl Xquik {
         key.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", key);
-        Ok(Xquik {
-            http: http_client(p, headers)?,
-            base: p.base_url.clone(),
-            account: p.account.clone(),
-        })
+        Ok(Xquik { http: http_client(p, headers)?, base: p.base_url.clone(), account: p.account.clone() })
     }
 
-    pub async fn history(
-        &self,
-        conv: &Conversation,
-        cursor: Option<&str>,
-    ) -> Result<Page, ProviderError> {
+    pub async fn history(&self, conv: &Conversation, cursor: Option<&str>) -> Result<Page, ProviderError> {
         let peer = conv.key();
         let url = format!("{}/x/dm/{peer}/history", self.base);
-        let mut req = self
-            .http
-            .get(url)
-            .query(&[("account", self.account.as_str())]);
+        let mut req = self.http.get(url).query(&[("account", self.account.as_str())]);
         if let Some(c) = cursor {
             req = req.query(&[("cursor", c)]);
         }
         let body = send(req, HISTORY).await?;
-        let page: HistoryBody =
-            serde_json::from_slice(&body).map_err(|e| malformed(HISTORY, &e))?;
+        let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| malformed(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_next_page && next_cursor.is_none() {
             return Err(ProviderError::new(
@@ -98,20 +87,12 @@ impl Xquik {
         Ok(Page {
             credits: items.len() as u64,
             items,
-            next_cursor: if page.has_next_page {
-                next_cursor
-            } else {
-                None
-            },
+            next_cursor: if page.has_next_page { next_cursor } else { None },
         })
     }
 
     pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
-        let url = format!(
-            "{}/x/users/{}",
-            self.base,
-            id_or_username.trim_start_matches('@')
-        );
+        let url = format!("{}/x/users/{}", self.base, id_or_username.trim_start_matches('@'));
         let body = send(self.http.get(url), USER).await?;
         let u: UserBody = serde_json::from_slice(&body).map_err(|e| malformed(USER, &e))?;
         if !valid_id(&u.id) {
@@ -123,20 +104,12 @@ impl Xquik {
                 "the user has an invalid id",
             ));
         }
-        Ok(User {
-            id: u.id.0,
-            username: u.username,
-            name: u.name,
-            can_dm: u.can_dm,
-        })
+        Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: u.can_dm })
     }
 }
 
 /// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages.
-pub(crate) fn http_client(
-    p: &Pipeline,
-    headers: HeaderMap,
-) -> Result<reqwest::Client, crate::config::ConfigError> {
+pub(crate) fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::Client, crate::config::ConfigError> {
     reqwest::Client::builder()
         .default_headers(headers)
         .user_agent(concat!("dm-handoff/", env!("CARGO_PKG_VERSION")))
@@ -144,20 +117,12 @@ pub(crate) fn http_client(
         .connect_timeout(p.retry.request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| {
-            crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name))
-        })
+        .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))
 }
 
 /// Sends a request and returns the body of a 2xx, or the classified error.
-pub(crate) async fn send(
-    req: reqwest::RequestBuilder,
-    endpoint: &'static str,
-) -> Result<bytes::Bytes, ProviderError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| ProviderError::transport(endpoint, &e))?;
+pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
+    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
     let status = resp.status().as_u16();
     let retry_after_header = resp
         .headers()
@@ -166,10 +131,7 @@ pub(crate) async fn send(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     // A body cut short is a dropped connection: transient, never a half-parsed page.
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ProviderError::transport(endpoint, &e))?;
+    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
     if (200..300).contains(&status) {
         return Ok(body);
     }
@@ -184,16 +146,8 @@ pub(crate) fn classify(
     retry_after_header: Option<Duration>,
 ) -> ProviderError {
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let code = parsed
-        .error
-        .as_ref()
-        .map(ErrorField::code)
-        .unwrap_or_default();
-    let code = if code.is_empty() {
-        format!("http_{status}")
-    } else {
-        code
-    };
+    let code = parsed.error.as_ref().map(ErrorField::code).unwrap_or_default();
+    let code = if code.is_empty() { format!("http_{status}") } else { code };
     let retry_after = retry_after_header
         .or(parsed.retry_after.map(Duration::from_secs))
         .or(parsed.retry_after_ms.map(Duration::from_millis));
@@ -223,11 +177,7 @@ pub(crate) fn classify(
         _ => (Conversation, "unexpected response from the provider"),
     };
     ProviderError {
-        retry_after: if class == Transient {
-            retry_after
-        } else {
-            None
-        },
+        retry_after: if class == Transient { retry_after } else { None },
         ..ProviderError::new(class, endpoint, Some(status), code, hint)
     }
 }
@@ -239,10 +189,7 @@ fn malformed(endpoint: &'static str, e: &serde_json::Error) -> ProviderError {
         endpoint,
         Some(200),
         "malformed_response",
-        format!(
-            "the body is not the documented JSON ({})",
-            e.classify_name()
-        ),
+        format!("the body is not the documented JSON ({})", e.classify_name()),
     )
 }
 
@@ -263,12 +210,7 @@ impl ClassifyName for serde_json::Error {
 
 /// IDs become sled key parts and file names' neighbours: keep them to a safe alphabet.
 fn valid_id(id: &Id) -> bool {
-    !id.0.is_empty()
-        && id.0.len() <= 64
-        && id
-            .0
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.0.is_empty() && id.0.len() <= 64 && id.0.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// An ID that may arrive as a JSON string or number; always kept as a string.
@@ -354,9 +296,7 @@ impl ErrorField {
     fn code(&self) -> String {
         let raw = match self {
             ErrorField::Code(c) => c.clone(),
-            ErrorField::Object { code, kind } => {
-                code.clone().or_else(|| kind.clone()).unwrap_or_default()
-            }
+            ErrorField::Object { code, kind } => code.clone().or_else(|| kind.clone()).unwrap_or_default(),
         };
         // Codes are snake_case identifiers; anything else (a sentence) is not echoed, to keep errors one short line.
         if raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -367,54 +307,234 @@ impl ErrorField {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Writes: DM send, media upload, write-action status
+
+/// Route templates of the write endpoints.
+pub const SEND_DM: &str = "POST /x/dm/{userId}";
+pub const UPLOAD_MEDIA: &str = "POST /x/media";
+pub const WRITE_ACTION: &str = "GET /x/write-actions/{id}";
+
+/// The longest wait a pending write's hints (`Retry-After`, `pollAfterMs`) are taken at; beyond it
+/// we ask again anyway, which is harmless.
+const MAX_POLL_HINT: Duration = Duration::from_secs(60);
+
+impl Xquik {
+    /// `POST /x/dm/{userId}` with `Idempotency-Key`; reads both the legacy and the write-action answer.
+    pub async fn send_dm(
+        &self,
+        to: &str,
+        text: &str,
+        media_id: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<WriteState, ProviderError> {
+        let url = format!("{}/x/dm/{to}", self.base);
+        let mut body = serde_json::json!({ "account": self.account, "text": text });
+        if let Some(m) = media_id {
+            body["media_ids"] = serde_json::json!([m]);
+        }
+        let req = self.http.post(url).header("Idempotency-Key", idempotency_key).json(&body);
+        let answer = send_write(req, SEND_DM).await?;
+        write_state(SEND_DM, &answer, WriteKind::DirectMessage)
+    }
+
+    /// `POST /x/media`: multipart (`account`, `file`) for a file, JSON (`account`, `url`) for a URL.
+    pub async fn upload_media(&self, upload: &Upload, idempotency_key: &str) -> Result<WriteState, ProviderError> {
+        let url = format!("{}/x/media", self.base);
+        let req = self.http.post(url).header("Idempotency-Key", idempotency_key);
+        let req = match upload {
+            Upload::File { name, mime, bytes } => {
+                let part = reqwest::multipart::Part::bytes(bytes.clone())
+                    .file_name(name.clone())
+                    .mime_str(mime)
+                    .map_err(|_| {
+                        ProviderError::new(
+                            ErrorClass::Conversation,
+                            UPLOAD_MEDIA,
+                            None,
+                            "invalid_media_type",
+                            "the media type cannot be sent",
+                        )
+                    })?;
+                let form = reqwest::multipart::Form::new().text("account", self.account.clone()).part("file", part);
+                req.multipart(form)
+            }
+            Upload::Url(u) => req.json(&serde_json::json!({ "account": self.account, "url": u })),
+        };
+        let answer = send_write(req, UPLOAD_MEDIA).await?;
+        write_state(UPLOAD_MEDIA, &answer, WriteKind::Media)
+    }
+
+    /// `GET /x/write-actions/{id}`: where a pending write stands now.
+    pub async fn write_action(&self, action: &str, kind: WriteKind) -> Result<WriteState, ProviderError> {
+        let url = format!("{}/x/write-actions/{action}", self.base);
+        let answer = send_write(self.http.get(url), WRITE_ACTION).await?;
+        write_state(WRITE_ACTION, &answer, kind)
+    }
+}
+
+/// A 2xx answer of a write route, with the headers the write-action contract uses.
+struct WriteAnswer {
+    status: u16,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+    body: bytes::Bytes,
+}
+
+/// As [`send`], keeping the status, `Retry-After` and `Location` of a 2xx (a 202 means "poll").
+async fn send_write(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<WriteAnswer, ProviderError> {
+    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    let status = resp.status().as_u16();
+    let header = |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
+    let retry_after =
+        header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+    let location = header(reqwest::header::LOCATION);
+    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    if (200..300).contains(&status) {
+        return Ok(WriteAnswer { status, retry_after, location, body });
+    }
+    Err(classify(endpoint, status, &body, retry_after))
+}
+
+/// Reads a write answer: legacy `{messageId|mediaId, success}`, or a write-action record that is final
+/// (`success`, `failed`, `expired`) or still in progress. The ID is the compatibility field
+/// (`messageId` / `mediaId`), else `result.id` when `result.type` is the expected one.
+fn write_state(endpoint: &'static str, a: &WriteAnswer, kind: WriteKind) -> Result<WriteState, ProviderError> {
+    let b: WriteBody = serde_json::from_slice(&a.body).map_err(|e| malformed(endpoint, &e))?;
+    let bad = |what: &'static str| {
+        ProviderError::new(ErrorClass::Malformed, endpoint, Some(a.status), "malformed_response", what)
+    };
+    let (compat, want) = match kind {
+        WriteKind::DirectMessage => (b.message_id, "direct_message"),
+        WriteKind::Media => (b.media_id, "media"),
+    };
+    let from_result = b.result.filter(|r| r.kind.as_deref() == Some(want)).and_then(|r| r.id);
+    let id = compat.or(from_result);
+    let error_code = b.error.as_ref().map(ErrorField::code).filter(|c| !c.is_empty());
+    let at = b.completed_at.or(b.confirmed_at);
+    let url = if kind == WriteKind::Media { b.media_url } else { None };
+    let done = |id: Option<Id>| match id {
+        Some(id) if valid_id(&id) => Ok(WriteState::Done(WriteDone { id: id.0, url, at })),
+        Some(_) => Err(bad("the result ID is invalid")),
+        None => Err(bad("a successful write without its result ID")),
+    };
+    let status = b.status.map(|s| s.to_ascii_lowercase());
+    match status.as_deref() {
+        // The legacy contract: no lifecycle, just the result.
+        None if b.success == Some(false) => Ok(WriteState::Failed {
+            code: error_code.unwrap_or_else(|| "write_failed".into()),
+            safe_to_retry: b.safe_to_retry.unwrap_or(false),
+        }),
+        None => done(id),
+        Some("success") => done(id),
+        Some(st @ ("failed" | "expired")) => Ok(WriteState::Failed {
+            code: error_code.unwrap_or_else(|| st.to_string()),
+            safe_to_retry: b.safe_to_retry.unwrap_or(false),
+        }),
+        Some(_) if b.terminal == Some(true) => Ok(WriteState::Failed {
+            code: error_code.unwrap_or_else(|| "write_failed".into()),
+            safe_to_retry: b.safe_to_retry.unwrap_or(false),
+        }),
+        // accepted, dispatching, pending_confirmation: ask again later about the same action.
+        Some(_) => {
+            let action = b
+                .write_action_id
+                .or(b.id)
+                .or_else(|| {
+                    a.location
+                        .as_deref()
+                        .and_then(|l| l.split(['?', '#']).next())
+                        .and_then(|l| l.trim_end_matches('/').rsplit('/').next())
+                        .map(|s| Id(s.to_string()))
+                })
+                .filter(valid_id)
+                .ok_or_else(|| bad("a pending write without its write-action ID"))?;
+            let after = a
+                .retry_after
+                .or(b.poll_after_ms.map(Duration::from_millis))
+                .or(b.next_action.and_then(|n| n.after_ms).map(Duration::from_millis))
+                .unwrap_or(Duration::from_secs(1))
+                .min(MAX_POLL_HINT);
+            Ok(WriteState::Pending { action: action.0, after })
+        }
+    }
+}
+
+/// The parts of a write answer we read; everything is optional because the two contracts share
+/// nothing but the result ID, and the ID may arrive as a string or a number.
+#[derive(Deserialize)]
+struct WriteBody {
+    #[serde(default)]
+    id: Option<Id>,
+    #[serde(default, rename = "writeActionId", alias = "write_action_id")]
+    write_action_id: Option<Id>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    terminal: Option<bool>,
+    #[serde(default, rename = "safeToRetry", alias = "safe_to_retry")]
+    safe_to_retry: Option<bool>,
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default, rename = "messageId", alias = "message_id")]
+    message_id: Option<Id>,
+    #[serde(default, rename = "mediaId", alias = "media_id")]
+    media_id: Option<Id>,
+    #[serde(default, rename = "mediaUrl", alias = "media_url")]
+    media_url: Option<String>,
+    #[serde(default)]
+    result: Option<WireResult>,
+    #[serde(default, rename = "pollAfterMs", alias = "poll_after_ms")]
+    poll_after_ms: Option<u64>,
+    #[serde(default, rename = "nextAction", alias = "next_action")]
+    next_action: Option<NextAction>,
+    #[serde(default)]
+    error: Option<ErrorField>,
+    #[serde(default, rename = "completedAt", alias = "completed_at")]
+    completed_at: Option<String>,
+    #[serde(default, rename = "confirmedAt", alias = "confirmed_at")]
+    confirmed_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireResult {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    id: Option<Id>,
+}
+
+#[derive(Deserialize)]
+struct NextAction {
+    #[serde(default, rename = "afterMs", alias = "after_ms")]
+    after_ms: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn both_error_shapes_are_read() {
-        let e = classify(
-            HISTORY,
-            403,
-            br#"{"error":"dm_not_permitted","message":"m"}"#,
-            None,
-        );
-        assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::Conversation, "dm_not_permitted")
-        );
+        let e = classify(HISTORY, 403, br#"{"error":"dm_not_permitted","message":"m"}"#, None);
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Conversation, "dm_not_permitted"));
         let e = classify(
             HISTORY,
             401,
             br#"{"error":{"message":"m","type":"authentication_error","code":"unauthenticated"}}"#,
             None,
         );
-        assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::Fatal, "unauthenticated")
-        );
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "unauthenticated"));
         let e = classify(HISTORY, 503, b"<html>oops</html>", None);
-        assert_eq!(
-            (e.class, e.code.as_str()),
-            (ErrorClass::Transient, "http_503")
-        );
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Transient, "http_503"));
     }
 
     #[test]
     fn retry_after_comes_from_header_or_body() {
-        let e = classify(
-            HISTORY,
-            429,
-            br#"{"error":"rate_limit_exceeded","retryAfter":7}"#,
-            None,
-        );
+        let e = classify(HISTORY, 429, br#"{"error":"rate_limit_exceeded","retryAfter":7}"#, None);
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
-        let e = classify(
-            HISTORY,
-            429,
-            br#"{"error":"rate_limit_exceeded","retryAfter":7}"#,
-            Some(Duration::from_secs(2)),
-        );
+        let e =
+            classify(HISTORY, 429, br#"{"error":"rate_limit_exceeded","retryAfter":7}"#, Some(Duration::from_secs(2)));
         assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
         let e = classify(HISTORY, 429, br#"{"error":"x","retryAfterMs":1500}"#, None);
         assert_eq!(e.retry_after, Some(Duration::from_millis(1500)));
@@ -423,28 +543,138 @@ mod tests {
     #[test]
     fn never_retried_codes_are_not_transient() {
         for s in [400, 401, 402, 403, 404, 409, 422] {
-            assert_ne!(
-                classify(HISTORY, s, b"{}", None).class,
-                ErrorClass::Transient,
-                "{s}"
-            );
+            assert_ne!(classify(HISTORY, s, b"{}", None).class, ErrorClass::Transient, "{s}");
         }
         for s in [429, 502, 503, 504] {
-            assert_eq!(
-                classify(HISTORY, s, b"{}", None).class,
-                ErrorClass::Transient,
-                "{s}"
-            );
+            assert_eq!(classify(HISTORY, s, b"{}", None).class, ErrorClass::Transient, "{s}");
         }
     }
 
     #[test]
     fn history_body_variants_parse() {
-        let b: HistoryBody = serde_json::from_str(r#"{"messages":[{"id":1,"senderId":"2","receiverId":3}],"has_next_page":false,"next_cursor":null}"#).unwrap();
+        let b: HistoryBody = serde_json::from_str(
+            r#"{"messages":[{"id":1,"senderId":"2","receiverId":3}],"has_next_page":false,"next_cursor":null}"#,
+        )
+        .unwrap();
         assert_eq!(b.messages[0].id.0, "1");
         assert_eq!(b.messages[0].receiver_id.0, "3");
         let b: HistoryBody = serde_json::from_str(r#"{"messages":[{"id":"1","sender_id":"2","receiver_id":"3","created_at":"x"}],"has_next_page":true,"next_cursor":"a+b/c="}"#).unwrap();
         assert_eq!(b.next_cursor.as_deref(), Some("a+b/c="));
         assert!(serde_json::from_str::<HistoryBody>(r#"{"data":[]}"#).is_err());
+    }
+
+    fn answer(status: u16, retry_after: Option<u64>, location: Option<&str>, body: &str) -> WriteAnswer {
+        WriteAnswer {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+            location: location.map(str::to_string),
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    fn done(id: &str) -> WriteState {
+        WriteState::Done(WriteDone { id: id.into(), url: None, at: None })
+    }
+
+    #[test]
+    fn legacy_and_final_write_action_answers_give_the_message_id() {
+        let legacy = answer(200, None, None, r#"{"messageId":"1893726451029384192","success":true}"#);
+        assert_eq!(write_state(SEND_DM, &legacy, WriteKind::DirectMessage).unwrap(), done("1893726451029384192"));
+        let numeric = answer(200, None, None, r#"{"messageId":1893726451029384192,"success":true}"#);
+        assert_eq!(write_state(SEND_DM, &numeric, WriteKind::DirectMessage).unwrap(), done("1893726451029384192"));
+        // No compatibility field: result.id of the right type.
+        let record = answer(
+            200,
+            None,
+            Some("/api/v1/x/write-actions/9"),
+            r#"{"object":"x_write_action","id":"9","status":"success","terminal":true,"result":{"type":"direct_message","id":"77"},"completedAt":"2026-08-01T00:00:00Z"}"#,
+        );
+        assert_eq!(
+            write_state(SEND_DM, &record, WriteKind::DirectMessage).unwrap(),
+            WriteState::Done(WriteDone { id: "77".into(), url: None, at: Some("2026-08-01T00:00:00Z".into()) })
+        );
+        // A result of another type is not a message ID.
+        let other = answer(200, None, None, r#"{"status":"success","result":{"type":"tweet","id":"5"}}"#);
+        assert_eq!(write_state(SEND_DM, &other, WriteKind::DirectMessage).unwrap_err().class, ErrorClass::Malformed);
+        let upload =
+            answer(200, None, None, r#"{"mediaId":"42","mediaUrl":"https://media.xquik.com/u/42.png","success":true}"#);
+        assert_eq!(
+            write_state(UPLOAD_MEDIA, &upload, WriteKind::Media).unwrap(),
+            WriteState::Done(WriteDone {
+                id: "42".into(),
+                url: Some("https://media.xquik.com/u/42.png".into()),
+                at: None
+            })
+        );
+        let nothing = answer(200, None, None, r#"{"success":true}"#);
+        assert_eq!(write_state(SEND_DM, &nothing, WriteKind::DirectMessage).unwrap_err().class, ErrorClass::Malformed);
+        let html = answer(200, None, None, "<html></html>");
+        assert_eq!(write_state(SEND_DM, &html, WriteKind::DirectMessage).unwrap_err().class, ErrorClass::Malformed);
+    }
+
+    #[test]
+    fn pending_answers_say_which_action_to_poll_and_when() {
+        let a = answer(
+            202,
+            Some(0),
+            Some("/api/v1/x/write-actions/100001"),
+            r#"{"object":"x_write_action","id":"100001","writeActionId":"100001","status":"pending_confirmation","terminal":false,"result":null,"pollAfterMs":2000,"success":false,"error":"x_write_unconfirmed"}"#,
+        );
+        assert_eq!(
+            write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap(),
+            WriteState::Pending { action: "100001".into(), after: Duration::ZERO }
+        );
+        // No Retry-After: pollAfterMs, then nextAction.afterMs, else a second; the ID may come from Location.
+        let a =
+            answer(202, None, Some("/api/v1/x/write-actions/abc"), r#"{"status":"dispatching","pollAfterMs":1500}"#);
+        assert_eq!(
+            write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap(),
+            WriteState::Pending { action: "abc".into(), after: Duration::from_millis(1500) }
+        );
+        let a = answer(202, Some(86_400), None, r#"{"id":"7","status":"accepted"}"#);
+        assert_eq!(
+            write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap(),
+            WriteState::Pending { action: "7".into(), after: MAX_POLL_HINT }
+        );
+        let a = answer(202, None, None, r#"{"status":"accepted"}"#);
+        assert_eq!(write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap_err().class, ErrorClass::Malformed);
+        let a = answer(202, None, None, r#"{"id":"../../users/1","status":"accepted"}"#);
+        assert_eq!(write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap_err().class, ErrorClass::Malformed);
+    }
+
+    #[test]
+    fn failed_and_expired_writes_carry_code_and_safety() {
+        let a = answer(
+            200,
+            None,
+            None,
+            r#"{"id":"3","status":"failed","terminal":true,"safeToRetry":true,"error":"x_write_failed"}"#,
+        );
+        assert_eq!(
+            write_state(WRITE_ACTION, &a, WriteKind::DirectMessage).unwrap(),
+            WriteState::Failed { code: "x_write_failed".into(), safe_to_retry: true }
+        );
+        let a = answer(200, None, None, r#"{"id":"3","status":"expired","terminal":true}"#);
+        assert_eq!(
+            write_state(WRITE_ACTION, &a, WriteKind::DirectMessage).unwrap(),
+            WriteState::Failed { code: "expired".into(), safe_to_retry: false }
+        );
+        let a = answer(200, None, None, r#"{"success":false,"error":{"code":"x_rejected","message":"secret words"}}"#);
+        assert_eq!(
+            write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap(),
+            WriteState::Failed { code: "x_rejected".into(), safe_to_retry: false }
+        );
+    }
+
+    #[test]
+    fn write_errors_are_classified_like_reads() {
+        let e = classify(SEND_DM, 422, br#"{"error":"x_dm_not_allowed","safeToRetry":false}"#, None);
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Conversation, "x_dm_not_allowed"));
+        let e = classify(SEND_DM, 409, br#"{"error":"idempotency_conflict"}"#, None);
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Conversation, "idempotency_conflict"));
+        let e = classify(SEND_DM, 403, br#"{"error":"account_needs_reauth"}"#, None);
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "account_needs_reauth"));
+        let e = classify(SEND_DM, 503, br#"{"error":"write_tracking_unavailable"}"#, Some(Duration::from_secs(2)));
+        assert_eq!((e.class, e.retry_after), (ErrorClass::Transient, Some(Duration::from_secs(2))));
     }
 }

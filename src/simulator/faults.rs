@@ -138,6 +138,18 @@ impl FaultEngine {
             .any(|p| p.trim() == peer)
     }
 
+    /// Whether a write-action send to `peer` answers 202 first, and if so how many polls it
+    /// takes to confirm and the `Retry-After` to give. Listed peers draw nothing from the stream.
+    pub(crate) fn pending(&self, peer: &str) -> Option<(u32, u64)> {
+        let mut st = lock(&self.state);
+        let listed = st.faults.pending_peers.iter().any(|p| p.trim() == peer);
+        if listed || draw(&mut st, |f| f.pending_sends) {
+            Some((st.faults.pending_polls.max(1), st.faults.pending_retry_after_secs))
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn dm_not_allowed(&self, peer: &str) -> bool {
         lock(&self.state)
             .faults

@@ -14,6 +14,9 @@
 //! - `stats`: request and credit books.
 //! - `http`: request ids, slow-down and booking middleware shared by providers.
 //! - `xquik`: the Xquik routes under `/api/v1`. Another provider is another such module.
+//! - `x_api_v2`: the official X API v2 routes under `/2/` (rate-limit windows, a 30-day horizon,
+//!   problem+json errors) and the group conversations (`x_api_v2/groups`).
+//! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`).
 //! - `admin`: the `/_sim/` control API for tests that run the simulator out of process.
 //!
 //! Invariant: nothing here panics on client input, and no lock is held across an `.await`.
@@ -22,10 +25,14 @@ mod admin;
 mod content;
 mod cursor;
 mod faults;
+mod getxapi;
 mod http;
 mod stats;
 mod world;
+mod x_api_v2;
 mod xquik;
+
+pub use x_api_v2::{SimEvent, SimGroup};
 
 #[cfg(test)]
 mod testkit;
@@ -63,6 +70,29 @@ pub struct SimConfig {
     pub growth: Growth,
     /// Which send contract the DM and media routes answer with.
     pub send_style: SendStyle,
+    /// X API v2 rate limit as (requests, window seconds) per user, for DM reads and for DM sends
+    /// each (other route families get 20 times as many). `None`: no limit and no `x-rate-limit-*`
+    /// headers. Default (15, 900), the real one; tests scale it down.
+    #[serde(default = "default_x_rate_limit")]
+    pub x_rate_limit: Option<(u32, u64)>,
+    /// X API v2 serves only events this many days older than a conversation's newest one or
+    /// younger (the real API keeps 30 days). `None` serves all of history.
+    #[serde(default)]
+    pub x_history_days: Option<u64>,
+    /// X API v2 refuses `sender_id` and `participant_ids` in `dm_event.fields` with a 400, as the
+    /// v2.167 spec's enum reads (clients must fall back to the expansions).
+    #[serde(default)]
+    pub x_strict_fields: bool,
+    /// Group conversations (X API v2 and GetXAPI), with join and leave events.
+    #[serde(default)]
+    pub groups: Vec<SimGroup>,
+    /// `Some(t)`: GetXAPI DM requests must carry this `auth_token` or get 401.
+    #[serde(default)]
+    pub getxapi_auth_token: Option<String>,
+}
+
+fn default_x_rate_limit() -> Option<(u32, u64)> {
+    Some((15, 900))
 }
 
 impl Default for SimConfig {
@@ -77,6 +107,11 @@ impl Default for SimConfig {
             faults: Faults::default(),
             growth: Growth::default(),
             send_style: SendStyle::default(),
+            x_rate_limit: default_x_rate_limit(),
+            x_history_days: None,
+            x_strict_fields: false,
+            groups: Vec::new(),
+            getxapi_auth_token: None,
         }
     }
 }
@@ -147,6 +182,15 @@ pub struct Faults {
     pub forbidden_peers: Vec<String>,
     /// Sends to these peers get 422 `x_dm_not_allowed`.
     pub dm_not_allowed_peers: Vec<String>,
+    /// Probability that a write-action send answers 202 `pending_confirmation` (with `Location`
+    /// and `Retry-After`) instead of a final 200; the client must poll the write action.
+    pub pending_sends: f64,
+    /// Write-action sends to these peers always answer 202 `pending_confirmation` first.
+    pub pending_peers: Vec<String>,
+    /// Status polls a pending send takes to become `success` (at least 1).
+    pub pending_polls: u32,
+    /// Seconds in the `Retry-After` of a pending answer (0 lets tests poll at once).
+    pub pending_retry_after_secs: u64,
 }
 
 impl Default for Faults {
@@ -161,6 +205,10 @@ impl Default for Faults {
             storm: 0,
             forbidden_peers: Vec::new(),
             dm_not_allowed_peers: Vec::new(),
+            pending_sends: 0.0,
+            pending_peers: Vec::new(),
+            pending_polls: 1,
+            pending_retry_after_secs: 1,
         }
     }
 }
@@ -254,6 +302,7 @@ struct Inner {
     faults: faults::FaultEngine,
     stats: stats::StatsBook,
     xquik: xquik::XquikState,
+    x_api: x_api_v2::XState,
     request_seq: AtomicU64,
 }
 
@@ -262,6 +311,7 @@ impl Simulator {
         let world = world::World::new(&cfg);
         let faults = faults::FaultEngine::new(cfg.seed, cfg.faults.clone());
         let xquik = xquik::XquikState::new(cfg.seed);
+        let x_api = x_api_v2::XState::new(&cfg);
         Simulator {
             inner: Arc::new(Inner {
                 cfg,
@@ -269,6 +319,7 @@ impl Simulator {
                 faults,
                 stats: stats::StatsBook::default(),
                 xquik,
+                x_api,
                 request_seq: AtomicU64::new(0),
             }),
         }
@@ -277,6 +328,8 @@ impl Simulator {
     /// All routes (providers and `/_sim/` admin), for embedding in another server.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
+            .merge(x_api_v2::routes(self.clone()))
+            .merge(getxapi::routes(self.clone()))
             .merge(xquik::routes(self.clone()))
             .nest("/_sim", admin::routes(self.clone()))
             .layer(axum::middleware::from_fn_with_state(
@@ -384,6 +437,12 @@ impl SimHandle {
     /// `http://{addr}/api/v1`, the Xquik base URL to give a client.
     pub fn base_url(&self) -> String {
         format!("http://{}/api/v1", self.addr)
+    }
+
+    /// `http://{addr}`, the X API v2 and GetXAPI base URL to give a client (their paths start at
+    /// `/2/` and `/twitter/`).
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Stops accepting, drains for up to five seconds, then aborts what is left.

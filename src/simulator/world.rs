@@ -224,6 +224,11 @@ impl World {
     /// Serves one page: first lets growth add a message, then slices, shuffles and issues the
     /// next cursor, all under the conversation's lock so concurrent readers see a consistent list.
     pub(crate) fn page(&self, conv: &Conversation, start: Start) -> Page {
+        self.page_sized(conv, start, conv.page_size)
+    }
+
+    /// As [`World::page`], with a page size the client chose (X API v2 `max_results`, GetXAPI `count`).
+    pub(crate) fn page_sized(&self, conv: &Conversation, start: Start, size: usize) -> Page {
         let mut st = lock(&conv.state);
         if conv.grows && self.growth.per_request > 0.0 {
             let arrives = st.rng.gen::<f64>() < self.growth.per_request;
@@ -232,7 +237,7 @@ impl World {
             }
         }
         let total = conv.initial + st.extra.len();
-        let p = conv.page_size;
+        let p = size.max(1);
         let start = match start {
             Start::Newest => match conv.style {
                 CursorStyle::Offset => Position::Offset(0),
@@ -291,6 +296,23 @@ impl World {
         let first = conv.initial + st.extra.len();
         st.extra.extend((0..n).map(|_| None));
         (first..first + n).map(|i| conv.timeline.id(i)).collect()
+    }
+
+    /// When the newest message was sent (Unix ms); None for an empty conversation.
+    pub(crate) fn newest_ms(&self, conv: &Conversation) -> Option<u64> {
+        let total = conv.initial + lock(&conv.state).extra.len();
+        total.checked_sub(1).map(|i| conv.timeline.ms(i))
+    }
+
+    /// Finds a message by ID in any conversation: its peer and the message.
+    pub(crate) fn locate(&self, id: u64) -> Option<(u64, Message)> {
+        let convs: Vec<Arc<Conversation>> = lock(&self.conversations).values().cloned().collect();
+        convs.into_iter().find_map(|conv| {
+            let st = lock(&conv.state);
+            let total = conv.initial + st.extra.len();
+            let i = conv.count_below(total, id);
+            (i < total && conv.timeline.id(i) == id).then(|| (conv.peer, conv.message(&st, i)))
+        })
     }
 
     /// Every message, newest first.

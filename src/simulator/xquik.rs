@@ -1,6 +1,6 @@
-//! The Xquik API under `/api/v1`: DM history, DM send (legacy and write-action contracts),
-//! user lookup, media upload and write-action status, with Xquik's auth, error bodies,
-//! credits and quirks.
+//! The Xquik API under `/api/v1`: DM history, DM send (legacy and write-action contracts, the
+//! latter optionally answering 202 `pending_confirmation` until polled enough), user lookup,
+//! media upload and write-action status, with Xquik's auth, error bodies, credits and quirks.
 //!
 //! Conversations come from `world`; which requests fail comes from `faults`. This module owns
 //! only what is Xquik-specific: the wire shapes, the check order, and the idempotency records of
@@ -62,6 +62,19 @@ struct Writes {
     by_id: HashMap<String, Value>,
     /// Media id → public URL, so a DM that attaches an upload shows its URL in history.
     media: HashMap<String, String>,
+    /// Write-action id → a send still `pending_confirmation`: `by_id` holds its pending record
+    /// until enough polls have happened, then the completed one.
+    pending: HashMap<String, PendingWrite>,
+}
+
+/// A write answered 202 and not yet confirmed.
+struct PendingWrite {
+    /// Status polls left before it reports `success`.
+    polls_left: u32,
+    /// `Retry-After` seconds of each pending answer.
+    retry_after: u64,
+    /// The record it becomes once confirmed.
+    done: Value,
 }
 
 impl XquikState {
@@ -498,7 +511,13 @@ fn idempotency_key(style: SendStyle, headers: &HeaderMap) -> Result<Option<Strin
 fn replay(writes: &Writes, key: Option<&str>, hash: &str) -> Option<Response> {
     let (stored_hash, body) = writes.by_key.get(key?)?;
     if stored_hash == hash {
-        Some(with_location(json(200, body), body))
+        // The same write action as it is now: still pending (202), or confirmed since (200).
+        let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
+        let current = writes.by_id.get(id).unwrap_or(body);
+        Some(match writes.pending.get(id) {
+            Some(p) => pending_response(current, p.retry_after),
+            None => with_location(json(200, current), current),
+        })
     } else {
         Some(write_err(
             409,
@@ -507,6 +526,56 @@ fn replay(writes: &Writes, key: Option<&str>, hash: &str) -> Option<Response> {
             Recovery::NewKey,
         ))
     }
+}
+
+/// 202 with `Location` and `Retry-After`, as a write that is still being confirmed answers.
+fn pending_response(body: &Value, retry_after: u64) -> Response {
+    let mut resp = with_location(json(202, body), body);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
+/// The `pending_confirmation` form of a completed write-action record: dispatched, not yet
+/// confirmed, not charged, no result.
+fn pending_record(done: &Value, retry_after: u64) -> Value {
+    let mut v = done.clone();
+    let after_ms = retry_after * 1_000;
+    let status_url = done.get("statusUrl").cloned().unwrap_or(Value::Null);
+    let planned = done
+        .pointer("/billing/plannedCredits")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        for k in ["messageId", "mediaId", "mediaUrl", "completedAt", "confirmedAt"] {
+            obj.remove(k);
+        }
+        for (k, val) in [
+            ("status", json!("pending_confirmation")),
+            ("terminal", json!(false)),
+            ("success", json!(false)),
+            ("result", Value::Null),
+            ("charged", json!(false)),
+            ("chargedCredits", json!("0")),
+            (
+                "billing",
+                json!({ "status": "pending", "charged": false, "plannedCredits": planned, "chargedCredits": "0" }),
+            ),
+            ("pollAfterMs", json!(after_ms)),
+            (
+                "nextAction",
+                json!({ "type": "poll", "url": status_url, "afterMs": after_ms }),
+            ),
+            ("error", json!("x_write_unconfirmed")),
+            (
+                "message",
+                json!("X has not confirmed the write yet. Poll statusUrl after Retry-After."),
+            ),
+        ] {
+            obj.insert(k.to_string(), val);
+        }
+    }
+    v
 }
 
 fn with_location(mut resp: Response, body: &Value) -> Response {
@@ -692,6 +761,7 @@ async fn send_dm(
     );
     let message_id = msg.id.to_string();
     writes.seq += 1;
+    let mut pending_after = None;
     let body = match cfg.send_style {
         SendStyle::Legacy => json!({ "messageId": message_id, "success": true }),
         SendStyle::WriteAction => {
@@ -714,6 +784,24 @@ async fn send_dm(
                     compat: json!({ "messageId": message_id }),
                 },
             );
+            // Dispatched either way (the message is in the world); a pending one is confirmed
+            // only after enough status polls.
+            let rec = match sim.inner.faults.pending(&peer_s) {
+                Some((polls, retry_after)) => {
+                    let pending = pending_record(&rec, retry_after);
+                    writes.pending.insert(
+                        id.clone(),
+                        PendingWrite {
+                            polls_left: polls,
+                            retry_after,
+                            done: rec,
+                        },
+                    );
+                    pending_after = Some(retry_after);
+                    pending
+                }
+                None => rec,
+            };
             writes.by_id.insert(id, rec.clone());
             if let Some(k) = key {
                 writes.by_key.insert(k, (hash, rec.clone()));
@@ -724,7 +812,10 @@ async fn send_dm(
     drop(writes);
     world.note_account(account);
     sim.inner.stats.sent(SEND_CREDITS);
-    with_location(json(200, &body), &body)
+    match pending_after {
+        Some(secs) => pending_response(&body, secs),
+        None => with_location(json(200, &body), &body),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -945,10 +1036,23 @@ async fn write_action(
     State(sim): State<Simulator>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let found = path
-        .ok()
-        .and_then(|Path(id)| lock(&sim.inner.xquik.writes).by_id.get(&id).cloned());
-    match found {
+    let Ok(Path(id)) = path else {
+        return err(404, "not_found", "Resource not found.");
+    };
+    let mut writes = lock(&sim.inner.xquik.writes);
+    // Each poll of a pending write brings it closer to confirmation.
+    if let Some(p) = writes.pending.get_mut(&id) {
+        p.polls_left = p.polls_left.saturating_sub(1);
+        if p.polls_left > 0 {
+            let retry_after = p.retry_after;
+            let current = writes.by_id.get(&id).cloned().unwrap_or(Value::Null);
+            return pending_response(&current, retry_after);
+        }
+        if let Some(done) = writes.pending.remove(&id) {
+            writes.by_id.insert(id.clone(), done.done);
+        }
+    }
+    match writes.by_id.get(&id).cloned() {
         Some(rec) => with_location(json(200, &rec), &rec),
         None => err(404, "not_found", "Resource not found."),
     }

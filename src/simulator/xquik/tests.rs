@@ -794,3 +794,54 @@ async fn concurrent_readers_and_writers_do_not_deadlock() {
     assert_eq!((s.requests, s.sends), (60, 20));
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn pending_sends_are_confirmed_after_polls_and_replay_the_same_action() {
+    let h = spawn(SimConfig::default()).await;
+    h.sim.set_faults(Faults {
+        pending_peers: vec!["44196397".into()],
+        pending_polls: 2,
+        pending_retry_after_secs: 0,
+        ..Faults::default()
+    });
+    let target = "/api/v1/x/dm/44196397";
+    let body = json!({ "account": "acme", "text": "wait for it" });
+    let first = post_json(h.addr, target, Some("p-1"), &body).await;
+    assert_eq!(first.status, 202, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.header("retry-after"), Some("0"));
+    let rec = first.json();
+    assert_eq!(rec["status"], "pending_confirmation");
+    assert_eq!(rec["terminal"], false);
+    assert_eq!(rec["result"], Value::Null);
+    assert!(rec.get("messageId").is_none());
+    assert_eq!(rec["nextAction"]["type"], "poll");
+    let location = first.header("location").expect("Location").to_string();
+    assert_eq!(Some(location.as_str()), rec["statusUrl"].as_str());
+    // The message was dispatched: it is in the world already.
+    let newest = h.sim.messages("44196397")[0].clone();
+    assert_eq!(newest.text.as_deref(), Some("wait for it"));
+
+    // A replay while pending is the same pending action, and does not send again.
+    let again = post_json(h.addr, target, Some("p-1"), &body).await;
+    assert_eq!((again.status, again.json()["id"].clone()), (202, rec["id"].clone()));
+
+    let poll = get(h.addr, &location).await;
+    assert_eq!((poll.status, poll.json()["status"].clone()), (202, json!("pending_confirmation")));
+    let poll = get(h.addr, &location).await;
+    assert_eq!(poll.status, 200);
+    let done = poll.json();
+    assert_eq!((done["status"].clone(), done["terminal"].clone()), (json!("success"), json!(true)));
+    assert_eq!(done["messageId"].as_str(), Some(newest.id.as_str()));
+    assert_eq!(done["result"]["type"], "direct_message");
+    assert_eq!(done["id"], rec["id"]);
+
+    // Once confirmed, a replay answers 200 with the completed action.
+    let replay = post_json(h.addr, target, Some("p-1"), &body).await;
+    assert_eq!((replay.status, replay.json()), (200, done));
+    assert_eq!(h.sim.stats().sends, 1);
+
+    // Other peers are not pending.
+    let r = post_json(h.addr, "/api/v1/x/dm/783214", Some("p-2"), &body).await;
+    assert_eq!(r.status, 200);
+    h.shutdown().await;
+}
