@@ -263,7 +263,15 @@ pub(crate) fn render_reports(mut reports: Vec<PipelineReport>, interrupted: bool
             );
         }
         if let Some(f) = &r.fatal {
-            let _ = writeln!(err, "error: pipeline `{}` stopped: {f}", r.pipeline);
+            // One account-level cause: one line, not the same error once per conversation.
+            let _ = writeln!(
+                err,
+                "error: pipeline `{}` stopped: {f} ({} of {} conversations not synced)",
+                r.pipeline,
+                r.failed(),
+                r.conversations.len()
+            );
+            continue;
         }
         for c in &r.conversations {
             if let Some(e) = &c.error {

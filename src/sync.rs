@@ -270,7 +270,14 @@ async fn run_passes(
         if !st.backfill_started {
             first_page(rt, conv, st, shared, report).await?;
         } else {
+            // A pass resumed from a stored cursor only covers what was newest when it began; once it
+            // completes, one more pass from the newest page picks up what arrived since, so one sync
+            // after a crash is enough to bring the files up to date.
+            let resumed = st.head_cursor.is_some();
             head_pass(rt, conv, st, shared, report).await?;
+            if resumed {
+                head_pass(rt, conv, st, shared, report).await?;
+            }
         }
     }
     if do_backfill && !st.backfill_done {
@@ -370,6 +377,11 @@ async fn backfill(
 }
 
 async fn fetch(rt: &Runtime, conv: &Conversation, cursor: Option<&str>, shared: &RunShared) -> Result<Page, Stop> {
+    // Checked before every request: after a fatal error (a rejected key) or a stop signal, conversations
+    // still waiting for a permit must not send one more request.
+    if shared.stop.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
     let p = &rt.pipeline;
     let budget = Budget { per_run: p.max_credits_per_run, per_day: p.max_credits_per_day };
     let today = if budget.per_day > 0 { rt.store.credits_today(&p.name)? } else { 0 };
