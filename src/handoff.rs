@@ -172,17 +172,27 @@ impl Writer {
         let point = match point {
             Ok(p) => p,
             Err(e) => {
-                self.sink = None;
+                self.reopen_after_failure();
                 return Err(HandoffError(format!("output {}: {e}", self.cfg.dir.display())));
             }
         };
         commit.sink_points.push((self.pipeline.clone(), point));
         if let Err(e) = self.store.commit(&commit) {
-            // The lines are on disk but the state does not know: reopen before the next write to reconcile them.
-            self.sink = None;
+            // The lines are on disk but the state does not know: reopen, which reconciles them.
+            self.reopen_after_failure();
             return Err(HandoffError(e.to_string()));
         }
         Ok(())
+    }
+
+    /// Drops the sink and reopens it at once, reconciling whatever the failed group left on disk, so the
+    /// callers (answered after this) see reconciled state. If reopening fails too (the disk is still full),
+    /// the next batch tries again before it writes anything.
+    fn reopen_after_failure(&mut self) {
+        self.sink = None;
+        if let Err(e) = self.ensure_open() {
+            tracing::warn!(pipeline = %self.pipeline, error = %e, "output not reopened yet; will retry before the next write");
+        }
     }
 
     fn ensure_open(&mut self) -> Result<Recovery, HandoffError> {

@@ -187,6 +187,12 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
         report.conversation = conv.key().to_string();
         let mut st = rt.store.conversation(&p.name, conv.key())?;
         let outcome = run_passes(rt, &conv, &mut st, shared, &mut report).await;
+        if matches!(outcome, Err(Stop::Write(_))) {
+            // A failed write may have been reconciled into the stored counters; start from those.
+            if let Ok(fresh) = rt.store.conversation(&p.name, conv.key()) {
+                st = fresh;
+            }
+        }
         // Record how the run ended, whatever happened; the cursors in `st` are the committed ones.
         st.last_sync_ms = Some(unix_ms(SystemTime::now()));
         st.last_error = match &outcome {
