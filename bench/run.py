@@ -40,6 +40,9 @@ def run_measured(cmd, env):
     return wall, usage.ru_maxrss / 1024.0, proc.returncode, err
 
 
+STATE_CACHE = 16 * 1024 * 1024
+
+
 def bench(binary, convs, msgs, workdir):
     scenario = scenario_of(convs, msgs)
     sim, addr = start_sim(binary, scenario, workdir)
@@ -48,6 +51,7 @@ def bench(binary, convs, msgs, workdir):
         conv_list = ", ".join(f'"{c["peer_id"]}"' for c in scenario["conversations"])
         with open(cfg, "w") as f:
             f.write(f"""state_dir = "state"
+state_cache_bytes = {STATE_CACHE}
 max_concurrency = 32
 [[pipelines]]
 name = "bench"
@@ -209,7 +213,10 @@ def main():
     ap.add_argument("--baseline", default="")
     ap.add_argument("--steady", default="")
     ap.add_argument("--ticks", type=int, default=60)
+    ap.add_argument("--state-cache-mib", type=int, default=16, help="state_cache_bytes for the backfill runs")
     args = ap.parse_args()
+    global STATE_CACHE
+    STATE_CACHE = args.state_cache_mib * 1024 * 1024
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: run `cargo build --release` first")
     print(f"machine: {os.cpu_count()} cores; {open('/proc/meminfo').readline().split()[1]} kB memory")

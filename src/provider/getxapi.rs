@@ -266,7 +266,7 @@ pub(crate) fn classify(endpoint: &'static str, status: u16, body: &[u8], header:
         ),
         401 => (
             Fatal,
-            format!("http_{status}"),
+            "unauthenticated".to_string(),
             "GetXAPI rejected the API key or the auth_token; check api_key_env and auth_token_env",
         ),
         402 => (Fatal, format!("http_{status}"), "GetXAPI billing: top up the account, then run again"),
@@ -427,7 +427,7 @@ mod tests {
         assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "invalid_auth_token"));
         assert!(!e.to_string().contains("SECRET"));
         let e = classify(HISTORY, 401, br#"{"error":"Invalid API key"}"#, None);
-        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "http_401"));
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "unauthenticated"));
         let e = classify(
             HISTORY,
             429,

@@ -114,6 +114,11 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
 /// Malformed pages are retried at most this many times: a broken proxy can recover, a changed API cannot.
 const MALFORMED_RETRIES: u32 = 2;
 
+/// The code of a [`ErrorClass::Transient`] error an adapter returns *instead of* sending a request, because
+/// the provider's rate-limit window is spent (X API v2): `retry_after` is the time until the window resets.
+/// Waiting for a window is not a failure, so [`with_retry`] does not count it as an attempt.
+pub const PACING: &str = "rate_limit_pacing";
+
 /// Runs `op` until it succeeds, fails for good, or `cancel` fires (then the last error is returned).
 pub async fn with_retry<T, F, Fut>(
     policy: &RetryPolicy,
@@ -131,8 +136,9 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
+        let paced = err.code == PACING && err.status.is_none();
         let retry = match err.class {
-            ErrorClass::Transient => attempt < policy.max_retries,
+            ErrorClass::Transient => paced || attempt < policy.max_retries,
             ErrorClass::Malformed => {
                 malformed += 1;
                 malformed <= MALFORMED_RETRIES && attempt < policy.max_retries
@@ -148,7 +154,9 @@ where
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => return Err(err),
         }
-        attempt += 1;
+        if !paced {
+            attempt += 1;
+        }
     }
 }
 

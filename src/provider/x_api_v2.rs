@@ -30,7 +30,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use super::xquik::{http_client, Id};
-use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
+use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState, PACING};
 use crate::config::Pipeline;
 use crate::record::{Conversation, Item};
 
@@ -613,7 +613,7 @@ impl Limits {
                     ErrorClass::Transient,
                     endpoint,
                     None,
-                    "rate_limit_pacing",
+                    PACING,
                     "waiting for the X API rate-limit window to reset",
                 )
             });
@@ -654,7 +654,9 @@ pub(crate) fn classify(
     retry_after: Option<Duration>,
 ) -> ProviderError {
     let p = ProblemBody::parse(body);
-    let code = p.code().unwrap_or_else(|| format!("http_{status}"));
+    // X's 401 is a bare `about:blank` problem; name it like the other providers' code for it.
+    let fallback = if status == 401 { "unauthenticated".to_string() } else { format!("http_{status}") };
+    let code = p.code().unwrap_or(fallback);
     use ErrorClass::*;
     let (class, code, hint) = match status {
         429 => (Transient, code, "rate limited by X; waiting until the window resets"),
@@ -999,7 +1001,7 @@ mod tests {
             br#"{"title":"Unauthorized","type":"about:blank","status":401,"detail":"Unauthorized"}"#,
             None,
         );
-        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "http_401"));
+        assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "unauthenticated"));
         let e = classify(
             HISTORY_WITH,
             403,
@@ -1045,6 +1047,34 @@ mod tests {
         }
         let e = classify(HISTORY_WITH, 400, br#"{"errors":[{"parameters":{},"message":"The `dm_event.fields` query parameter value [sender_id] is not one of [id,text]"}],"title":"Invalid Request","detail":"One or more parameters to your request was invalid.","type":"https://api.x.com/2/problems/invalid-request"}"#, None);
         assert_eq!(e.code, UNKNOWN_FIELD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_window_is_not_a_failed_attempt() {
+        let policy = crate::config::RetryPolicy {
+            request_timeout: Duration::from_secs(5),
+            max_retries: 2,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut calls = 0;
+        let r: Result<u32, _> = super::super::with_retry(&policy, &cancel, || {
+            calls += 1;
+            let c = calls;
+            async move {
+                match c {
+                    1..=5 => Err(ProviderError {
+                        retry_after: Some(Duration::from_secs(60)),
+                        ..ProviderError::new(ErrorClass::Transient, HISTORY_WITH, None, PACING, "h")
+                    }),
+                    6 => Err(ProviderError::new(ErrorClass::Transient, HISTORY_WITH, Some(503), "http_503", "h")),
+                    _ => Ok(c),
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 7, "five window waits and one 503 within two retries");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -28,7 +29,7 @@ use super::faults::{self, Early, Malformed, Spoiled};
 use super::http::{json, RouteTag};
 use super::world::{parse_peer, Page, Sent, Start};
 use super::x_api_v2::groups::Kind;
-use super::Simulator;
+use super::{lock, Simulator};
 
 const HISTORY: &str = "POST /twitter/dm/conversation";
 const SEND: &str = "POST /twitter/dm/send";
@@ -36,6 +37,20 @@ const USER: &str = "GET /twitter/user/info";
 
 /// Group cursors are ours: `grp:` and an offset into the newest-first messages.
 const GROUP_CURSOR: &str = "grp:";
+
+/// GetXAPI-only books: history requests by the conversation their body named (the request log has
+/// paths and queries, and GetXAPI puts the conversation in the body).
+#[derive(Default)]
+pub(crate) struct GetXState {
+    history_requests: Mutex<HashMap<String, u64>>,
+}
+
+impl Simulator {
+    /// History requests that named this `conversation_id`, faulted ones included.
+    pub fn getxapi_history_requests(&self, conversation_id: &str) -> u64 {
+        lock(&self.inner.getxapi.history_requests).get(conversation_id).copied().unwrap_or(0)
+    }
+}
 
 pub(crate) fn routes(sim: Simulator) -> Router {
     let guard = |route: &'static str| from_fn_with_state((sim.clone(), route), guard);
@@ -64,6 +79,7 @@ fn key_ok(sim: &Simulator, headers: &HeaderMap) -> bool {
 
 async fn guard(State((sim, route)): State<(Simulator, &'static str)>, req: Request, next: Next) -> Response {
     let key_ok = key_ok(&sim, req.headers());
+    let req = if route == HISTORY { count_history(&sim, req).await } else { req };
     let mut resp = if !key_ok {
         err(401, "Invalid API key")
     } else if let Some(fault) = sim.inner.faults.early() {
@@ -83,6 +99,19 @@ async fn guard(State((sim, route)): State<(Simulator, &'static str)>, req: Reque
     };
     resp.extensions_mut().insert(RouteTag { route: route.to_string(), key_ok });
     resp
+}
+
+/// Books a history request under the conversation its body names, and hands the request on intact.
+async fn count_history(sim: &Simulator, req: Request) -> Request {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1024 * 1024).await.unwrap_or_default();
+    let conversation = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("conversation_id").and_then(Value::as_str).map(str::to_string));
+    if let Some(c) = conversation {
+        *lock(&sim.inner.getxapi.history_requests).entry(c).or_default() += 1;
+    }
+    Request::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// The JSON body of a DM request with its `auth_token` checked, or the error to answer.

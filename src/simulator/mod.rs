@@ -303,6 +303,7 @@ struct Inner {
     stats: stats::StatsBook,
     xquik: xquik::XquikState,
     x_api: x_api_v2::XState,
+    getxapi: getxapi::GetXState,
     request_seq: AtomicU64,
 }
 
@@ -320,6 +321,7 @@ impl Simulator {
                 stats: stats::StatsBook::default(),
                 xquik,
                 x_api,
+                getxapi: getxapi::GetXState::default(),
                 request_seq: AtomicU64::new(0),
             }),
         }

@@ -52,11 +52,18 @@ impl Invariants {
 
 /// Starts `sync`, kills it with SIGKILL after a random 50-1500 ms, `rounds` times, with new messages
 /// arriving between rounds; then lets clean syncs finish and checks everything.
-async fn kill_loop(seed: u64, convs: Vec<SimConversation>, extra: &str, rotate_max_bytes: Option<u64>, rounds: usize) {
+async fn kill_loop(
+    provider: Provider,
+    seed: u64,
+    convs: Vec<SimConversation>,
+    extra: &str,
+    rotate_max_bytes: Option<u64>,
+    rounds: usize,
+) {
     let mut cfg = sim_config(seed, convs);
     cfg.page_size = (10, 15);
     cfg.faults = Faults { slow_ms: 15, ..Faults::default() };
-    let fx = Fixture::new(cfg, extra).await;
+    let fx = Fixture::new_for(provider, cfg, extra).await;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut inv = Invariants { closed: BTreeMap::new(), rotate_max_bytes };
     let mut killed_mid_run = 0;
@@ -99,14 +106,20 @@ async fn kill_loop(seed: u64, convs: Vec<SimConversation>, extra: &str, rotate_m
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_at_random_instants_then_restart_writes_everything_exactly_once() {
+for_each_provider!(
+    kill_9_at_random_instants_then_restart_writes_everything_exactly_once,
+    one_sync_after_an_interrupted_pass_also_fetches_what_arrived_since,
+    lines_on_disk_after_the_last_commit_are_reconciled_not_repeated,
+    a_torn_last_line_is_cut_at_start_and_nothing_else_changes,
+);
+
+async fn kill_9_at_random_instants_then_restart_writes_everything_exactly_once(provider: Provider) {
     let convs = vec![
         conv("4200001", 3000, CursorStyle::Offset),
         conv("4200002", 200, CursorStyle::MaxId),
         conv("4200003", 90, CursorStyle::Offset),
     ];
-    kill_loop(0x5eed_0001, convs, "", None, 22).await;
+    kill_loop(provider, 0x5eed_0001, convs, "", None, 22).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,18 +129,17 @@ async fn kill_9_while_rotating_keeps_closed_segments_whole_and_unchanged() {
         conv("4300002", 150, CursorStyle::MaxId),
         conv("4300003", 60, CursorStyle::Offset),
     ];
-    kill_loop(0x5eed_0002, convs, "rotate_max_bytes = 4096", Some(4096), 20).await;
+    kill_loop(Provider::Xquik, 0x5eed_0002, convs, "rotate_max_bytes = 4096", Some(4096), 20).await;
 }
 
 /// SPEC guarantee 3 says an interrupted pass resumes where it stopped; `sync` also promises the new
 /// messages. A sync that only finishes the old pass stops at where that pass began, so messages that
 /// arrived since would wait for yet another sync.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_sync_after_an_interrupted_pass_also_fetches_what_arrived_since() {
+async fn one_sync_after_an_interrupted_pass_also_fetches_what_arrived_since(provider: Provider) {
     let mut cfg =
         sim_config(31, vec![conv("4400001", 100, CursorStyle::Offset), conv("4400002", 100, CursorStyle::MaxId)]);
     cfg.page_size = (10, 10);
-    let fx = Fixture::new(cfg, "").await;
+    let fx = Fixture::new_for(provider, cfg, "").await;
     fx.sync().await.expect_code(0);
     fx.assert_exactly_once();
 
@@ -179,10 +191,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// Lines that reached the disk after the last state commit (a crash between the fsync of the lines
 /// and the commit) are reconciled at the next start: not written again, and counted in `status`.
 /// Made deterministic by putting back the state as it was before a run that wrote and committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lines_on_disk_after_the_last_commit_are_reconciled_not_repeated() {
+async fn lines_on_disk_after_the_last_commit_are_reconciled_not_repeated(provider: Provider) {
     let cfg = sim_config(33, vec![conv("4500001", 120, CursorStyle::Offset), conv("4500002", 50, CursorStyle::MaxId)]);
-    let fx = Fixture::new(cfg, "rotate_max_bytes = 4096").await;
+    let fx = Fixture::new_for(provider, cfg, "rotate_max_bytes = 4096").await;
     fx.sync().await.expect_code(0);
     let saved = fx.dir.path().join("saved-state");
     copy_tree(&fx.state_dir(), &saved);
@@ -208,10 +219,9 @@ async fn lines_on_disk_after_the_last_commit_are_reconciled_not_repeated() {
 
 /// A torn last line (power loss or full disk mid-write) is cut at the next start, and only it: the
 /// bytes before it stay, and the message it was is written again, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_last_line_is_cut_at_start_and_nothing_else_changes() {
+async fn a_torn_last_line_is_cut_at_start_and_nothing_else_changes(provider: Provider) {
     let cfg = sim_config(35, vec![conv("4600001", 60, CursorStyle::Offset)]);
-    let fx = Fixture::new(cfg, "").await;
+    let fx = Fixture::new_for(provider, cfg, "").await;
     fx.sync().await.expect_code(0);
     let good = std::fs::read(fx.active_path()).unwrap();
 

@@ -10,11 +10,19 @@ fn three(prefix: u32, sizes: [usize; 3]) -> Vec<SimConversation> {
     sizes.iter().enumerate().map(|(i, n)| conv(&format!("{prefix}{i:03}"), *n, style(i))).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limit_storm_is_waited_out_and_every_message_lands_once() {
+for_each_provider!(
+    a_rate_limit_storm_is_waited_out_and_every_message_lands_once,
+    server_errors_and_dropped_connections_are_retried_to_exactly_once,
+    a_forbidden_conversation_fails_alone_and_is_never_retried,
+    a_rejected_key_stops_every_conversation_with_one_clear_error,
+    a_key_revoked_after_a_good_sync_stops_every_conversation_with_one_clear_error,
+    malformed_pages_fail_the_run_without_moving_any_state,
+);
+
+async fn a_rate_limit_storm_is_waited_out_and_every_message_lands_once(provider: Provider) {
     let mut cfg = sim_config(51, three(610, [80, 45, 20]));
     cfg.faults = Faults { storm: 30, rate_limit: 0.2, retry_after_secs: 1, ..Faults::default() };
-    let fx = Fixture::new(cfg, "max_retries = 40").await;
+    let fx = Fixture::new_for(provider, cfg, "max_retries = 40").await;
     let out = fx.sync().await;
     out.expect_code(0);
     fx.assert_exactly_once();
@@ -23,11 +31,10 @@ async fn a_rate_limit_storm_is_waited_out_and_every_message_lands_once() {
     assert!(limited >= 30, "the storm's 429s were served: {:?}", stats.by_status);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_and_dropped_connections_are_retried_to_exactly_once() {
+async fn server_errors_and_dropped_connections_are_retried_to_exactly_once(provider: Provider) {
     let mut cfg = sim_config(53, three(620, [150, 60, 25]));
     cfg.faults = Faults { server_error: 0.3, drop: 0.1, retry_after_secs: 0, ..Faults::default() };
-    let fx = Fixture::new(cfg, "max_retries = 40").await;
+    let fx = Fixture::new_for(provider, cfg, "max_retries = 40").await;
     fx.sync().await.expect_code(0);
     fx.assert_exactly_once();
     let stats = fx.sim.sim.stats();
@@ -36,28 +43,29 @@ async fn server_errors_and_dropped_connections_are_retried_to_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forbidden_conversation_fails_alone_and_is_never_retried() {
+async fn a_forbidden_conversation_fails_alone_and_is_never_retried(provider: Provider) {
     let mut cfg = sim_config(55, three(630, [70, 0, 33]));
     cfg.conversations.push(conv("630999", 40, CursorStyle::Offset));
     cfg.faults = Faults { forbidden_peers: vec!["630999".into()], ..Faults::default() };
-    let fx = Fixture::new(cfg, "").await;
+    let fx = Fixture::new_for(provider, cfg, "").await;
     let out = fx.sync().await;
     out.expect_code(1);
     let errors = out.error_lines();
     assert!(
-        errors.iter().any(|l| l.contains("630999") && l.contains("dm_not_permitted")),
-        "an error line names the conversation and dm_not_permitted\n{out}"
+        errors.iter().any(|l| l.contains("630999") && l.contains(provider.forbidden_code())),
+        "an error line names the conversation and {}\n{out}",
+        provider.forbidden_code()
     );
     assert!(errors.iter().all(|l| l.contains("630999")), "only the forbidden conversation is reported\n{out}");
-    assert_eq!(history_requests(&fx.sim.sim.stats(), "630999"), 1, "403 is never retried");
+    assert_eq!(fx.history_requests("630999"), 1, "403 is never retried");
     let ok: Vec<String> = fx.peers.iter().filter(|p| *p != "630999").cloned().collect();
     let records = fx.records();
     assert_exactly_once(&records, &fx.sim.sim, &ok);
     let status = fx.status_json().await;
     let st = conv_status(&status, "630999");
     assert_eq!(st["messages_written"].as_u64(), Some(0));
-    assert!(st["last_error"].as_str().is_some_and(|e| e.contains("dm_not_permitted")), "status names the error: {st}");
+    let code = provider.forbidden_code();
+    assert!(st["last_error"].as_str().is_some_and(|e| e.contains(code)), "status names the error: {st}");
 }
 
 /// Runs a sync with a rejected key and checks SPEC section 5's "401 stops every conversation of that
@@ -100,18 +108,16 @@ async fn assert_rejected_key_stops_the_pipeline(fx: &Fixture, concurrency: usize
     assert!(problems.is_empty(), "a rejected API key:\n- {}\n{out}", problems.join("\n- "));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_key_stops_every_conversation_with_one_clear_error() {
+async fn a_rejected_key_stops_every_conversation_with_one_clear_error(provider: Provider) {
     let convs = (0..6).map(|i| conv(&format!("640{i:03}"), 30, style(i))).collect();
-    let fx = Fixture::new(sim_config(57, convs), "concurrency = 2").await;
+    let fx = Fixture::new_for(provider, sim_config(57, convs), "concurrency = 2").await;
     assert_rejected_key_stops_the_pipeline(&fx, 2).await;
     assert!(fx.records().is_empty(), "no records with a rejected key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_revoked_after_a_good_sync_stops_every_conversation_with_one_clear_error() {
+async fn a_key_revoked_after_a_good_sync_stops_every_conversation_with_one_clear_error(provider: Provider) {
     let convs = (0..6).map(|i| conv(&format!("641{i:03}"), 30, style(i))).collect();
-    let fx = Fixture::new(sim_config(58, convs), "concurrency = 2").await;
+    let fx = Fixture::new_for(provider, sim_config(58, convs), "concurrency = 2").await;
     fx.sync().await.expect_code(0);
     for p in &fx.peers {
         fx.sim.sim.add_messages(p, 2);
@@ -121,19 +127,17 @@ async fn a_key_revoked_after_a_good_sync_stops_every_conversation_with_one_clear
     fx.assert_exactly_once();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_pages_fail_the_run_without_moving_any_state() {
+async fn malformed_pages_fail_the_run_without_moving_any_state(provider: Provider) {
     let mut cfg = sim_config(59, vec![conv("650001", 60, CursorStyle::Offset), conv("650002", 25, CursorStyle::MaxId)]);
     cfg.faults = Faults { malformed: 1.0, ..Faults::default() };
-    let fx = Fixture::new(cfg, "max_retries = 5").await;
+    let fx = Fixture::new_for(provider, cfg, "max_retries = 5").await;
     let out = fx.sync().await;
     out.expect_code(1);
     assert!(!out.stderr.contains("panicked"), "{out}");
     assert!(out.error_lines().iter().any(|l| l.contains("malformed")), "the error says the body was malformed\n{out}");
     assert!(fx.records().is_empty(), "nothing written from malformed pages");
-    let stats = fx.sim.sim.stats();
     for p in &fx.peers {
-        let n = history_requests(&stats, p);
+        let n = fx.history_requests(p);
         assert!((1..=6).contains(&n), "malformed pages are retried a bounded number of times: {n} requests for {p}");
     }
     let status = fx.status_json().await;

@@ -13,5 +13,6 @@ mod daemon;
 mod faults;
 mod outbound;
 mod privacy;
+mod providers;
 mod rotation;
 mod sync;

@@ -28,7 +28,7 @@ fn records_of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 /// Every record of these providers names its conversation by the provider's ID too.
-fn assert_conversation_ids(records: &[Value], account: &str) {
+fn assert_conversation_ids<'a>(records: impl IntoIterator<Item = &'a Value>, account: &str) {
     for r in records {
         let cid = str_field(r, "conversation_id").unwrap_or_else(|| panic!("no conversation_id: {r}"));
         if let Some(peer) = str_field(r, "conversation_user_id") {
@@ -75,7 +75,7 @@ async fn x_api_v2_paces_itself_inside_a_scaled_down_window_and_draws_no_429() {
     let stats = fx.sim.sim.stats();
     assert_eq!(stats.by_status.get(&429), None, "pacing alone keeps the run inside the window: {:?}", stats.by_status);
     let records = fx.assert_exactly_once();
-    assert_conversation_ids(&records_of_kind(&records, "dm_message").into_iter().cloned().collect::<Vec<_>>(), &fx.account());
+    assert_conversation_ids(records_of_kind(&records, "dm_message"), &fx.account());
     let group_records: Vec<&Value> =
         records.iter().filter(|r| str_field(r, "conversation_id") == Some(GROUP)).collect();
     assert_eq!(group_records.len(), fx.sim.sim.group_events(GROUP).len(), "the group is synced too");
@@ -92,10 +92,8 @@ async fn x_api_v2_group_history_writes_messages_and_join_leave_events_once() {
     let truth = fx.sim.sim.group_events(GROUP);
     let records = fx.records();
     assert_eq!(records.len(), truth.len());
-    let by_id: BTreeMap<&str, &Value> = records
-        .iter()
-        .map(|r| (str_field(r, "message_id").or(str_field(r, "event_id")).expect("an ID"), r))
-        .collect();
+    let by_id: BTreeMap<&str, &Value> =
+        records.iter().map(|r| (str_field(r, "message_id").or(str_field(r, "event_id")).expect("an ID"), r)).collect();
     assert_eq!(by_id.len(), truth.len(), "no event twice");
     let mut kinds = BTreeSet::new();
     for t in &truth {
@@ -154,11 +152,26 @@ async fn x_api_v2_send_group_create_group_send_and_delete_are_recorded_once() {
     assert!(out.stdout.contains(&sent.id), "{out}");
 
     let out = fx
-        .cmd(&["group-send", "--participant", "944480690", "--participant", "906948460078698496", "--text", "welcome all"])
+        .cmd(&[
+            "group-send",
+            "--participant",
+            "944480690",
+            "--participant",
+            "906948460078698496",
+            "--text",
+            "welcome all",
+        ])
         .run()
         .await;
     out.expect_code(0);
-    let group_id = out.stdout.split_whitespace().skip_while(|w| *w != "conversation").nth(1).unwrap().trim_end_matches(';').to_string();
+    let group_id = out
+        .stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "conversation")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_string();
     let out = fx.cmd(&["group-send", "--conversation", &format!("conv:{group_id}"), "--text", "second"]).run().await;
     out.expect_code(0);
     let events = fx.sim.sim.group_events(&group_id);
@@ -183,7 +196,10 @@ async fn x_api_v2_send_group_create_group_send_and_delete_are_recorded_once() {
     assert_eq!(sends.len(), 3, "{sends:?}");
     let one_to_one = sends.iter().find(|r| str_field(r, "conversation_user_id") == Some("5030001")).unwrap();
     assert_eq!(str_field(one_to_one, "message_id"), Some(sent.id.as_str()));
-    assert_eq!(str_field(one_to_one, "source_endpoint"), Some("POST /2/dm_conversations/with/{participant_id}/messages"));
+    assert_eq!(
+        str_field(one_to_one, "source_endpoint"),
+        Some("POST /2/dm_conversations/with/{participant_id}/messages")
+    );
     let created = sends.iter().find(|r| str_field(r, "source_endpoint") == Some("POST /2/dm_conversations")).unwrap();
     assert_eq!(str_field(created, "conversation_id"), Some(group_id.as_str()));
     assert_eq!(created.get("conversation_user_id"), None);
@@ -199,7 +215,7 @@ async fn x_api_v2_send_group_create_group_send_and_delete_are_recorded_once() {
     let d = deletes[0];
     assert_eq!(str_field(d, "message_id"), Some(sent.id.as_str()));
     assert_eq!(str_field(d, "conversation_user_id"), Some("5030001"));
-    assert_conversation_ids(&[d.clone()], &account);
+    assert_conversation_ids([d], &account);
     assert!(is_millis_z(str_field(d, "deleted_at").unwrap()));
     assert_eq!(str_field(d, "source_endpoint"), Some("DELETE /2/dm_events/{event_id}"));
 
@@ -260,7 +276,14 @@ async fn getxapi_history_and_send_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
     let convs = vec![conv("5060001", 90, CursorStyle::Offset), conv("5060002", 30, CursorStyle::MaxId)];
-    let faults = Faults { rate_limit: 0.15, server_error: 0.15, drop: 0.05, malformed: 0.05, retry_after_secs: 0, ..Faults::default() };
+    let faults = Faults {
+        rate_limit: 0.15,
+        server_error: 0.15,
+        drop: 0.05,
+        malformed: 0.05,
+        retry_after_secs: 0,
+        ..Faults::default()
+    };
     let mut outputs = Vec::new();
     let mut texts = BTreeSet::new();
     for provider in [Provider::XApiV2, Provider::GetXApi] {
@@ -272,7 +295,11 @@ async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
         out.expect_code(0);
         outputs.push((format!("{provider:?} sync at trace"), out));
         fx.sim.sim.set_faults(Faults::default());
-        let out = fx.cmd(&["send", "--to", "5060001", "--text", "a reply that must stay private"]).env("RUST_LOG", "trace").run().await;
+        let out = fx
+            .cmd(&["send", "--to", "5060001", "--text", "a reply that must stay private"])
+            .env("RUST_LOG", "trace")
+            .run()
+            .await;
         out.expect_code(0);
         outputs.push((format!("{provider:?} send at trace"), out));
         // Error paths around each secret: a rejected token or key, a rejected auth_token.
@@ -283,14 +310,23 @@ async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
         assert!(!out.all().contains(&wrong), "the rejected key is printed\n{out}");
         outputs.push((format!("{provider:?} rejected key"), out));
         if provider == Provider::GetXApi {
-            let out = fx.cmd(&["sync"]).env(AUTH_TOKEN_VAR, "stale-auth-token-0123456789abcdef").env("RUST_LOG", "trace").run().await;
+            let out = fx
+                .cmd(&["sync"])
+                .env(AUTH_TOKEN_VAR, "stale-auth-token-0123456789abcdef")
+                .env("RUST_LOG", "trace")
+                .run()
+                .await;
             out.expect_code(4);
             assert!(out.stderr.contains("invalid_auth_token"), "says which secret to fix\n{out}");
             assert!(!out.all().contains("stale-auth-token"), "{out}");
             outputs.push((format!("{provider:?} rejected auth_token"), out));
         }
         let stats = fx.sim.sim.stats();
-        assert!(stats.by_status.contains_key(&429) && stats.by_status.contains_key(&502), "faults were served: {:?}", stats.by_status);
+        assert!(
+            stats.by_status.contains_key(&429) && stats.by_status.contains_key(&502),
+            "faults were served: {:?}",
+            stats.by_status
+        );
         for r in fx.records() {
             if let Some(t) = str_field(&r, "text").filter(|t| t.chars().count() >= 6) {
                 texts.insert(t.to_string());

@@ -35,6 +35,9 @@ pub const ACTIVE: &str = "xquik-dm-handoff.jsonl";
 pub const STEM: &str = "xquik-dm-handoff";
 /// The route template of the Xquik history endpoint, as records and the simulator's books name it.
 pub const HISTORY: &str = "GET /x/dm/{userId}/history";
+/// The variable GetXAPI configs name in `auth_token_env`, and the account `auth_token` the simulator wants.
+pub const AUTH_TOKEN_VAR: &str = "GETXAPI_AUTH_TOKEN";
+pub const AUTH_TOKEN: &str = "gx_auth_5d2c7a91e4b03f68a1c9d7e2b5f40a3c8e6d1b9f";
 /// No single child may take longer than this; a hang fails the test with the child's output.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -53,6 +56,10 @@ pub fn sim_config(seed: u64, conversations: Vec<SimConversation>) -> SimConfig {
         conversations,
         api_key: Some(KEY.to_string()),
         account: Some(ACCOUNT.to_string()),
+        // X API v2's real window (15 reads per 15 minutes) would stall the core tests; the provider
+        // tests set a scaled-down one where pacing is the point.
+        x_rate_limit: None,
+        getxapi_auth_token: Some(AUTH_TOKEN.to_string()),
         ..SimConfig::default()
     }
 }
@@ -68,14 +75,104 @@ pub fn history_requests(stats: &Stats, peer: &str) -> usize {
     stats.log.iter().filter(|r| r.method == "GET" && r.path == path).count()
 }
 
-/// All history requests the simulator received.
+/// All history requests the simulator received, whichever provider's routes they went to.
 pub fn all_history_requests(stats: &Stats) -> usize {
     stats
         .log
         .iter()
-        .filter(|r| r.method == "GET" && r.path.starts_with("/api/v1/x/dm/") && r.path.ends_with("/history"))
+        .filter(|r| {
+            let xquik = r.method == "GET" && r.path.starts_with("/api/v1/x/dm/") && r.path.ends_with("/history");
+            let x_api_v2 =
+                r.method == "GET" && r.path.starts_with("/2/dm_conversations/") && r.path.ends_with("/dm_events");
+            let getxapi = r.method == "POST" && r.path == "/twitter/dm/conversation";
+            xquik || x_api_v2 || getxapi
+        })
         .count()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Providers
+
+/// The provider APIs a pipeline can speak; the core tests run once per provider (`for_each_provider!`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Xquik,
+    XApiV2,
+    GetXApi,
+}
+
+impl Provider {
+    /// The config's `provider` and every record's `provider`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Xquik => "xquik",
+            Provider::XApiV2 => "x-api-v2",
+            Provider::GetXApi => "getxapi",
+        }
+    }
+
+    /// The config's `account`: the handle for Xquik, else the numeric ID the simulator derives for it.
+    pub fn account(self) -> String {
+        match self {
+            Provider::Xquik => ACCOUNT.to_string(),
+            Provider::XApiV2 | Provider::GetXApi => Simulator::account_id(ACCOUNT),
+        }
+    }
+
+    /// The `base_url` of a simulator for this provider.
+    pub fn base_url(self, sim: &SimHandle) -> String {
+        match self {
+            Provider::Xquik => sim.base_url(),
+            Provider::XApiV2 | Provider::GetXApi => sim.root_url(),
+        }
+    }
+
+    /// The route template 1:1 history records name in `source_endpoint`.
+    pub fn history_endpoint(self) -> &'static str {
+        match self {
+            Provider::Xquik => HISTORY,
+            Provider::XApiV2 => "GET /2/dm_conversations/with/{participant_id}/dm_events",
+            Provider::GetXApi => "POST /twitter/dm/conversation",
+        }
+    }
+
+    /// The error code a conversation the account may not read is reported with.
+    pub fn forbidden_code(self) -> &'static str {
+        match self {
+            Provider::Xquik => "dm_not_permitted",
+            Provider::XApiV2 => "not_authorized_for_resource",
+            Provider::GetXApi => "http_403",
+        }
+    }
+
+    /// The provider's 1:1 conversation ID with `peer`, which its records carry as `conversation_id`.
+    pub fn conversation_id(self, peer: &str) -> Option<String> {
+        let (a, b): (u64, u64) = (peer.parse().ok()?, self.account().parse().ok()?);
+        (self != Provider::Xquik).then(|| format!("{}-{}", a.min(b), a.max(b)))
+    }
+}
+
+/// Runs `async fn name(provider: Provider)` once per provider, as the tests `name::xquik`,
+/// `name::x_api_v2` and `name::getxapi`: the same assertions, not copies.
+macro_rules! for_each_provider {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn xquik() {
+                super::$name(crate::support::Provider::Xquik).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn x_api_v2() {
+                super::$name(crate::support::Provider::XApiV2).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn getxapi() {
+                super::$name(crate::support::Provider::GetXApi).await
+            }
+        }
+    )*};
+}
+pub(crate) use for_each_provider;
 
 // ---------------------------------------------------------------------------------------------
 // Configs
@@ -92,13 +189,29 @@ fn sets(extra: &str, key: &str) -> bool {
 /// `out/support`), plus quick retries for tests, plus `extra` (keys of the pipeline table; any key in
 /// `extra` replaces its default here). Returns the config's path.
 pub fn write_config(dir: &Path, base_url: &str, conversations: &[&str], extra: &str) -> PathBuf {
+    write_config_for(Provider::Xquik, dir, base_url, conversations, extra)
+}
+
+/// As [`write_config`], for `provider` (its account form; GetXAPI's `auth_token_env`).
+pub fn write_config_for(
+    provider: Provider,
+    dir: &Path,
+    base_url: &str,
+    conversations: &[&str],
+    extra: &str,
+) -> PathBuf {
     let convs: Vec<String> = conversations.iter().map(|c| format!("\"{c}\"")).collect();
     let mut text = format!(
-        "state_dir = \"state\"\n\n[[pipelines]]\nname = \"{PIPELINE}\"\nprovider = \"xquik\"\nbase_url = \"{base_url}\"\n\
-         api_key_env = \"{KEY_VAR}\"\naccount = \"{ACCOUNT}\"\nconversations = [{}]\nschedule = \"*/30 * * * * *\"\n\
+        "state_dir = \"state\"\n\n[[pipelines]]\nname = \"{PIPELINE}\"\nprovider = \"{}\"\nbase_url = \"{base_url}\"\n\
+         api_key_env = \"{KEY_VAR}\"\naccount = \"{}\"\nconversations = [{}]\nschedule = \"*/30 * * * * *\"\n\
          output_dir = \"out/{PIPELINE}\"\n",
+        provider.name(),
+        provider.account(),
         convs.join(", ")
     );
+    if provider == Provider::GetXApi {
+        text.push_str(&format!("auth_token_env = \"{AUTH_TOKEN_VAR}\"\n"));
+    }
     for (key, value) in [
         ("rotate_max_bytes", "67108864"),
         ("retry_base", "\"20ms\""),
@@ -364,6 +477,8 @@ pub struct Fixture {
     pub config: PathBuf,
     /// The configured conversations (peer IDs), in config order.
     pub peers: Vec<String>,
+    /// Which provider's routes the config points at.
+    pub provider: Provider,
 }
 
 impl Fixture {
@@ -375,12 +490,49 @@ impl Fixture {
 
     /// As [`Fixture::new`], configuring exactly `peers`.
     pub async fn with_peers(cfg: SimConfig, peers: &[String], extra: &str) -> Fixture {
+        Fixture::with_peers_for(Provider::Xquik, cfg, peers, extra).await
+    }
+
+    /// As [`Fixture::new`], with a pipeline of `provider`.
+    pub async fn new_for(provider: Provider, cfg: SimConfig, extra: &str) -> Fixture {
+        let peers: Vec<String> = cfg.conversations.iter().map(|c| c.peer_id.clone()).collect();
+        Fixture::with_peers_for(provider, cfg, &peers, extra).await
+    }
+
+    /// As [`Fixture::with_peers`], with a pipeline of `provider`.
+    pub async fn with_peers_for(provider: Provider, cfg: SimConfig, peers: &[String], extra: &str) -> Fixture {
         let sim = start_sim(cfg).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let refs: Vec<&str> = peers.iter().map(String::as_str).collect();
-        let config = write_config(dir.path(), &sim.base_url(), &refs, extra);
+        let config = write_config_for(provider, dir.path(), &provider.base_url(&sim), &refs, extra);
         fs::create_dir(dir.path().join("elsewhere")).expect("create the working folder");
-        Fixture { sim, dir, config, peers: peers.to_vec() }
+        Fixture { sim, dir, config, peers: peers.to_vec(), provider }
+    }
+
+    /// The config's `account`.
+    pub fn account(&self) -> String {
+        self.provider.account()
+    }
+
+    /// History requests the simulator received for the 1:1 conversation with `peer`.
+    pub fn history_requests(&self, peer: &str) -> usize {
+        let stats = self.sim.sim.stats();
+        match self.provider {
+            Provider::Xquik => history_requests(&stats, peer),
+            Provider::XApiV2 => {
+                let path = format!("/2/dm_conversations/with/{peer}/dm_events");
+                stats.log.iter().filter(|r| r.method == "GET" && r.path == path).count()
+            }
+            Provider::GetXApi => {
+                let id = self.provider.conversation_id(peer).unwrap_or_default();
+                self.sim.sim.getxapi_history_requests(&id) as usize
+            }
+        }
+    }
+
+    /// [`assert_spec_fields_for`] this fixture's provider.
+    pub fn assert_spec_fields(&self, records: &[Value]) {
+        assert_spec_fields_for(self.provider, records, &self.sim.sim);
     }
 
     pub fn out_dir(&self) -> PathBuf {
@@ -401,9 +553,14 @@ impl Fixture {
         self.dir.path().join("elsewhere")
     }
 
-    /// `dm-handoff <args> --config <ours>`, run from [`Fixture::cwd`].
+    /// `dm-handoff <args> --config <ours>`, run from [`Fixture::cwd`] (with the `auth_token` for GetXAPI).
     pub fn cmd(&self, args: &[&str]) -> Cmd {
-        Cmd::new(args).config(&self.config).cwd(&self.cwd())
+        let cmd = Cmd::new(args).config(&self.config).cwd(&self.cwd());
+        if self.provider == Provider::GetXApi {
+            cmd.env(AUTH_TOKEN_VAR, AUTH_TOKEN)
+        } else {
+            cmd
+        }
     }
 
     pub async fn sync(&self) -> Output {
@@ -415,10 +572,24 @@ impl Fixture {
         read_records(&self.out_dir())
     }
 
-    /// Reads the records and checks exactly-once against the simulator's ground truth.
+    /// Reads the records and checks exactly-once against the simulator's ground truth, and that every
+    /// record names this fixture's provider and every history record, for X API v2 and GetXAPI, its
+    /// conversation ID.
     pub fn assert_exactly_once(&self) -> Vec<Value> {
         let records = self.records();
         assert_exactly_once(&records, &self.sim.sim, &self.peers);
+        for r in &records {
+            assert_eq!(str_field(r, "provider"), Some(self.provider.name()), "{r}");
+            if !matches!(str_field(r, "kind"), Some("dm_message" | "dm_event")) {
+                continue;
+            }
+            if let Some(peer) = str_field(r, "conversation_user_id") {
+                let want = self.provider.conversation_id(peer);
+                assert_eq!(str_field(r, "conversation_id").map(str::to_string), want, "conversation_id: {r}");
+            } else if self.provider != Provider::Xquik {
+                assert!(str_field(r, "conversation_id").is_some(), "a record without any conversation: {r}");
+            }
+        }
         records
     }
 
@@ -559,7 +730,9 @@ pub fn assert_no_duplicates(records: &[Value]) {
 /// must belong to a configured conversation; records of other kinds are not looked at here.
 pub fn assert_exactly_once(records: &[Value], sim: &Simulator, peers: &[String]) {
     let mut got: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
-    for r in records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")) {
+    // Group records (X API v2, GetXAPI) have a `conversation_id` and no peer; tests check those themselves.
+    let one_to_one = |r: &&Value| r.get("conversation_user_id").is_some() || r.get("conversation_id").is_none();
+    for r in records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")).filter(one_to_one) {
         let peer =
             str_field(r, "conversation_user_id").unwrap_or_else(|| panic!("record without conversation_user_id: {r}"));
         assert!(peers.iter().any(|p| p == peer), "record of a conversation that is not configured: {r}");
@@ -612,8 +785,9 @@ pub fn is_millis_z(s: &str) -> bool {
         && b[23] == b'Z'
 }
 
-/// Checks every field of every record against SPEC section 4 and the simulator's ground truth.
-pub fn assert_spec_fields(records: &[Value], sim: &Simulator) {
+/// Checks every field of every record against SPEC section 4 (and "Other providers' records" for X API v2
+/// and GetXAPI) and the simulator's ground truth.
+pub fn assert_spec_fields_for(provider: Provider, records: &[Value], sim: &Simulator) {
     let mut truth: HashMap<String, HashMap<String, dm_handoff::simulator::SimMessage>> = HashMap::new();
     for r in records {
         let peer = str_field(r, "conversation_user_id").expect("conversation_user_id").to_string();
@@ -630,9 +804,10 @@ pub fn assert_spec_fields(records: &[Value], sim: &Simulator) {
             assert!(r[k].is_string(), "{k} must be a JSON string: {r}");
         }
         assert_eq!(str_field(r, "kind"), Some("dm_message"), "{r}");
-        assert_eq!(str_field(r, "provider"), Some("xquik"), "{r}");
+        assert_eq!(str_field(r, "provider"), Some(provider.name()), "{r}");
         assert_eq!(str_field(r, "pipeline"), Some(PIPELINE), "{r}");
-        assert_eq!(str_field(r, "account"), Some(ACCOUNT), "{r}");
+        assert_eq!(str_field(r, "account"), Some(provider.account().as_str()), "{r}");
+        assert_eq!(str_field(r, "conversation_id").map(str::to_string), provider.conversation_id(&peer), "{r}");
         assert_eq!(str_field(r, "sender_id"), Some(m.sender_id.as_str()), "{r}");
         assert_eq!(str_field(r, "receiver_id"), Some(m.receiver_id.as_str()), "{r}");
         let direction = if m.sender_id == peer { "inbound" } else { "outbound" };
@@ -643,7 +818,7 @@ pub fn assert_spec_fields(records: &[Value], sim: &Simulator) {
         assert_eq!(created, m.created_at, "created_at (omitted by the API: {}): {r}", m.created_at_omitted);
         assert_eq!(str_field(r, "text"), m.text.as_deref(), "text present iff the API had it, and unchanged: {r}");
         assert_eq!(str_field(r, "media_url"), m.media_url.as_deref(), "media_url present iff the API had it: {r}");
-        assert_eq!(str_field(r, "source_endpoint"), Some(HISTORY), "{r}");
+        assert_eq!(str_field(r, "source_endpoint"), Some(provider.history_endpoint()), "{r}");
         let synced = str_field(r, "synced_at").unwrap_or_else(|| panic!("synced_at missing: {r}"));
         assert!(is_millis_z(synced), "synced_at {synced:?}: {r}");
     }

@@ -8,19 +8,23 @@ use dm_handoff::simulator::{CursorStyle, Growth};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_writes_every_message_once_with_every_field_and_then_only_appends() {
+for_each_provider!(
+    sync_writes_every_message_once_with_every_field_and_then_only_appends,
+    pages_that_shift_while_messages_arrive_lose_nothing_and_repeat_nothing,
+);
+
+async fn sync_writes_every_message_once_with_every_field_and_then_only_appends(provider: Provider) {
     let peers = ["783214", "1234567890", "44196397", "2244994945"];
     let sizes = [0, 7, 60, 450];
     let convs = peers.iter().zip(sizes).enumerate().map(|(i, (p, n))| conv(p, n, style(i))).collect();
-    let fx = Fixture::new(sim_config(11, convs), "").await;
+    let fx = Fixture::new_for(provider, sim_config(11, convs), "").await;
 
     let out = fx.sync().await;
     out.expect_code(0);
     assert!(out.stdout.contains(PIPELINE), "the summary names the pipeline on stdout\n{out}");
     let records = fx.assert_exactly_once();
     assert_eq!(records.len(), 517);
-    assert_spec_fields(&records, &fx.sim.sim);
+    fx.assert_spec_fields(&records);
 
     // The scenario must have exercised the optional fields, or the field checks prove little.
     let truth: Vec<_> = peers.iter().flat_map(|p| fx.sim.sim.messages(p)).collect();
@@ -65,7 +69,7 @@ async fn sync_writes_every_message_once_with_every_field_and_then_only_appends()
         .collect();
     assert_eq!(appended, added, "the appended lines are exactly the new messages");
     let records = fx.assert_exactly_once();
-    assert_spec_fields(&records, &fx.sim.sim);
+    fx.assert_spec_fields(&records);
 
     // Nothing new: nothing written, and one request per conversation (the head pass stops at the
     // high-water mark instead of paging through history again).
@@ -86,8 +90,7 @@ async fn sync_writes_every_message_once_with_every_field_and_then_only_appends()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_that_shift_while_messages_arrive_lose_nothing_and_repeat_nothing() {
+async fn pages_that_shift_while_messages_arrive_lose_nothing_and_repeat_nothing(provider: Provider) {
     const MAX_NEW: usize = 12;
     let mut cfg = sim_config(
         23,
@@ -99,7 +102,7 @@ async fn pages_that_shift_while_messages_arrive_lose_nothing_and_repeat_nothing(
     );
     cfg.growth = Growth { per_request: 0.3, max_new: MAX_NEW };
     let initial: usize = cfg.conversations.iter().map(|c| c.messages).sum();
-    let fx = Fixture::new(cfg, "").await;
+    let fx = Fixture::new_for(provider, cfg, "").await;
     let total = |fx: &Fixture| fx.peers.iter().map(|p| fx.sim.sim.messages(p).len()).sum::<usize>();
 
     fx.sync().await.expect_code(0);

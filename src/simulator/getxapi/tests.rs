@@ -72,6 +72,7 @@ async fn history_is_the_same_world_in_getxapi_shapes() {
         }
     }
     assert_eq!(pages, 3, "count=100");
+    assert_eq!(h.sim.getxapi_history_requests(&format!("44196397-{}", Simulator::account_id(ACCOUNT))), 3);
     let truth = h.sim.messages("44196397");
     assert_eq!(items.len(), truth.len());
     let me = Simulator::account_id(ACCOUNT);
@@ -121,7 +122,7 @@ async fn secrets_and_errors() {
     assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "invalid_auth_token"));
     assert!(!e.to_string().contains("stale-token") && !e.to_string().contains("extract"));
     let e = GetXApi::new(&p, "wrong-key", AUTH).unwrap().history(&peer("44196397"), None).await.unwrap_err();
-    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "http_401"));
+    assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "unauthenticated"));
     let g = GetXApi::new(&p, KEY, AUTH).unwrap();
     h.sim.set_faults(Faults { storm: 1, retry_after_secs: 7, ..Faults::default() });
     let e = g.history(&peer("44196397"), None).await.unwrap_err();
