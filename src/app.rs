@@ -180,8 +180,9 @@ pub fn sink_config(p: &Pipeline) -> SinkConfig {
     }
 }
 
-/// Cancels `token` on the first SIGINT/SIGTERM (finish at a page boundary); a second one exits at once.
-fn stop_on_signal(token: CancellationToken) {
+/// Cancels `token` on the first SIGINT/SIGTERM (logging `first` to say what stopping means for this
+/// command); a second one exits at once, through `exit_now`, which never tears a line.
+pub(crate) fn stop_on_signal(token: CancellationToken, first: &'static str) {
     tokio::spawn(async move {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
             return;
@@ -194,7 +195,7 @@ fn stop_on_signal(token: CancellationToken) {
             }
             count += 1;
             if count == 1 {
-                tracing::warn!("stopping at the next page boundary; signal again to exit at once");
+                tracing::warn!("{first}; signal again to exit at once");
                 token.cancel();
             } else {
                 // Waits for an append in progress, so no line is torn; committed state is already durable.
@@ -209,7 +210,7 @@ async fn run_once(cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::R
     check_conversations(&pipelines, &opts.only)?;
     let runtimes = open_runtimes(cfg, &pipelines)?;
     let cancel = CancellationToken::new();
-    stop_on_signal(cancel.clone());
+    stop_on_signal(cancel.clone(), "stopping at the next page boundary");
     let global = Arc::new(Semaphore::new(cfg.max_concurrency));
     let mut set = JoinSet::new();
     for rt in &runtimes {
@@ -514,7 +515,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     println!("dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)");
     std::io::stdout().flush()?;
     let cancel = CancellationToken::new();
-    stop_on_signal(cancel.clone());
+    stop_on_signal(cancel.clone(), "stopping the simulator");
     crate::simulator::Simulator::new(sim_cfg).serve(listener, async move { cancel.cancelled().await }).await?;
     Ok(Exit::Ok)
 }

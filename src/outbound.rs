@@ -1062,29 +1062,6 @@ fn open_runtime(cfg: &Config, p: &Pipeline) -> anyhow::Result<Runtime> {
     Ok(Runtime { pipeline: p.clone(), client, handoff, store })
 }
 
-/// First SIGINT/SIGTERM: stop after the request in flight (no new job, no more waiting or polling); the second
-/// exits at once. Either way no line is torn, and the ledger makes an unfinished job resumable.
-fn stop_on_signal(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-            return;
-        };
-        let mut count = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            count += 1;
-            if count == 1 {
-                tracing::warn!("stopping after the request in flight (an unfinished job resumes with the same key next time); signal again to exit at once");
-                cancel.cancel();
-            } else {
-                crate::handoff::exit_now(Exit::Interrupted as i32);
-            }
-        }
-    });
-}
 
 /// `send`: one job or a batch, in this process.
 pub async fn send_command(cfg: &Config, args: SendArgs) -> anyhow::Result<Exit> {
@@ -1096,7 +1073,10 @@ pub async fn send_prepared(cfg: &Config, req: &SendRequest) -> anyhow::Result<Ex
     let p = pick(cfg, req.pipeline.as_deref())?;
     let rt = open_runtime(cfg, p)?;
     let cancel = CancellationToken::new();
-    stop_on_signal(cancel.clone());
+    crate::app::stop_on_signal(
+        cancel.clone(),
+        "stopping after the request in flight (an unfinished job resumes with the same key next time)",
+    );
     let ctx = SendContext::new(cancel);
     let exit = run_send(&rt, req, &ctx, &mut std::io::stdout(), &mut std::io::stderr()).await;
     rt.handoff.close().await;
@@ -1253,7 +1233,10 @@ pub async fn upload_command(cfg: &Config, args: UploadMediaArgs) -> anyhow::Resu
     };
     let client = Client::new(p)?;
     let cancel = CancellationToken::new();
-    stop_on_signal(cancel.clone());
+    crate::app::stop_on_signal(
+        cancel.clone(),
+        "stopping after the request in flight (an unfinished job resumes with the same key next time)",
+    );
     let ctx = SendContext::new(cancel);
     let mut credits = 0;
     let result =

@@ -11,7 +11,7 @@
 //! spent. Both are sans-IO: the daemon and the sync engine feed them times and counts.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -97,23 +97,15 @@ impl Budget {
 
 /// The UTC day of a time, as `YYYY-MM-DD`: the key of the per-day credit counter.
 pub fn utc_day(t: SystemTime) -> String {
-    let days = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one conversion.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let mut day = crate::record::format_time(t);
+    day.truncate(10);
+    day
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     const TICK: Duration = Duration::from_secs(30);
 
