@@ -512,7 +512,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
         .await
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}; pick another --listen address", args.listen)))?;
     let addr = listener.local_addr()?;
-    println!("dm-handoff simulator listening on http://{addr}  (xquik base_url http://{addr}/api/v1)");
+    println!(
+        "dm-handoff simulator listening on http://{addr}  (x-api-v2 and getxapi base_url http://{addr}; xquik base_url http://{addr}/api/v1)"
+    );
     std::io::stdout().flush()?;
     let cancel = CancellationToken::new();
     stop_on_signal(cancel.clone(), "stopping the simulator");

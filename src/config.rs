@@ -203,7 +203,8 @@ impl KeySource {
                 Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
                 _ => err(format!(
                     "pipeline `{pipeline}`: the {what} is missing: environment variable {var} is not set; \
-                     export {var}=<your key> or set api_key_file"
+                     export {var}=<your key> or set {}",
+                    if what == "auth_token" { "auth_token_file" } else { "api_key_file" }
                 )),
             },
             KeySource::File(path) => {

@@ -2,7 +2,8 @@
 //! conversation events (1:1 and group, with join and leave events), user lookup, sends, new groups,
 //! one event's lookup and deletion, and media upload for DMs.
 //!
-//! What makes it X rather than Xquik: a bearer token; `max_results` pages of events newest first with
+//! What makes it X rather than Xquik: a bearer token; pages of events newest first (at most `max_results`,
+//! and at most the conversation's page size, so every provider pages alike in tests) with
 //! base32hex `next_token`s (absent at the end); fields only when asked for (`dm_event.fields`,
 //! `expansions`, `media.fields`), media through `includes.media`; problem+json errors (and the legacy
 //! `errors[]` body for rate limits); `x-rate-limit-limit/remaining/reset` headers on every response and a

@@ -276,9 +276,11 @@ async fn getxapi_history_and_send_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
     let convs = vec![conv("5060001", 90, CursorStyle::Offset), conv("5060002", 30, CursorStyle::MaxId)];
+    // The storm makes sure the error paths run; the rest is a mix of everything else.
     let faults = Faults {
+        storm: 3,
         rate_limit: 0.15,
-        server_error: 0.15,
+        server_error: 0.2,
         drop: 0.05,
         malformed: 0.05,
         retry_after_secs: 0,
@@ -292,9 +294,14 @@ async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
         cfg.x_rate_limit = Some((50, 1));
         let fx = Fixture::new_for(provider, cfg, "max_retries = 40").await;
         let out = fx.cmd(&["sync"]).env("RUST_LOG", "trace").run().await;
-        out.expect_code(0);
+        // Three malformed pages in one fetch fail that conversation for this run; either way is fine here.
+        assert!(matches!(out.code(), Some(0 | 1)), "{out}");
         outputs.push((format!("{provider:?} sync at trace"), out));
+        // And a clean run, which leaves every text in the files to look for.
         fx.sim.sim.set_faults(Faults::default());
+        let out = fx.cmd(&["sync"]).env("RUST_LOG", "trace").run().await;
+        out.expect_code(0);
+        outputs.push((format!("{provider:?} clean sync at trace"), out));
         let out = fx
             .cmd(&["send", "--to", "5060001", "--text", "a reply that must stay private"])
             .env("RUST_LOG", "trace")
@@ -322,11 +329,7 @@ async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
             outputs.push((format!("{provider:?} rejected auth_token"), out));
         }
         let stats = fx.sim.sim.stats();
-        assert!(
-            stats.by_status.contains_key(&429) && stats.by_status.contains_key(&502),
-            "faults were served: {:?}",
-            stats.by_status
-        );
+        assert!(stats.by_status.get(&429).is_some_and(|n| *n >= 3), "faults were served: {:?}", stats.by_status);
         for r in fx.records() {
             if let Some(t) = str_field(&r, "text").filter(|t| t.chars().count() >= 6) {
                 texts.insert(t.to_string());

@@ -1,0 +1,436 @@
+//! X API v2 conversation management beyond 1:1 sends: `delete` (a DM, for the account only) and
+//! `group-send` (a message into an existing conversation, or a new group). Each is recorded once in the
+//! pipeline's handoff files, through its writer, like every other record: the line is fsynced before the
+//! seen key that covers it is committed.
+//!
+//! - `delete` writes `{"kind":"dm_delete","message_id","conversation_id","deleted_at",…}`, keyed
+//!   (dm_delete, conversation, message ID): deleting again finds the key and asks X nothing. The
+//!   conversation comes from `--conversation` or from `GET /2/dm_events/{event_id}`.
+//! - `group-send` writes a `dm_send` record with the conversation's ID (and, for a new group, its
+//!   participants), keyed by X's event ID. X API v2 has no idempotency key, so a send is retried only
+//!   when X cannot have acted on it (rate limits); anything else is reported, never resent blindly.
+//!
+//! Privacy: the message text goes to X and into the record, nowhere else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Exit;
+use crate::cli::{DeleteArgs, GroupSendArgs};
+use crate::config::{Config, ConfigError, Pipeline, ProviderKind};
+use crate::handoff::Batch;
+use crate::provider::x_api_v2::{self, one_to_one_id, valid_conversation_id, XApiV2};
+use crate::provider::{with_retry, Client, ErrorClass, ProviderError, PACING};
+use crate::record::{now_string, Conversation, Kind, Record};
+use crate::state::{Commit, Store};
+use crate::sync::Runtime;
+
+/// `delete --pipeline P --message-id ID [--conversation C]`.
+pub async fn delete_command(cfg: &Config, args: DeleteArgs) -> anyhow::Result<Exit> {
+    let p = x_pipeline(cfg, args.pipeline.as_deref(), "delete")?;
+    let id = args.message_id.trim().to_string();
+    if !numeric(&id) {
+        return Err(ConfigError(format!("--message-id `{id}` must be a numeric DM event ID")).into());
+    }
+    let given = args.conversation.as_deref().map(|c| parse_conversation(c, p)).transpose()?;
+    let rt = open(cfg, p)?;
+    let outcome = delete(&rt, &id, given).await;
+    close(rt).await;
+    Ok(report(outcome, &format!("delete {id}")))
+}
+
+/// `group-send --pipeline P (--conversation ID | --participant ID…) --text T`.
+pub async fn group_send_command(cfg: &Config, args: GroupSendArgs) -> anyhow::Result<Exit> {
+    let p = x_pipeline(cfg, args.pipeline.as_deref(), "group-send")?;
+    let text = match (&args.text, &args.text_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => read_text(path)?,
+        (None, None) => return Err(ConfigError("give the message with --text or --text-file".into()).into()),
+    };
+    if text.trim().is_empty() {
+        return Err(ConfigError("the message text is empty; X needs some text".into()).into());
+    }
+    let target = match &args.conversation {
+        Some(c) => {
+            let c = c.trim().strip_prefix("conv:").unwrap_or(c.trim()).to_string();
+            if !valid_conversation_id(&c) {
+                return Err(ConfigError(format!(
+                    "--conversation `{c}` is not a conversation ID (`<id>-<id>` for 1:1, 15 to 19 digits for a group)"
+                ))
+                .into());
+            }
+            Target::Existing(c)
+        }
+        None => {
+            let mut ids: Vec<String> = args.participants.iter().map(|s| s.trim().to_string()).collect();
+            ids.retain(|i| i != &p.account);
+            ids.dedup();
+            if let Some(bad) = ids.iter().find(|i| !numeric(i)) {
+                return Err(ConfigError(format!("--participant `{bad}` must be a numeric user ID")).into());
+            }
+            if !(2..=49).contains(&ids.len()) {
+                return Err(ConfigError(format!(
+                    "a new group needs 2 to 49 other participants (--participant ID, repeated); got {}",
+                    ids.len()
+                ))
+                .into());
+            }
+            Target::NewGroup(ids)
+        }
+    };
+    let rt = open(cfg, p)?;
+    let outcome = group_send(&rt, &target, &text).await;
+    close(rt).await;
+    Ok(report(outcome, "group-send"))
+}
+
+/// Where `group-send` goes.
+enum Target {
+    Existing(String),
+    NewGroup(Vec<String>),
+}
+
+/// What a command printed on success, or why it failed (already one line, no message text).
+type Outcome = Result<String, (ErrorClass, String)>;
+
+fn report(outcome: Outcome, what: &str) -> Exit {
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            Exit::Ok
+        }
+        Err((class, line)) => {
+            eprintln!("error: {what}: {line}");
+            if class == ErrorClass::Fatal {
+                Exit::Auth
+            } else {
+                Exit::Failed
+            }
+        }
+    }
+}
+
+fn fail(e: ProviderError) -> (ErrorClass, String) {
+    (e.class, e.to_string())
+}
+
+fn local(e: impl std::fmt::Display) -> (ErrorClass, String) {
+    (ErrorClass::Conversation, e.to_string())
+}
+
+async fn delete(rt: &Runtime, id: &str, given: Option<Conversation>) -> Outcome {
+    let p = &rt.pipeline;
+    let x = x_client(rt)?;
+    let cancel = CancellationToken::new();
+    let lkey = ledger_key(id);
+    let ledger: Option<DeleteEntry> = rt.store.ledger(&p.name, &lkey).map_err(local)?;
+    let conv = match (given, &ledger) {
+        (Some(c), _) => c,
+        // An earlier run got this far: it knows the conversation, which X may no longer show.
+        (None, Some(entry)) => entry.conversation(),
+        (None, None) => {
+            let info = with_retry(&p.retry, &cancel, || x.event(id)).await.map_err(|e| {
+                if e.code == "event_not_found" {
+                    (e.class, format!("{e}; if it was deleted elsewhere, run again with --conversation to record it"))
+                } else {
+                    fail(e)
+                }
+            })?;
+            let Some(cid) = info.conversation_id else {
+                return Err((
+                    ErrorClass::Conversation,
+                    "X did not say which conversation the event is in; pass --conversation".into(),
+                ));
+            };
+            Conversation::from_conversation_id(&cid, Some(&p.account))
+        }
+    };
+    let key = crate::record::Key { kind: Kind::DmDelete, conversation: conv.key().to_string(), id: id.to_string() };
+    if rt.store.is_seen(&p.name, &key).map_err(local)? {
+        return Ok(format!("already deleted and recorded: {id} in conversation {}; nothing asked of X", conv.key()));
+    }
+    // Durable before the request: a rerun after a crash knows the conversation and that X may have deleted it.
+    let entry = DeleteEntry::of(&conv);
+    if ledger.is_none() {
+        let commit = Commit { raw: vec![Store::ledger_entry(&p.name, &lkey, &entry)], ..Commit::default() };
+        rt.handoff.write(Batch { lines: vec![], commit }).await.map_err(|e| local(e.0))?;
+    }
+    tracing::info!(pipeline = %p.name, message_id = %id, conversation = %conv.key(), "deleting a DM");
+    match with_retry(&p.retry, &cancel, || x.delete_event(id)).await {
+        Ok(()) => {}
+        // Asked before (the ledger says so) and now unknown to X: that earlier request deleted it.
+        Err(e) if ledger.is_some() && e.status == Some(404) => {
+            tracing::info!(pipeline = %p.name, message_id = %id, "X no longer knows the event; an earlier run deleted it");
+        }
+        Err(e) => return Err(fail(e)),
+    }
+    let rec = delete_record(p, &conv, id, &now_string());
+    let done = DeleteEntry { recorded: true, ..entry };
+    let commit = Commit {
+        seen: vec![(p.name.clone(), key)],
+        raw: vec![Store::ledger_entry(&p.name, &lkey, &done)],
+        ..Commit::default()
+    };
+    rt.handoff.write(Batch { lines: vec![rec.to_line()], commit }).await.map_err(|e| local(e.0))?;
+    tracing::info!(pipeline = %p.name, message_id = %id, "DM deleted and recorded");
+    Ok(format!("deleted {id} in conversation {}; recorded as dm_delete", conv.key()))
+}
+
+/// What the state remembers of a delete, under the send ledger's prefix with a key no send can have
+/// (send keys hold no spaces): its conversation, and whether its record is written.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct DeleteEntry {
+    #[serde(default)]
+    peer: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    recorded: bool,
+}
+
+impl DeleteEntry {
+    fn of(conv: &Conversation) -> DeleteEntry {
+        match conv {
+            Conversation::Peer { user_id, conversation_id } => {
+                DeleteEntry { peer: Some(user_id.clone()), conversation_id: conversation_id.clone(), recorded: false }
+            }
+            Conversation::Group { conversation_id } => {
+                DeleteEntry { peer: None, conversation_id: Some(conversation_id.clone()), recorded: false }
+            }
+        }
+    }
+
+    fn conversation(&self) -> Conversation {
+        match (&self.peer, &self.conversation_id) {
+            (Some(peer), cid) => Conversation::Peer { user_id: peer.clone(), conversation_id: cid.clone() },
+            (None, cid) => Conversation::Group { conversation_id: cid.clone().unwrap_or_default() },
+        }
+    }
+}
+
+fn ledger_key(message_id: &str) -> String {
+    format!("delete {message_id}")
+}
+
+async fn group_send(rt: &Runtime, target: &Target, text: &str) -> Outcome {
+    let p = &rt.pipeline;
+    let x = x_client(rt)?;
+    let cancel = CancellationToken::new();
+    let (sent, endpoint, participants) = match target {
+        Target::Existing(c) => {
+            let sent = with_retry(&p.retry, &cancel, || async {
+                x.send_to_conversation(c, text, None).await.map_err(no_blind_retry)
+            })
+            .await
+            .map_err(fail)?;
+            (sent, x_api_v2::SEND_CONV, None)
+        }
+        Target::NewGroup(ids) => {
+            let sent = with_retry(&p.retry, &cancel, || async {
+                x.create_group(ids, text, None).await.map_err(no_blind_retry)
+            })
+            .await
+            .map_err(fail)?;
+            (sent, x_api_v2::CREATE_GROUP, Some(ids.clone()))
+        }
+    };
+    let conv = Conversation::from_conversation_id(&sent.conversation_id, Some(&p.account));
+    let rec = group_send_record(p, &conv, &sent.event_id, participants, text, endpoint, &now_string());
+    let Some(key) = rec.key() else {
+        return Err(local("the send record has no key"));
+    };
+    let commit = Commit { seen: vec![(p.name.clone(), key)], ..Commit::default() };
+    rt.handoff.write(Batch { lines: vec![rec.to_line()], commit }).await.map_err(|e| local(e.0))?;
+    tracing::info!(pipeline = %p.name, message_id = %sent.event_id, conversation = %sent.conversation_id, "group message sent and recorded");
+    Ok(format!("sent {} to conversation {}; recorded as dm_send", sent.event_id, sent.conversation_id))
+}
+
+/// A send that failed in a way X may still have acted on (a 5xx, a dropped connection) is not retried:
+/// X API v2 has no idempotency key, so a retry could send twice. Rate limits are safe to wait out.
+fn no_blind_retry(e: ProviderError) -> ProviderError {
+    if e.class == ErrorClass::Transient && e.status != Some(429) && e.code != PACING {
+        let hint = format!("{}; it may have been sent: check the conversation before sending again", e.hint);
+        ProviderError { class: ErrorClass::Conversation, hint, ..e }
+    } else {
+        e
+    }
+}
+
+/// The `dm_delete` record (SPEC section 4, "Other providers' records").
+pub fn delete_record(p: &Pipeline, conv: &Conversation, message_id: &str, deleted_at: &str) -> Record {
+    let (conversation_user_id, conversation_id) = ids_of(p, conv);
+    Record {
+        kind: Some(Kind::DmDelete),
+        provider: p.provider.name().to_string(),
+        pipeline: p.name.clone(),
+        account: p.account.clone(),
+        conversation_user_id,
+        conversation_id,
+        message_id: Some(message_id.to_string()),
+        source_endpoint: x_api_v2::DELETE_EVENT.to_string(),
+        deleted_at: Some(deleted_at.to_string()),
+        ..Record::default()
+    }
+}
+
+/// The `dm_send` record of a message into a conversation or a new group.
+pub fn group_send_record(
+    p: &Pipeline,
+    conv: &Conversation,
+    event_id: &str,
+    participants: Option<Vec<String>>,
+    text: &str,
+    endpoint: &str,
+    sent_at: &str,
+) -> Record {
+    let (conversation_user_id, conversation_id) = ids_of(p, conv);
+    Record {
+        kind: Some(Kind::DmSend),
+        provider: p.provider.name().to_string(),
+        pipeline: p.name.clone(),
+        account: p.account.clone(),
+        conversation_user_id,
+        conversation_id,
+        message_id: Some(event_id.to_string()),
+        participant_ids: participants,
+        send_status: Some("sent".into()),
+        text: (!p.redact_text).then(|| text.to_string()),
+        source_endpoint: endpoint.to_string(),
+        sent_at: Some(sent_at.to_string()),
+        ..Record::default()
+    }
+}
+
+/// `conversation_user_id` (1:1 only) and `conversation_id` (always) of a conversation.
+fn ids_of(p: &Pipeline, conv: &Conversation) -> (Option<String>, Option<String>) {
+    match conv {
+        Conversation::Peer { user_id, conversation_id } => {
+            (Some(user_id.clone()), conversation_id.clone().or_else(|| one_to_one_id(&p.account, user_id)))
+        }
+        Conversation::Group { conversation_id } => (None, Some(conversation_id.clone())),
+    }
+}
+
+fn x_pipeline<'a>(cfg: &'a Config, name: Option<&str>, command: &str) -> Result<&'a Pipeline, ConfigError> {
+    let p = crate::outbound::pick(cfg, name)?;
+    if p.provider != ProviderKind::XApiV2 {
+        return Err(ConfigError(format!(
+            "`{command}` needs a pipeline with provider = \"x-api-v2\"; `{}` uses {} (X API v2 is the provider with DM deletes and group conversations)",
+            p.name, p.provider
+        )));
+    }
+    Ok(p)
+}
+
+fn x_client(rt: &Runtime) -> Result<&XApiV2, (ErrorClass, String)> {
+    match &rt.client {
+        Client::XApiV2(x) => Ok(x),
+        _ => Err((ErrorClass::Fatal, "this command needs provider x-api-v2".into())),
+    }
+}
+
+/// `--conversation` for delete: a peer's user ID, or `conv:<id>` (or a bare `<id>-<id>`).
+fn parse_conversation(c: &str, p: &Pipeline) -> Result<Conversation, ConfigError> {
+    let c = c.trim();
+    let id = c.strip_prefix("conv:").unwrap_or(c);
+    if numeric(id) && !c.starts_with("conv:") {
+        return Ok(Conversation::Peer { user_id: id.to_string(), conversation_id: None });
+    }
+    if valid_conversation_id(id) {
+        return Ok(Conversation::from_conversation_id(id, Some(&p.account)));
+    }
+    Err(ConfigError(format!("--conversation `{c}` is neither a numeric user ID nor conv:<conversation ID>")))
+}
+
+fn numeric(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn read_text(path: &PathBuf) -> Result<String, ConfigError> {
+    let mut text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| ConfigError(format!("cannot read the message from standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read --text-file {}: {e}", path.display())))?
+    };
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// Opens the pipeline: its client (secrets first), the state (taking the lock) and its writer.
+fn open(cfg: &Config, p: &Pipeline) -> anyhow::Result<Arc<Runtime>> {
+    let client = Client::new(p)?;
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    crate::app::open_runtime(&store, p, client)
+}
+
+async fn close(rt: Arc<Runtime>) {
+    if let Ok(rt) = Arc::try_unwrap(rt) {
+        rt.handoff.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        crate::config::from_str(
+            "[[pipelines]]\nname = \"x\"\nprovider = \"x-api-v2\"\napi_key_env = \"X_TOKEN\"\naccount = \"987654321\"\nconversations = [\"44196397\"]\n",
+            std::path::Path::new("/t/p.toml"),
+            std::path::Path::new("/t"),
+        )
+        .unwrap()
+        .pipelines
+        .remove(0)
+    }
+
+    #[test]
+    fn delete_records_name_the_conversation_both_ways_for_a_one_to_one() {
+        let p = pipeline();
+        let conv = parse_conversation("44196397", &p).unwrap();
+        let r = delete_record(&p, &conv, "1893456789012345678", "2026-11-23T13:00:00.000Z");
+        assert_eq!(
+            r.to_line(),
+            r#"{"kind":"dm_delete","provider":"x-api-v2","pipeline":"x","account":"987654321","conversation_user_id":"44196397","conversation_id":"44196397-987654321","message_id":"1893456789012345678","source_endpoint":"DELETE /2/dm_events/{event_id}","deleted_at":"2026-11-23T13:00:00.000Z"}"#
+        );
+        assert_eq!(r.key().unwrap().conversation, "44196397");
+        let same = parse_conversation("conv:44196397-987654321", &p).unwrap();
+        assert_eq!(delete_record(&p, &same, "1", "t").key().unwrap().conversation, "44196397");
+        let group = parse_conversation("conv:1578398451921985538", &p).unwrap();
+        let r = delete_record(&p, &group, "1", "t");
+        assert_eq!((r.conversation_user_id, r.conversation_id.as_deref()), (None, Some("1578398451921985538")));
+        assert!(parse_conversation("conv:abc", &p).is_err());
+    }
+
+    #[test]
+    fn group_send_records_carry_participants_and_no_peer() {
+        let p = pipeline();
+        let conv = Conversation::from_conversation_id("1578398451921985538", Some("987654321"));
+        let r =
+            group_send_record(&p, &conv, "77", Some(vec!["1".into(), "2".into()]), "hi", x_api_v2::CREATE_GROUP, "t");
+        assert_eq!(r.kind, Some(Kind::DmSend));
+        assert_eq!(r.key().unwrap().conversation, "1578398451921985538");
+        assert_eq!(r.participant_ids.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(r.conversation_user_id, None);
+    }
+
+    #[test]
+    fn only_rate_limits_are_retried_for_sends() {
+        let e = |status, code: &str| ProviderError::new(ErrorClass::Transient, "POST /x", status, code, "h");
+        assert_eq!(no_blind_retry(e(Some(429), "x_88")).class, ErrorClass::Transient);
+        assert_eq!(no_blind_retry(e(None, "rate_limit_pacing")).class, ErrorClass::Transient);
+        assert_eq!(no_blind_retry(e(Some(503), "http_503")).class, ErrorClass::Conversation);
+        assert_eq!(no_blind_retry(e(None, "timeout")).class, ErrorClass::Conversation);
+    }
+}
