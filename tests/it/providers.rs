@@ -196,6 +196,9 @@ async fn x_api_v2_send_group_create_group_send_and_delete_are_recorded_once() {
     assert_eq!(sends.len(), 3, "{sends:?}");
     let one_to_one = sends.iter().find(|r| str_field(r, "conversation_user_id") == Some("5030001")).unwrap();
     assert_eq!(str_field(one_to_one, "message_id"), Some(sent.id.as_str()));
+    // SPEC section 4: records of these providers carry the 1:1 conversation ID, "<smaller>-<larger>".
+    let conv = str_field(one_to_one, "conversation_id").expect("dm_send carries conversation_id");
+    assert!(conv.split('-').any(|id| id == "5030001") && conv.split('-').count() == 2, "{conv}");
     assert_eq!(
         str_field(one_to_one, "source_endpoint"),
         Some("POST /2/dm_conversations/with/{participant_id}/messages")
@@ -264,6 +267,8 @@ async fn getxapi_history_and_send_round_trip() {
     assert_eq!(back.len(), 1);
     assert_eq!(str_field(back[0], "direction"), Some("outbound"));
     assert_eq!(str_field(back[0], "sender_id"), Some(fx.account().as_str()));
+    let sends = records_of_kind(&records, "dm_send");
+    assert_eq!(str_field(sends[0], "conversation_id"), str_field(back[0], "conversation_id"), "same conversation ID as history");
 
     // Media is not documented for GetXAPI DMs: refused before anything is sent.
     let before = fx.sim.sim.stats().sends;
