@@ -5,8 +5,8 @@
 //! module prints to stdout; everything here prints only IDs, counts, paths and endpoints.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::Ordering;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -268,8 +268,7 @@ impl Daemon {
     /// `STATUS=`: the last run of every pipeline on one line.
     fn status_line(&self) -> String {
         let Ok(slots) = self.slots.lock() else { return String::new() };
-        let parts: Vec<String> =
-            slots.values().filter_map(|s| s.last.lock().ok().and_then(|l| l.clone())).collect();
+        let parts: Vec<String> = slots.values().filter_map(|s| s.last.lock().ok().and_then(|l| l.clone())).collect();
         if parts.is_empty() {
             format!("ready: {} pipelines", slots.len())
         } else {

@@ -1074,7 +1074,6 @@ fn open_runtime(cfg: &Config, p: &Pipeline) -> anyhow::Result<Runtime> {
     Ok(Runtime { pipeline: p.clone(), client, handoff, store })
 }
 
-
 /// `send`: one job or a batch, in this process.
 pub async fn send_command(cfg: &Config, args: SendArgs) -> anyhow::Result<Exit> {
     send_prepared(cfg, &prepare_send(&args)?).await

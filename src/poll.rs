@@ -131,8 +131,12 @@ mod tests {
     async fn a_quiet_conversation_backs_off_exponentially_and_a_busy_one_is_polled_every_tick() {
         let mut plan = PollPlan::new(Duration::from_secs(3600));
         let polled = simulate(&mut plan, 32, |_, c| u64::from(c == "busy")).await;
-        let quiet_ticks: Vec<u32> =
-            polled.iter().enumerate().filter(|(_, p)| p.contains(&"quiet".to_string())).map(|(t, _)| t as u32).collect();
+        let quiet_ticks: Vec<u32> = polled
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.contains(&"quiet".to_string()))
+            .map(|(t, _)| t as u32)
+            .collect();
         // Intervals of 1, 2, 4, 8, 16 ticks: polled at 0, 1, 3, 7, 15, 31.
         assert_eq!(quiet_ticks, vec![0, 1, 3, 7, 15, 31]);
         assert!(polled.iter().all(|p| p.contains(&"busy".to_string())));

@@ -395,7 +395,9 @@ async fn fetch(rt: &Runtime, conv: &Conversation, cursor: Option<&str>, shared: 
     let page = with_retry(&rt.pipeline.retry, &shared.stop, || {
         shared.beat();
         rt.client.history(conv, cursor)
-    }).await.map_err(|e| {
+    })
+    .await
+    .map_err(|e| {
         if shared.stop.is_cancelled() && e.class == ErrorClass::Transient {
             Stop::Cancelled
         } else {

@@ -26,19 +26,13 @@ pub(crate) fn routes(sim: Simulator) -> Router {
     Router::new()
         .route("/stats", get(stats))
         .route("/faults", put(set_faults).get(get_faults))
-        .route(
-            "/conversations/{peer}/messages",
-            get(messages).post(add_messages),
-        )
+        .route("/conversations/{peer}/messages", get(messages).post(add_messages))
         .fallback(|| async { json(404, &json!({ "error": "not_found" })) })
         .with_state(sim)
 }
 
 fn bad(message: &str) -> Response {
-    json(
-        400,
-        &json!({ "error": "invalid_input", "message": message }),
-    )
+    json(400, &json!({ "error": "invalid_input", "message": message }))
 }
 
 async fn stats(State(sim): State<Simulator>) -> Response {
@@ -89,10 +83,7 @@ async fn add_messages(
     json(200, &json!({ "ids": sim.add_messages(&peer, add.count) }))
 }
 
-async fn messages(
-    State(sim): State<Simulator>,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
+async fn messages(State(sim): State<Simulator>, path: Result<Path<String>, PathRejection>) -> Response {
     let Some(peer) = path.ok().and_then(|Path(p)| parse_peer(&p).map(|_| p)) else {
         return json(400, &json!({ "error": "invalid_user_id" }));
     };
@@ -132,8 +123,7 @@ mod tests {
         )
         .await;
         assert_eq!(r.status, 200);
-        let ids: Vec<String> =
-            serde_json::from_value(r.json()["ids"].clone()).expect("ids are strings");
+        let ids: Vec<String> = serde_json::from_value(r.json()["ids"].clone()).expect("ids are strings");
         assert_eq!(ids.len(), 3);
 
         let r = get(h.addr, "/_sim/conversations/783214/messages").await;
@@ -145,17 +135,11 @@ mod tests {
         assert_eq!(r.json()["messages"].as_array().map(Vec::len), Some(3));
 
         assert_eq!(get(h.addr, "/_sim/nothing").await.status, 404);
-        assert_eq!(
-            get(h.addr, "/_sim/conversations/x/messages").await.status,
-            400
-        );
+        assert_eq!(get(h.addr, "/_sim/conversations/x/messages").await.status, 400);
 
         let r = get(h.addr, "/_sim/stats").await;
         let stats: Stats = serde_json::from_slice(&r.body).expect("stats");
-        assert_eq!(
-            stats.requests, 2,
-            "only the two history requests are booked"
-        );
+        assert_eq!(stats.requests, 2, "only the two history requests are booked");
         assert_eq!(stats.by_status.get(&429), Some(&1));
         assert_eq!(stats.credits, 3);
         h.shutdown().await;

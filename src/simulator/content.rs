@@ -96,14 +96,8 @@ impl Timeline {
         let n = initial.max(1) as u64;
         let gap_ms = (SPAN_MS / n).clamp(2, DAY_MS);
         let end_ms = BASE_END_MS + key % (30 * DAY_MS);
-        let start_ms = end_ms
-            .saturating_sub(gap_ms.saturating_mul(initial as u64))
-            .max(SNOWFLAKE_EPOCH_MS + DAY_MS);
-        Timeline {
-            key,
-            start_ms,
-            gap_ms,
-        }
+        let start_ms = end_ms.saturating_sub(gap_ms.saturating_mul(initial as u64)).max(SNOWFLAKE_EPOCH_MS + DAY_MS);
+        Timeline { key, start_ms, gap_ms }
     }
 
     pub(crate) fn ms(&self, i: usize) -> u64 {
@@ -136,12 +130,7 @@ pub(crate) fn generate(key: u64, i: usize, id: u64) -> Generated {
     let text = if roll < 5 { None } else { Some(text(mix64(h))) };
     let media_url = media.then(|| media_url(mix64(h ^ 0x006d_6564_6961), id));
     let created_at_omitted = (h >> 20) % 100 < 6;
-    Generated {
-        from_peer,
-        text,
-        media_url,
-        created_at_omitted,
-    }
+    Generated { from_peer, text, media_url, created_at_omitted }
 }
 
 fn media_url(h: u64, id: u64) -> String {
@@ -152,10 +141,7 @@ fn media_url(h: u64, id: u64) -> String {
         2..=3 => ("dm_media", "png"),
         _ => ("dm_media", "jpg"),
     };
-    format!(
-        "https://pbs.twimg.com/{kind}/{media_id}/{}.{ext}",
-        token(mix64(h), 12, TOKEN_UPPER)
-    )
+    format!("https://pbs.twimg.com/{kind}/{media_id}/{}.{ext}", token(mix64(h), 12, TOKEN_UPPER))
 }
 
 const TOKEN_LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -234,25 +220,13 @@ const BODIES: &[&str] = &[
     "one more thing…",
 ];
 
-const CLOSERS: &[&str] = &[
-    "",
-    "",
-    "",
-    "Thanks!",
-    "🙏",
-    "Cheers",
-    "—D",
-    "talk soon",
-    "x",
-    "(sent from my phone)",
-];
+const CLOSERS: &[&str] = &["", "", "", "Thanks!", "🙏", "Cheers", "—D", "talk soon", "x", "(sent from my phone)"];
 
 /// A deterministic, varied chat text containing the marker token. Roughly 1 in 12 texts spans
 /// two lines and 1 in 100 is long (several hundred characters).
 pub(crate) fn text(h: u64) -> String {
-    let pick = |salt: u64, list: &[&'static str]| -> &'static str {
-        list[(mix2(h, salt) % list.len() as u64) as usize]
-    };
+    let pick =
+        |salt: u64, list: &[&'static str]| -> &'static str { list[(mix2(h, salt) % list.len() as u64) as usize] };
     let mut parts: Vec<String> = Vec::with_capacity(6);
     let opener = pick(1, OPENERS);
     if !opener.is_empty() {
@@ -302,11 +276,7 @@ mod tests {
                 let id = t.id(i);
                 assert!(id > prev, "ids must increase at {i}");
                 assert!(t.ms(i) > prev_ms);
-                assert_eq!(
-                    (id >> 22) + SNOWFLAKE_EPOCH_MS,
-                    t.ms(i),
-                    "id encodes its time"
-                );
+                assert_eq!((id >> 22) + SNOWFLAKE_EPOCH_MS, t.ms(i), "id encodes its time");
                 prev = id;
                 prev_ms = t.ms(i);
             }
@@ -329,9 +299,7 @@ mod tests {
             let t = text(mix64(i));
             let mark_at = t.find("zq").expect("marker present");
             let mark = &t[mark_at..mark_at + 10];
-            assert!(mark[2..]
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            assert!(mark[2..].bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
             newline += t.contains('\n') as usize;
             non_ascii += (!t.is_ascii()) as usize;
             quotes += t.contains('"') as usize;

@@ -41,20 +41,12 @@ pub(crate) struct CursorCodec {
 
 impl CursorCodec {
     pub(crate) fn new(seed: u64) -> CursorCodec {
-        CursorCodec {
-            enc_key: mix2(seed, 0x6375_7273_6f72_0001),
-            mac_key: mix2(seed, 0x6375_7273_6f72_0002),
-        }
+        CursorCodec { enc_key: mix2(seed, 0x6375_7273_6f72_0001), mac_key: mix2(seed, 0x6375_7273_6f72_0002) }
     }
 
     /// Encodes `pos` for conversation `conv`. `nonce` is asked for fresh values until the text
     /// contains both `+` and `/` (about two tries on average; bounded).
-    pub(crate) fn encode(
-        &self,
-        conv: u64,
-        pos: Position,
-        mut nonce: impl FnMut() -> u64,
-    ) -> String {
+    pub(crate) fn encode(&self, conv: u64, pos: Position, mut nonce: impl FnMut() -> u64) -> String {
         let mut last = String::new();
         for _ in 0..64 {
             last = self.encode_with_nonce(conv, pos, nonce());
@@ -155,16 +147,9 @@ mod tests {
     #[test]
     fn round_trips_and_looks_opaque() {
         let codec = CursorCodec::new(7);
-        for pos in [
-            Position::Offset(0),
-            Position::Offset(25),
-            Position::Below(1 << 60),
-        ] {
+        for pos in [Position::Offset(0), Position::Offset(25), Position::Below(1 << 60)] {
             let text = codec.encode(44196397, pos, counter());
-            assert!(
-                text.contains('+') && text.contains('/') && text.ends_with('='),
-                "{text}"
-            );
+            assert!(text.contains('+') && text.contains('/') && text.ends_with('='), "{text}");
             assert!(!text.contains("44196397"));
             assert_eq!(codec.decode(&text), Ok((44196397, pos)));
         }

@@ -99,15 +99,8 @@ impl FaultEngine {
         }
         if draw(&mut st, |f| f.server_error) {
             st.unavailable_turn += 1;
-            let status = if st.unavailable_turn % 2 == 1 {
-                502
-            } else {
-                503
-            };
-            return Some(Early::Unavailable {
-                status,
-                retry_after,
-            });
+            let status = if st.unavailable_turn % 2 == 1 { 502 } else { 503 };
+            return Some(Early::Unavailable { status, retry_after });
         }
         None
     }
@@ -131,11 +124,7 @@ impl FaultEngine {
     }
 
     pub(crate) fn forbidden(&self, peer: &str) -> bool {
-        lock(&self.state)
-            .faults
-            .forbidden_peers
-            .iter()
-            .any(|p| p.trim() == peer)
+        lock(&self.state).faults.forbidden_peers.iter().any(|p| p.trim() == peer)
     }
 
     /// Whether a write-action send to `peer` answers 202 first, and if so how many polls it
@@ -151,11 +140,7 @@ impl FaultEngine {
     }
 
     pub(crate) fn dm_not_allowed(&self, peer: &str) -> bool {
-        lock(&self.state)
-            .faults
-            .dm_not_allowed_peers
-            .iter()
-            .any(|p| p.trim() == peer)
+        lock(&self.state).faults.dm_not_allowed_peers.iter().any(|p| p.trim() == peer)
     }
 }
 
@@ -173,12 +158,7 @@ pub(crate) fn html_page() -> Response {
                 <body><h1>Checking your browser before accessing the site.</h1>\
                 <p>This process is automatic. Your browser will redirect shortly.</p>\
                 </body></html>\n";
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
 /// A 200 whose `Content-Length` promises all of `full` but whose connection is aborted after
@@ -196,13 +176,7 @@ pub(crate) fn dropped(full: Vec<u8>, content_type: &'static str) -> Response {
                 0 => Some((Ok::<Bytes, std::io::Error>(first), 1)),
                 1 => {
                     tokio::time::sleep(Duration::from_millis(30)).await;
-                    Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionAborted,
-                            "simulated drop",
-                        )),
-                        2,
-                    ))
+                    Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated drop")), 2))
                 }
                 _ => None,
             }
@@ -221,14 +195,7 @@ mod tests {
 
     #[test]
     fn faults_fire_at_about_the_configured_rate() {
-        let engine = FaultEngine::new(
-            7,
-            Faults {
-                rate_limit: 0.2,
-                server_error: 0.1,
-                ..Faults::default()
-            },
-        );
+        let engine = FaultEngine::new(7, Faults { rate_limit: 0.2, server_error: 0.1, ..Faults::default() });
         let (mut limited, mut unavailable, mut statuses) = (0, 0, Vec::new());
         for _ in 0..10_000 {
             match engine.early() {
@@ -246,20 +213,13 @@ mod tests {
         assert!((1800..2200).contains(&limited), "{limited}");
         // 10% of the 80% that were not throttled.
         assert!((650..950).contains(&unavailable), "{unavailable}");
-        assert!(
-            statuses.windows(2).all(|w| w[0] != w[1]),
-            "502 and 503 alternate"
-        );
+        assert!(statuses.windows(2).all(|w| w[0] != w[1]), "502 and 503 alternate");
     }
 
     #[test]
     fn storm_counts_down_then_stops() {
         let engine = FaultEngine::new(1, Faults::default());
-        engine.set(Faults {
-            storm: 3,
-            retry_after_secs: 9,
-            ..Faults::default()
-        });
+        engine.set(Faults { storm: 3, retry_after_secs: 9, ..Faults::default() });
         for _ in 0..3 {
             assert_eq!(engine.early(), Some(Early::RateLimited { retry_after: 9 }));
         }
@@ -270,14 +230,7 @@ mod tests {
     #[test]
     fn spoil_rotates_kinds_and_is_deterministic() {
         let run = || {
-            let engine = FaultEngine::new(
-                3,
-                Faults {
-                    malformed: 0.3,
-                    drop: 0.3,
-                    ..Faults::default()
-                },
-            );
+            let engine = FaultEngine::new(3, Faults { malformed: 0.3, drop: 0.3, ..Faults::default() });
             (0..300).map(|_| engine.spoil()).collect::<Vec<_>>()
         };
         let a = run();
@@ -289,14 +242,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            &kinds[..3],
-            &[
-                Malformed::InvalidJson,
-                Malformed::WrongShape,
-                Malformed::Html
-            ]
-        );
+        assert_eq!(&kinds[..3], &[Malformed::InvalidJson, Malformed::WrongShape, Malformed::Html]);
         let drops = a.iter().filter(|s| **s == Some(Spoiled::Dropped)).count();
         assert!((40..90).contains(&drops), "{drops}");
     }

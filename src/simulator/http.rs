@@ -24,12 +24,7 @@ pub(crate) struct RouteTag {
 pub(crate) fn json<T: Serialize + ?Sized>(status: u16, body: &T) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        bytes,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], bytes).into_response()
 }
 
 /// Gives every response an `X-Request-Id`, derived from the seed and a counter so runs repeat.
@@ -56,15 +51,8 @@ pub(crate) async fn book(State(sim): State<Simulator>, req: Request, next: Next)
         Some(t) => (t.route.clone(), t.key_ok),
         None => (format!("{method} (unmatched)"), false),
     };
-    sim.inner.stats.record(
-        route,
-        RequestLog {
-            method,
-            path,
-            query,
-            status: resp.status().as_u16(),
-            api_key_ok: key_ok,
-        },
-    );
+    sim.inner
+        .stats
+        .record(route, RequestLog { method, path, query, status: resp.status().as_u16(), api_key_ok: key_ok });
     resp
 }

@@ -272,14 +272,12 @@ pub fn default_scenario() -> SimConfig {
 }
 
 fn default_conversations() -> Vec<SimConversation> {
-    let conv = |peer: &str, name: &str, n: usize, style: CursorStyle, can_dm: Option<bool>| {
-        SimConversation {
-            peer_id: peer.to_string(),
-            username: Some(name.to_string()),
-            messages: n,
-            cursor_style: style,
-            can_dm,
-        }
+    let conv = |peer: &str, name: &str, n: usize, style: CursorStyle, can_dm: Option<bool>| SimConversation {
+        peer_id: peer.to_string(),
+        username: Some(name.to_string()),
+        messages: n,
+        cursor_style: style,
+        can_dm,
     };
     vec![
         conv("44196397", "acme_customer", 240, CursorStyle::Offset, None),
@@ -334,10 +332,7 @@ impl Simulator {
             .merge(getxapi::routes(self.clone()))
             .merge(xquik::routes(self.clone()))
             .nest("/_sim", admin::routes(self.clone()))
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                http::request_id,
-            ))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), http::request_id))
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains open connections.
@@ -346,9 +341,7 @@ impl Simulator {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
     }
 
     /// Binds `127.0.0.1:0` and serves in a background task until [`SimHandle::shutdown`] (or
@@ -362,12 +355,7 @@ impl Simulator {
             // A dropped sender also means "stop".
             let _ = rx.await;
         }));
-        Ok(SimHandle {
-            addr,
-            sim,
-            stop: Some(tx),
-            task: Some(task),
-        })
+        Ok(SimHandle { addr, sim, stop: Some(tx), task: Some(task) })
     }
 
     pub fn stats(&self) -> Stats {
@@ -381,12 +369,7 @@ impl Simulator {
             return Vec::new();
         };
         let conv = self.inner.world.find_or_create(peer);
-        self.inner
-            .world
-            .append_generated(&conv, n)
-            .into_iter()
-            .map(|id| id.to_string())
-            .collect()
+        self.inner.world.append_generated(&conv, n).into_iter().map(|id| id.to_string()).collect()
     }
 
     /// Replaces the faults (a storm count starts over); the random stream carries on.
@@ -453,10 +436,7 @@ impl SimHandle {
             let _ = tx.send(());
         }
         if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
                 task.abort();
             }
         }
@@ -480,11 +460,8 @@ mod tests {
         assert_eq!(cfg.page_size, (18, 30));
         assert_eq!(cfg.send_style, SendStyle::WriteAction);
         assert_eq!(cfg.faults.retry_after_secs, 1);
-        let peers: Vec<_> = cfg
-            .conversations
-            .iter()
-            .map(|c| (c.peer_id.as_str(), c.messages, c.cursor_style))
-            .collect();
+        let peers: Vec<_> =
+            cfg.conversations.iter().map(|c| (c.peer_id.as_str(), c.messages, c.cursor_style)).collect();
         assert_eq!(
             peers,
             [
@@ -526,9 +503,7 @@ mod tests {
         assert_eq!(after[1].id, ids[0]);
         assert!(sim.messages("999").is_empty());
         assert!(sim.add_messages("not-a-number", 3).is_empty());
-        let newest_first = after
-            .windows(2)
-            .all(|w| w[0].id.parse::<u64>().ok() > w[1].id.parse::<u64>().ok());
+        let newest_first = after.windows(2).all(|w| w[0].id.parse::<u64>().ok() > w[1].id.parse::<u64>().ok());
         assert!(newest_first);
     }
 }

@@ -19,10 +19,7 @@ pub(crate) struct Raw {
 
 impl Raw {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn json(&self) -> Value {
@@ -32,13 +29,7 @@ impl Raw {
 }
 
 /// Sends one request with `Connection: close` and reads until the server closes.
-pub(crate) async fn send(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Raw {
+pub(crate) async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -69,21 +60,10 @@ fn parse(buf: &[u8]) -> Raw {
     let rest = &buf[split + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
     let (body, complete) = if let Some(len) = find("content-length") {
         let len: usize = len.parse().expect("content-length");
         (rest[..rest.len().min(len)].to_vec(), rest.len() >= len)
@@ -92,12 +72,7 @@ fn parse(buf: &[u8]) -> Raw {
     } else {
         (rest.to_vec(), true)
     };
-    Raw {
-        status,
-        headers,
-        body,
-        complete,
-    }
+    Raw { status, headers, body, complete }
 }
 
 fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
@@ -107,8 +82,7 @@ fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
             return (out, false);
         };
         let size_text = String::from_utf8_lossy(&rest[..eol]);
-        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-        else {
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
             return (out, false);
         };
         rest = &rest[eol + 2..];

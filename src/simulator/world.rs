@@ -127,10 +127,7 @@ impl World {
                 continue;
             }
             let username = c.username.clone().unwrap_or_else(|| format!("user{peer}"));
-            world
-                .usernames
-                .entry(username.to_ascii_lowercase())
-                .or_insert(peer);
+            world.usernames.entry(username.to_ascii_lowercase()).or_insert(peer);
             let conv = world.make(peer, username, c.messages, c.cursor_style, c.can_dm, true);
             conversations.insert(peer, Arc::new(conv));
         }
@@ -160,10 +157,7 @@ impl World {
             initial,
             timeline: Timeline::new(key, initial),
             grows,
-            state: Mutex::new(ConversationState {
-                rng,
-                extra: Vec::new(),
-            }),
+            state: Mutex::new(ConversationState { rng, extra: Vec::new() }),
         }
     }
 
@@ -175,14 +169,7 @@ impl World {
             return Some(c.clone());
         }
         let n = self.unknown_peer_size?;
-        let conv = Arc::new(self.make(
-            peer,
-            format!("user{peer}"),
-            n,
-            CursorStyle::Offset,
-            None,
-            true,
-        ));
+        let conv = Arc::new(self.make(peer, format!("user{peer}"), n, CursorStyle::Offset, None, true));
         map.insert(peer, conv.clone());
         Some(conv)
     }
@@ -195,16 +182,7 @@ impl World {
         }
         let mut map = lock(&self.conversations);
         map.entry(peer)
-            .or_insert_with(|| {
-                Arc::new(self.make(
-                    peer,
-                    format!("user{peer}"),
-                    0,
-                    CursorStyle::Offset,
-                    None,
-                    false,
-                ))
-            })
+            .or_insert_with(|| Arc::new(self.make(peer, format!("user{peer}"), 0, CursorStyle::Offset, None, false)))
             .clone()
     }
 
@@ -267,19 +245,12 @@ impl World {
             let rng = &mut st.rng;
             self.codec.encode(conv.peer, pos, || rng.gen::<u64>())
         });
-        Page {
-            messages,
-            next_cursor,
-        }
+        Page { messages, next_cursor }
     }
 
     fn take_growth_budget(&self) -> bool {
         let max = self.growth.max_new;
-        self.grown
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .is_ok()
+        self.grown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (max == 0 || n < max).then_some(n + 1)).is_ok()
     }
 
     /// Appends a message the account sent; returns it as stored.
@@ -336,9 +307,7 @@ impl World {
         if let Some(a) = &self.configured_account {
             return a.clone();
         }
-        lock(&self.last_account)
-            .clone()
-            .unwrap_or_else(|| FALLBACK_ACCOUNT.to_string())
+        lock(&self.last_account).clone().unwrap_or_else(|| FALLBACK_ACCOUNT.to_string())
     }
 
     /// Ground truth for tests, newest first, as seen by `account`.
@@ -351,11 +320,8 @@ impl World {
         self.all_newest_first(&conv)
             .into_iter()
             .map(|m| {
-                let (sender_id, receiver_id) = if m.from_peer {
-                    (peer_s.clone(), own.clone())
-                } else {
-                    (own.clone(), peer_s.clone())
-                };
+                let (sender_id, receiver_id) =
+                    if m.from_peer { (peer_s.clone(), own.clone()) } else { (own.clone(), peer_s.clone()) };
                 SimMessage {
                     id: m.id.to_string(),
                     sender_id,
@@ -374,10 +340,7 @@ impl Conversation {
     fn message(&self, st: &ConversationState, i: usize) -> Message {
         let id = self.timeline.id(i);
         let ms = self.timeline.ms(i);
-        let sent = i
-            .checked_sub(self.initial)
-            .and_then(|k| st.extra.get(k))
-            .and_then(|s| s.clone());
+        let sent = i.checked_sub(self.initial).and_then(|k| st.extra.get(k)).and_then(|s| s.clone());
         match sent {
             Some(s) => Message {
                 id,
@@ -469,9 +432,7 @@ mod tests {
         let flat: Vec<u64> = pages.concat();
         let truth: Vec<u64> = w.all_newest_first(&conv).iter().map(|m| m.id).collect();
         assert_eq!(flat, truth);
-        assert!(pages
-            .iter()
-            .all(|p| p.len() == conv.page_size || p == pages.last().unwrap()));
+        assert!(pages.iter().all(|p| p.len() == conv.page_size || p == pages.last().unwrap()));
     }
 
     #[test]
@@ -487,40 +448,20 @@ mod tests {
 
     #[test]
     fn offset_pages_overlap_under_growth_but_lose_nothing() {
-        let w = world(
-            CursorStyle::Offset,
-            500,
-            Growth {
-                per_request: 0.7,
-                max_new: 0,
-            },
-        );
+        let w = world(CursorStyle::Offset, 500, Growth { per_request: 0.7, max_new: 0 });
         let conv = w.find(42).expect("configured");
         let initial: HashSet<u64> = w.all_newest_first(&conv).iter().map(|m| m.id).collect();
         let pages = walk(&w, &conv, |_| {});
         let flat = pages.concat();
         let seen: HashSet<u64> = flat.iter().copied().collect();
-        assert!(
-            flat.len() > seen.len(),
-            "offset pages must overlap when messages arrive"
-        );
-        assert!(
-            initial.is_subset(&seen),
-            "nothing that existed at the start is lost"
-        );
+        assert!(flat.len() > seen.len(), "offset pages must overlap when messages arrive");
+        assert!(initial.is_subset(&seen), "nothing that existed at the start is lost");
         assert!(w.all_newest_first(&conv).len() > 500);
     }
 
     #[test]
     fn growth_respects_the_global_budget() {
-        let w = world(
-            CursorStyle::Offset,
-            10,
-            Growth {
-                per_request: 1.0,
-                max_new: 4,
-            },
-        );
+        let w = world(CursorStyle::Offset, 10, Growth { per_request: 1.0, max_new: 4 });
         let conv = w.find(42).expect("configured");
         for _ in 0..20 {
             w.page(&conv, Start::Newest);
@@ -534,10 +475,7 @@ mod tests {
             let w = world(CursorStyle::Offset, 240, Growth::default());
             let conv = w.find(42).expect("configured");
             let page = w.page(&conv, Start::Newest);
-            (
-                page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
-                page.next_cursor,
-            )
+            (page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), page.next_cursor)
         };
         let (a, ca) = run();
         let (b, cb) = run();
@@ -565,10 +503,7 @@ mod tests {
     fn cursors_of_other_conversations_are_refused() {
         let w = World::new(&SimConfig::default());
         let conv = w.find(44196397).expect("default scenario");
-        let next = w
-            .page(&conv, Start::Newest)
-            .next_cursor
-            .expect("240 messages");
+        let next = w.page(&conv, Start::Newest).next_cursor.expect("240 messages");
         assert!(w.resolve_cursor(44196397, &next).is_ok());
         assert_eq!(w.resolve_cursor(2244994945, &next), Err(InvalidCursor));
     }
@@ -577,10 +512,7 @@ mod tests {
     fn unknown_peers_are_empty_or_generated() {
         let w = World::new(&SimConfig::default());
         assert!(w.find(5).is_none());
-        let w = World::new(&SimConfig {
-            unknown_peer_size: Some(12),
-            ..SimConfig::default()
-        });
+        let w = World::new(&SimConfig { unknown_peer_size: Some(12), ..SimConfig::default() });
         let conv = w.find(5).expect("generated");
         assert_eq!(w.all_newest_first(&conv).len(), 12);
     }

@@ -41,9 +41,9 @@ const UPLOAD_CREDITS: u64 = 10;
 const UPLOAD_LIMIT: usize = 16 * 1024 * 1024;
 const MAX_TEXT_CHARS: usize = 10_000;
 
-const ACCOUNT_REQUIRED: &str = "Provide ?account=<x_handle> for a connected X account. DM history requires a connected participant account.";
-const ACCOUNT_NOT_FOUND: &str =
-    "X account not found. Connect it first at /dashboard/account?tab=x-accounts.";
+const ACCOUNT_REQUIRED: &str =
+    "Provide ?account=<x_handle> for a connected X account. DM history requires a connected participant account.";
+const ACCOUNT_NOT_FOUND: &str = "X account not found. Connect it first at /dashboard/account?tab=x-accounts.";
 const DM_NOT_PERMITTED: &str = "X rejected the DM read. The connected account is not a participant in this conversation, or it needs reauthentication. Reconnect the account on the dashboard and try again.";
 
 /// Xquik-only state: write-action records and idempotency keys, and uploaded media.
@@ -79,35 +79,18 @@ struct PendingWrite {
 
 impl XquikState {
     pub(crate) fn new(seed: u64) -> XquikState {
-        XquikState {
-            seed,
-            writes: Mutex::new(Writes::default()),
-        }
+        XquikState { seed, writes: Mutex::new(Writes::default()) }
     }
 }
 
 pub(crate) fn routes(sim: Simulator) -> Router {
     let guard = |route: &'static str| from_fn_with_state((sim.clone(), route), guard);
     Router::new()
-        .route(
-            "/api/v1/x/dm/{userId}/history",
-            get(history).route_layer(guard(HISTORY)),
-        )
-        .route(
-            "/api/v1/x/dm/{userId}",
-            post(send_dm).route_layer(guard(SEND)),
-        )
+        .route("/api/v1/x/dm/{userId}/history", get(history).route_layer(guard(HISTORY)))
+        .route("/api/v1/x/dm/{userId}", post(send_dm).route_layer(guard(SEND)))
         .route("/api/v1/x/users/{id}", get(user).route_layer(guard(USER)))
-        .route(
-            "/api/v1/x/media",
-            post(upload)
-                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT))
-                .route_layer(guard(MEDIA)),
-        )
-        .route(
-            "/api/v1/x/write-actions/{id}",
-            get(write_action).route_layer(guard(WRITE_ACTION)),
-        )
+        .route("/api/v1/x/media", post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)).route_layer(guard(MEDIA)))
+        .route("/api/v1/x/write-actions/{id}", get(write_action).route_layer(guard(WRITE_ACTION)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(sim.clone(), super::http::book))
@@ -131,11 +114,7 @@ fn key_ok(cfg: &SimConfig, headers: &HeaderMap) -> bool {
 }
 
 /// Auth, then the early faults, then the route; tags the answer for the books.
-async fn guard(
-    State((sim, route)): State<(Simulator, &'static str)>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn guard(State((sim, route)): State<(Simulator, &'static str)>, req: Request, next: Next) -> Response {
     let key_ok = key_ok(&sim.inner.cfg, req.headers());
     let mut resp = if !key_ok {
         unauthenticated()
@@ -145,24 +124,14 @@ async fn guard(
     } else {
         next.run(req).await
     };
-    resp.extensions_mut().insert(RouteTag {
-        route: route.to_string(),
-        key_ok,
-    });
+    resp.extensions_mut().insert(RouteTag { route: route.to_string(), key_ok });
     resp
 }
 
 fn unauthenticated() -> Response {
-    let mut resp = err(
-        401,
-        "unauthenticated",
-        "Authentication required. Provide a valid API key or bearer token.",
-    );
+    let mut resp = err(401, "unauthenticated", "Authentication required. Provide a valid API key or bearer token.");
     let h = resp.headers_mut();
-    h.insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"xquik\""),
-    );
+    h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"xquik\""));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -180,32 +149,15 @@ fn early(fault: Early) -> Response {
             ),
             Some(retry_after),
         ),
-        Early::Unavailable {
-            status: 502,
-            retry_after: _,
-        } => (
-            err(
-                502,
-                "x_api_unavailable",
-                "X API is temporarily unavailable. Try again later.",
-            ),
-            None,
-        ),
-        Early::Unavailable {
-            status,
-            retry_after,
-        } => (
-            err(
-                status,
-                "service_unavailable",
-                "Service temporarily unavailable. Try again later.",
-            ),
-            Some(retry_after),
-        ),
+        Early::Unavailable { status: 502, retry_after: _ } => {
+            (err(502, "x_api_unavailable", "X API is temporarily unavailable. Try again later."), None)
+        }
+        Early::Unavailable { status, retry_after } => {
+            (err(status, "service_unavailable", "Service temporarily unavailable. Try again later."), Some(retry_after))
+        }
     };
     if let Some(secs) = retry_after {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -230,10 +182,7 @@ enum Recovery {
 fn write_err(status: u16, code: &str, message: &str, recovery: Recovery) -> Response {
     let (safe, next) = match recovery {
         Recovery::FixRequest => (true, json!({ "type": "fix_request" })),
-        Recovery::NewKey => (
-            true,
-            json!({ "type": "retry", "requiresNewIdempotencyKey": true }),
-        ),
+        Recovery::NewKey => (true, json!({ "type": "retry", "requiresNewIdempotencyKey": true })),
         Recovery::GiveUp => (false, Value::Null),
     };
     json(
@@ -265,23 +214,15 @@ fn account_ok(cfg: &SimConfig, account: &str) -> bool {
 
 async fn not_found(State(sim): State<Simulator>, method: Method, headers: HeaderMap) -> Response {
     let mut resp = err(404, "not_found", "Resource not found.");
-    resp.extensions_mut().insert(RouteTag {
-        route: format!("{method} (unmatched)"),
-        key_ok: key_ok(&sim.inner.cfg, &headers),
-    });
+    resp.extensions_mut()
+        .insert(RouteTag { route: format!("{method} (unmatched)"), key_ok: key_ok(&sim.inner.cfg, &headers) });
     resp
 }
 
-async fn method_not_allowed(
-    State(sim): State<Simulator>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
+async fn method_not_allowed(State(sim): State<Simulator>, method: Method, headers: HeaderMap) -> Response {
     let mut resp = err(405, "method_not_allowed", "Method not allowed.");
-    resp.extensions_mut().insert(RouteTag {
-        route: format!("{method} (unmatched)"),
-        key_ok: key_ok(&sim.inner.cfg, &headers),
-    });
+    resp.extensions_mut()
+        .insert(RouteTag { route: format!("{method} (unmatched)"), key_ok: key_ok(&sim.inner.cfg, &headers) });
     resp
 }
 
@@ -352,10 +293,7 @@ async fn history(
     world.note_account(account);
     let page = match world.find(peer) {
         Some(conv) => world.page(&conv, start),
-        None => Page {
-            messages: Vec::new(),
-            next_cursor: None,
-        },
+        None => Page { messages: Vec::new(), next_cursor: None },
     };
     let own = account_id(account).to_string();
     let peer_s = peer.to_string();
@@ -367,11 +305,8 @@ async fn history(
             .messages
             .into_iter()
             .map(|m| {
-                let (sender_id, receiver_id) = if m.from_peer {
-                    (peer_s.clone(), own.clone())
-                } else {
-                    (own.clone(), peer_s.clone())
-                };
+                let (sender_id, receiver_id) =
+                    if m.from_peer { (peer_s.clone(), own.clone()) } else { (own.clone(), peer_s.clone()) };
                 WireMessage {
                     id: m.id.to_string(),
                     text: m.text,
@@ -425,9 +360,7 @@ async fn user(State(sim): State<Simulator>, path: Result<Path<String>, PathRejec
             None => user_json(&peer.to_string(), &format!("user{peer}"), None),
         }
     } else {
-        let valid = !id.is_empty()
-            && id.len() <= 50
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid = !id.is_empty() && id.len() <= 50 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
             return err(400, "invalid_username", "Invalid username.");
         }
@@ -531,8 +464,7 @@ fn replay(writes: &Writes, key: Option<&str>, hash: &str) -> Option<Response> {
 /// 202 with `Location` and `Retry-After`, as a write that is still being confirmed answers.
 fn pending_response(body: &Value, retry_after: u64) -> Response {
     let mut resp = with_location(json(202, body), body);
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     resp
 }
 
@@ -542,10 +474,7 @@ fn pending_record(done: &Value, retry_after: u64) -> Value {
     let mut v = done.clone();
     let after_ms = retry_after * 1_000;
     let status_url = done.get("statusUrl").cloned().unwrap_or(Value::Null);
-    let planned = done
-        .pointer("/billing/plannedCredits")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let planned = done.pointer("/billing/plannedCredits").cloned().unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {
         for k in ["messageId", "mediaId", "mediaUrl", "completedAt", "confirmedAt"] {
             obj.remove(k);
@@ -562,15 +491,9 @@ fn pending_record(done: &Value, retry_after: u64) -> Value {
                 json!({ "status": "pending", "charged": false, "plannedCredits": planned, "chargedCredits": "0" }),
             ),
             ("pollAfterMs", json!(after_ms)),
-            (
-                "nextAction",
-                json!({ "type": "poll", "url": status_url, "afterMs": after_ms }),
-            ),
+            ("nextAction", json!({ "type": "poll", "url": status_url, "afterMs": after_ms })),
             ("error", json!("x_write_unconfirmed")),
-            (
-                "message",
-                json!("X has not confirmed the write yet. Poll statusUrl after Retry-After."),
-            ),
+            ("message", json!("X has not confirmed the write yet. Poll statusUrl after Retry-After.")),
         ] {
             obj.insert(k.to_string(), val);
         }
@@ -678,50 +601,30 @@ async fn send_dm(
     if obj.contains_key("reply_to_message_id") {
         return invalid_input("reply_to_message_id is not supported for direct messages.");
     }
-    let Some(account) = obj
-        .get("account")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|a| !a.trim_start_matches('@').is_empty())
+    let Some(account) =
+        obj.get("account").and_then(Value::as_str).map(str::trim).filter(|a| !a.trim_start_matches('@').is_empty())
     else {
         return invalid_input("account is required.");
     };
-    let Some(text) = obj
-        .get("text")
-        .and_then(Value::as_str)
-        .filter(|t| !t.trim().is_empty())
-    else {
+    let Some(text) = obj.get("text").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) else {
         return invalid_input("text is required and must not be empty.");
     };
     let media_id = match obj.get("media_ids") {
         None | Some(Value::Null) => None,
-        Some(Value::Array(items)) if items.len() == 1 => {
-            match items[0].as_str().filter(|m| !m.is_empty()) {
-                Some(m) => Some(m.to_string()),
-                None => return invalid_input("media_ids must contain exactly 1 media ID."),
-            }
-        }
+        Some(Value::Array(items)) if items.len() == 1 => match items[0].as_str().filter(|m| !m.is_empty()) {
+            Some(m) => Some(m.to_string()),
+            None => return invalid_input("media_ids must contain exactly 1 media ID."),
+        },
         Some(_) => return invalid_input("media_ids must contain exactly 1 media ID."),
     };
     if text.chars().count() > MAX_TEXT_CHARS {
-        return write_err(
-            422,
-            "x_content_too_long",
-            "Message text is too long for X.",
-            Recovery::FixRequest,
-        );
+        return write_err(422, "x_content_too_long", "Message text is too long for X.", Recovery::FixRequest);
     }
     if !account_ok(cfg, account) {
         return err(404, "account_not_found", ACCOUNT_NOT_FOUND);
     }
     let peer_s = peer.to_string();
-    let hash = request_hash(&[
-        "send_dm",
-        &normalize_handle(account),
-        &peer_s,
-        text,
-        media_id.as_deref().unwrap_or(""),
-    ]);
+    let hash = request_hash(&["send_dm", &normalize_handle(account), &peer_s, text, media_id.as_deref().unwrap_or("")]);
 
     let mut writes = lock(&sim.inner.xquik.writes);
     if let Some(resp) = replay(&writes, key.as_deref(), &hash) {
@@ -744,21 +647,11 @@ async fn send_dm(
         );
     }
     let media_url = media_id.as_ref().map(|m| {
-        writes
-            .media
-            .get(m)
-            .cloned()
-            .unwrap_or_else(|| format!("https://pbs.twimg.com/dm_media/{m}/upload.jpg"))
+        writes.media.get(m).cloned().unwrap_or_else(|| format!("https://pbs.twimg.com/dm_media/{m}/upload.jpg"))
     });
     let world = &sim.inner.world;
     let conv = world.find_or_create(peer);
-    let msg = world.append_sent(
-        &conv,
-        Sent {
-            text: text.to_string(),
-            media_url,
-        },
-    );
+    let msg = world.append_sent(&conv, Sent { text: text.to_string(), media_url });
     let message_id = msg.id.to_string();
     writes.seq += 1;
     let mut pending_after = None;
@@ -789,14 +682,7 @@ async fn send_dm(
             let rec = match sim.inner.faults.pending(&peer_s) {
                 Some((polls, retry_after)) => {
                     let pending = pending_record(&rec, retry_after);
-                    writes.pending.insert(
-                        id.clone(),
-                        PendingWrite {
-                            polls_left: polls,
-                            retry_after,
-                            done: rec,
-                        },
-                    );
+                    writes.pending.insert(id.clone(), PendingWrite { polls_left: polls, retry_after, done: rec });
                     pending_after = Some(retry_after);
                     pending
                 }
@@ -822,11 +708,7 @@ async fn send_dm(
 // POST /x/media
 
 enum Source {
-    File {
-        name: String,
-        content_type: String,
-        bytes: Bytes,
-    },
+    File { name: String, content_type: String, bytes: Bytes },
     Url(String),
 }
 
@@ -844,18 +726,8 @@ async fn upload(State(sim): State<Simulator>, req: Request) -> Response {
         return err(404, "account_not_found", ACCOUNT_NOT_FOUND);
     }
     let (hash, ext, payload) = match &source {
-        Source::File {
-            name,
-            content_type,
-            bytes,
-        } => (
-            request_hash(&[
-                "upload_media",
-                &normalize_handle(&account),
-                "file",
-                name,
-                &hash_bytes(bytes).to_string(),
-            ]),
+        Source::File { name, content_type, bytes } => (
+            request_hash(&["upload_media", &normalize_handle(&account), "file", name, &hash_bytes(bytes).to_string()]),
             media_ext(name, content_type, bytes),
             json!({ "file": { "name": name, "size": bytes.len(), "contentType": content_type } }),
         ),
@@ -910,16 +782,11 @@ async fn upload(State(sim): State<Simulator>, req: Request) -> Response {
 
 /// Reads either form of upload: multipart `account` + `file`, or JSON `{account, url}`.
 async fn read_upload(sim: &Simulator, req: Request) -> Result<(String, Source), Response> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let content_type =
+        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
     if content_type.starts_with("multipart/form-data") {
-        let mut form = Multipart::from_request(req, sim)
-            .await
-            .map_err(|_| invalid_input("Malformed multipart body."))?;
+        let mut form =
+            Multipart::from_request(req, sim).await.map_err(|_| invalid_input("Malformed multipart body."))?;
         let (mut account, mut file) = (None, None);
         loop {
             let field = match form.next_field().await {
@@ -929,23 +796,17 @@ async fn read_upload(sim: &Simulator, req: Request) -> Result<(String, Source), 
             };
             match field.name().unwrap_or_default() {
                 "account" => {
-                    let text = field
-                        .text()
-                        .await
-                        .map_err(|_| invalid_input("Malformed multipart body."))?;
+                    let text = field.text().await.map_err(|_| invalid_input("Malformed multipart body."))?;
                     account = Some(text.trim().to_string());
                 }
                 "file" => {
                     let name = field.file_name().unwrap_or("upload").to_string();
                     let ct = field.content_type().unwrap_or_default().to_string();
-                    let bytes = field.bytes().await.map_err(|_| {
-                        invalid_input("Malformed multipart body or file too large.")
-                    })?;
-                    file = Some(Source::File {
-                        name,
-                        content_type: ct,
-                        bytes,
-                    });
+                    let bytes = field
+                        .bytes()
+                        .await
+                        .map_err(|_| invalid_input("Malformed multipart body or file too large."))?;
+                    file = Some(Source::File { name, content_type: ct, bytes });
                 }
                 _ => {}
             }
@@ -954,9 +815,7 @@ async fn read_upload(sim: &Simulator, req: Request) -> Result<(String, Source), 
             .filter(|a| !a.trim_start_matches('@').is_empty())
             .ok_or_else(|| invalid_input("account is required."))?;
         match file {
-            Some(Source::File { bytes, .. }) if bytes.is_empty() => {
-                Err(invalid_input("file must not be empty."))
-            }
+            Some(Source::File { bytes, .. }) if bytes.is_empty() => Err(invalid_input("file must not be empty.")),
             Some(f) => Ok((account, f)),
             None => Err(invalid_input("file is required.")),
         }
@@ -979,18 +838,14 @@ async fn read_upload(sim: &Simulator, req: Request) -> Result<(String, Source), 
             .map(str::trim)
             .filter(|u| {
                 // `get` rather than slicing: a multibyte character at byte 8 must not panic.
-                u.get(..8)
-                    .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-                    && u.get(8..)
-                        .is_some_and(|h| !h.is_empty() && !h.starts_with('/'))
+                u.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                    && u.get(8..).is_some_and(|h| !h.is_empty() && !h.starts_with('/'))
                     && !u.contains(char::is_whitespace)
             })
             .ok_or_else(|| invalid_input("url must be a public HTTPS URL."))?;
         Ok((account.to_string(), Source::Url(url.to_string())))
     } else {
-        Err(invalid_input(
-            "Send multipart/form-data with account and file, or JSON with account and url.",
-        ))
+        Err(invalid_input("Send multipart/form-data with account and file, or JSON with account and url."))
     }
 }
 
@@ -1007,16 +862,10 @@ fn media_ext(name: &str, content_type: &str, bytes: &[u8]) -> &'static str {
         _ => None,
     };
     let path = name.split(['?', '#']).next().unwrap_or_default();
-    if let Some(ext) = path
-        .rsplit_once('.')
-        .and_then(|(_, e)| by_ext(&e.to_ascii_lowercase()))
-    {
+    if let Some(ext) = path.rsplit_once('.').and_then(|(_, e)| by_ext(&e.to_ascii_lowercase())) {
         return ext;
     }
-    if let Some(ext) = content_type
-        .split_once('/')
-        .and_then(|(_, sub)| by_ext(&sub.to_ascii_lowercase()))
-    {
+    if let Some(ext) = content_type.split_once('/').and_then(|(_, sub)| by_ext(&sub.to_ascii_lowercase())) {
         return ext;
     }
     match bytes {
@@ -1032,10 +881,7 @@ fn media_ext(name: &str, content_type: &str, bytes: &[u8]) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // GET /x/write-actions/{id}
 
-async fn write_action(
-    State(sim): State<Simulator>,
-    path: Result<Path<String>, PathRejection>,
-) -> Response {
+async fn write_action(State(sim): State<Simulator>, path: Result<Path<String>, PathRejection>) -> Response {
     let Ok(Path(id)) = path else {
         return err(404, "not_found", "Resource not found.");
     };

@@ -133,11 +133,7 @@ pub enum SinkError {
 
 /// Builds the `map_err` closure for an I/O call on `path`.
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SinkError + 'a {
-    move |source| SinkError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SinkError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// The append-only writer of one pipeline's output directory. See the module doc.
@@ -176,8 +172,8 @@ impl Sink {
         // Lock before anything is read or cut: another writer's half-written line is not torn.
         let file = open_or_create_active(&dir, &cfg.dir, &active_path)?;
 
-        let torn_bytes_cut = recovery::cut_torn_tail(&file)
-            .map_err(io_err("cutting a torn last line of", &active_path))?;
+        let torn_bytes_cut =
+            recovery::cut_torn_tail(&file).map_err(io_err("cutting a torn last line of", &active_path))?;
         if torn_bytes_cut > 0 {
             tracing::warn!(
                 path = %active_path.display(),
@@ -186,14 +182,10 @@ impl Sink {
             );
         }
 
-        let closed = recovery::list_closed(&cfg.dir, &stem)
-            .map_err(io_err("listing closed segments in", &cfg.dir))?;
+        let closed = recovery::list_closed(&cfg.dir, &stem).map_err(io_err("listing closed segments in", &cfg.dir))?;
         let seq = recovery::active_generation(committed, closed.last().map(|s| s.seq));
 
-        let mut recovered = Recovered {
-            torn_bytes_cut,
-            ..Recovered::default()
-        };
+        let mut recovered = Recovered { torn_bytes_cut, ..Recovered::default() };
         for segment in &closed {
             let Some(offset) = recovery::resume_offset(committed, segment.seq) else {
                 continue;
@@ -214,10 +206,7 @@ impl Sink {
             // Only uncommitted lines (written just before a crash) or a commit point
             // without the field: the last write time is the closest we know and errs
             // towards rotating late rather than early.
-            let modified = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or_else(|_| SystemTime::now());
+            let modified = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
             Some(rotation::unix_ms(modified))
         };
 
@@ -256,12 +245,8 @@ impl Sink {
             return Err(SinkError::InvalidLine { index });
         }
         let now_ms = rotation::unix_ms(now);
-        let plan = rotation::plan_append(
-            self.active(),
-            lines.iter().map(|l| l.len() as u64 + 1),
-            &self.limits(),
-            now_ms,
-        );
+        let plan =
+            rotation::plan_append(self.active(), lines.iter().map(|l| l.len() as u64 + 1), &self.limits(), now_ms);
         let mut wrote = false;
         for batch in plan {
             if batch.rotate_first {
@@ -303,19 +288,13 @@ impl Sink {
 
     /// Where the next line will go: generation, bytes written to it, and its age origin.
     pub fn position(&self) -> CommitPoint {
-        CommitPoint {
-            seq: self.seq,
-            offset: self.len,
-            active_since_ms: self.active_since_ms,
-        }
+        CommitPoint { seq: self.seq, offset: self.len, active_since_ms: self.active_since_ms }
     }
 
     /// Fsyncs the active file (data and metadata) and releases it; used on shutdown.
     pub fn close(self) -> Result<(), SinkError> {
         self.check_poisoned()?;
-        self.file
-            .sync_all()
-            .map_err(io_err("syncing", &self.active_path()))
+        self.file.sync_all().map_err(io_err("syncing", &self.active_path()))
     }
 
     /// The active file's path.
@@ -324,26 +303,17 @@ impl Sink {
     }
 
     fn active(&self) -> Active {
-        Active {
-            len: self.len,
-            since_ms: self.active_since_ms,
-        }
+        Active { len: self.len, since_ms: self.active_since_ms }
     }
 
     fn limits(&self) -> Limits {
-        Limits {
-            max_bytes: self.cfg.rotate_max_bytes,
-            max_age: self.cfg.rotate_max_age,
-        }
+        Limits { max_bytes: self.cfg.rotate_max_bytes, max_age: self.cfg.rotate_max_age }
     }
 
     fn check_poisoned(&self) -> Result<(), SinkError> {
         match &self.poisoned {
             None => Ok(()),
-            Some(cause) => Err(SinkError::Poisoned {
-                path: self.active_path(),
-                cause: cause.clone(),
-            }),
+            Some(cause) => Err(SinkError::Poisoned { path: self.active_path(), cause: cause.clone() }),
         }
     }
 
@@ -359,10 +329,7 @@ impl Sink {
     /// Closes the active file as generation `self.seq` and starts the next one.
     fn rotate(&mut self, now: SystemTime) -> Result<(), SinkError> {
         let active_path = self.active_path();
-        let closed_path = self
-            .cfg
-            .dir
-            .join(rotation::closed_name(&self.stem, now, self.seq));
+        let closed_path = self.cfg.dir.join(rotation::closed_name(&self.stem, now, self.seq));
         // rename(2) would silently replace it; a segment with our seq can only be someone
         // else's, and its lines must not vanish.
         if closed_path.symlink_metadata().is_ok() {
@@ -393,18 +360,14 @@ impl Sink {
     /// Appends `buf` to the active file and syncs it, or leaves the file as it was.
     fn write_durably(&mut self, buf: &[u8]) -> Result<(), SinkError> {
         let path = self.active_path();
-        reserve(&self.file, self.len, buf.len() as u64)
-            .map_err(io_err("reserving space in", &path))?;
+        reserve(&self.file, self.len, buf.len() as u64).map_err(io_err("reserving space in", &path))?;
         let Err((op, source)) = self.write_and_sync(buf) else {
             return Ok(());
         };
         let err = SinkError::Io { op, path, source };
         if let Err(repair) = self.truncate_to(self.len) {
-            let repair = SinkError::Io {
-                op: "cutting back a failed write in",
-                path: self.active_path(),
-                source: repair,
-            };
+            let repair =
+                SinkError::Io { op: "cutting back a failed write in", path: self.active_path(), source: repair };
             tracing::error!(error = %err, "append failed and could not be undone");
             self.poison(repair);
         } else {
@@ -416,9 +379,7 @@ impl Sink {
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), (&'static str, io::Error)> {
         #[cfg(test)]
         if let Some(n) = self.faults.take_write_fault() {
-            (&self.file)
-                .write_all(&buf[..n.min(buf.len())])
-                .map_err(|e| ("writing", e))?;
+            (&self.file).write_all(&buf[..n.min(buf.len())]).map_err(|e| ("writing", e))?;
             return Err(("writing", Faults::enospc()));
         }
         (&self.file).write_all(buf).map_err(|e| ("writing", e))?;
@@ -450,10 +411,7 @@ fn check_file_name(cfg: &SinkConfig) -> Result<&str, SinkError> {
         return Err(SinkError::Io {
             op: "checking the active file name",
             path: cfg.dir.join(name),
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "must be a plain file name with a non-empty stem",
-            ),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "must be a plain file name with a non-empty stem"),
         });
     }
     Ok(stem)
@@ -474,21 +432,14 @@ fn ensure_dir(dir: &Path) -> Result<(), SinkError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("inspecting", dir)(e)),
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(io_err("creating directory", dir))?;
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(io_err("creating directory", dir))?;
     // The umask may have taken bits off (or a loose one left them on): set it explicitly.
-    fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
-        .map_err(io_err("setting permissions of", dir))?;
+    fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)).map_err(io_err("setting permissions of", dir))?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(parent)
-        .and_then(|p| p.sync_all())
-        .map_err(io_err("syncing directory", parent))
+    File::open(parent).and_then(|p| p.sync_all()).map_err(io_err("syncing directory", parent))
 }
 
 /// Opens the existing active file, or creates it, and takes our lock on it.
@@ -520,10 +471,8 @@ fn create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<File, SinkE
         .open(path)
         .map_err(io_err("creating", path))?;
     // The umask applies to `mode` above; the spec'd mode must not depend on it.
-    file.set_permissions(Permissions::from_mode(FILE_MODE))
-        .map_err(io_err("setting permissions of", path))?;
-    dir.sync_all()
-        .map_err(io_err("syncing directory", dir_path))?;
+    file.set_permissions(Permissions::from_mode(FILE_MODE)).map_err(io_err("setting permissions of", path))?;
+    dir.sync_all().map_err(io_err("syncing directory", dir_path))?;
     Ok(file)
 }
 
@@ -535,10 +484,7 @@ fn lock(file: &File, path: &Path) -> Result<(), SinkError> {
         Ok(false) => Err(SinkError::Io {
             op: "locking",
             path: path.to_path_buf(),
-            source: io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "another sink is already writing this file",
-            ),
+            source: io::Error::new(io::ErrorKind::WouldBlock, "another sink is already writing this file"),
         }),
         Err(e) => Err(io_err("locking", path)(e)),
     }
@@ -547,12 +493,7 @@ fn lock(file: &File, path: &Path) -> Result<(), SinkError> {
 /// Reads the complete lines of `file` from `offset` to its current end into `out`;
 /// returns the file's length. A file shorter than `offset` was cut by someone else: warn
 /// and return all of it, since handing back a line twice is safe and losing one is not.
-fn read_after(
-    file: &File,
-    path: &Path,
-    offset: u64,
-    out: &mut Vec<String>,
-) -> Result<u64, SinkError> {
+fn read_after(file: &File, path: &Path, offset: u64, out: &mut Vec<String>) -> Result<u64, SinkError> {
     let len = file.metadata().map_err(io_err("inspecting", path))?.len();
     let start = if len < offset {
         tracing::warn!(
@@ -566,11 +507,9 @@ fn read_after(
         offset
     };
     let mut reader = file;
-    reader
-        .seek(SeekFrom::Start(start))
-        .map_err(io_err("reading", path))?;
-    let read = recovery::read_lines(BufReader::new(io::Read::take(reader, len - start)))
-        .map_err(io_err("reading", path))?;
+    reader.seek(SeekFrom::Start(start)).map_err(io_err("reading", path))?;
+    let read =
+        recovery::read_lines(BufReader::new(io::Read::take(reader, len - start))).map_err(io_err("reading", path))?;
     if read.trailing > 0 {
         tracing::warn!(path = %path.display(), bytes = read.trailing, "ignoring an incomplete last line");
     }
@@ -595,8 +534,7 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
     loop {
         // SAFETY: the fd is open for as long as `file` is borrowed; fallocate touches no
         // memory of ours.
-        let rc =
-            unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
         if rc == 0 {
             return Ok(());
         }

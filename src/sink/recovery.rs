@@ -29,16 +29,10 @@ pub(super) fn list_closed(dir: &Path, stem: &str) -> io::Result<Vec<Segment>> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(seq) = name
-            .to_str()
-            .and_then(|n| rotation::parse_closed_name(stem, n))
-        else {
+        let Some(seq) = name.to_str().and_then(|n| rotation::parse_closed_name(stem, n)) else {
             continue;
         };
-        segments.push(Segment {
-            seq,
-            path: entry.path(),
-        });
+        segments.push(Segment { seq, path: entry.path() });
     }
     // Ties (same seq, two stamps) cannot come from us; sorting by path too keeps the
     // order stable if an operator ever makes one.
@@ -141,11 +135,7 @@ mod tests {
     use std::io::Write;
 
     fn point(seq: u64, offset: u64) -> CommitPoint {
-        CommitPoint {
-            seq,
-            offset,
-            active_since_ms: None,
-        }
+        CommitPoint { seq, offset, active_since_ms: None }
     }
 
     fn file_with(bytes: &[u8]) -> (tempfile::TempDir, File) {
@@ -229,11 +219,7 @@ mod tests {
             let mut f = File::create(dir.path().join(stranger)).unwrap();
             f.write_all(b"x").unwrap();
         }
-        let seqs: Vec<u64> = list_closed(dir.path(), "s")
-            .unwrap()
-            .into_iter()
-            .map(|s| s.seq)
-            .collect();
+        let seqs: Vec<u64> = list_closed(dir.path(), "s").unwrap().into_iter().map(|s| s.seq).collect();
         assert_eq!(seqs, [2, 999_999, 1_000_000]);
     }
 }

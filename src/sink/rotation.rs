@@ -27,10 +27,7 @@ pub(super) fn closed_name(stem: &str, closed_at: SystemTime, seq: u64) -> String
 /// The generation of a closed segment of `stem`, or `None` when `name` is anything else
 /// (the active file, another pipeline's files, an operator's notes).
 pub(super) fn parse_closed_name(stem: &str, name: &str) -> Option<u64> {
-    let rest = name
-        .strip_prefix(stem)?
-        .strip_prefix('.')?
-        .strip_suffix(EXT)?;
+    let rest = name.strip_prefix(stem)?.strip_prefix('.')?.strip_suffix(EXT)?;
     let (stamp, seq) = rest.split_once('.')?;
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !is_stamp(stamp) || seq.len() < 6 || !all_digits(seq) {
@@ -52,20 +49,14 @@ fn is_stamp(s: &str) -> bool {
 /// Milliseconds since the Unix epoch; times before it count as 0 so a badly set clock
 /// cannot make the sink fail.
 pub(super) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `YYYYMMDDTHHMMSSZ` for `secs` after the epoch, in UTC.
 fn utc_stamp(secs: u64) -> String {
     let (y, m, d) = civil_from_days(secs / 86_400);
     let s = secs % 86_400;
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", s / 3600, s % 3600 / 60, s % 60)
 }
 
 /// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
@@ -146,10 +137,7 @@ pub(super) fn plan_append(
         }
         match batches.last_mut() {
             Some(batch) if !rotate_next => batch.lines.end = i + 1,
-            _ => batches.push(Batch {
-                rotate_first: std::mem::take(&mut rotate_next),
-                lines: i..i + 1,
-            }),
+            _ => batches.push(Batch { rotate_first: std::mem::take(&mut rotate_next), lines: i..i + 1 }),
         }
         len = len.saturating_add(line_len);
     }
@@ -168,9 +156,7 @@ mod tests {
                 let Some(rest) = name.strip_prefix(head) else {
                     return false;
                 };
-                (0..=rest.len())
-                    .filter(|&i| rest.is_char_boundary(i))
-                    .any(|i| glob_match(tail, &rest[i..]))
+                (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).any(|i| glob_match(tail, &rest[i..]))
             }
         }
     }
@@ -179,23 +165,14 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    const LIMITS: Limits = Limits {
-        max_bytes: 10,
-        max_age: None,
-    };
+    const LIMITS: Limits = Limits { max_bytes: 10, max_age: None };
 
     fn fresh() -> Active {
-        Active {
-            len: 0,
-            since_ms: None,
-        }
+        Active { len: 0, since_ms: None }
     }
 
     fn batch(rotate_first: bool, lines: Range<usize>) -> Batch {
-        Batch {
-            rotate_first,
-            lines,
-        }
+        Batch { rotate_first, lines }
     }
 
     #[test]
@@ -205,25 +182,13 @@ mod tests {
             closed_name("xquik-dm-handoff", at(1_709_251_198), 7),
             "xquik-dm-handoff.20240229T235958Z.000007.jsonl"
         );
-        assert_eq!(
-            closed_name("s", at(0), 1_234_567),
-            "s.19700101T000000Z.1234567.jsonl"
-        );
+        assert_eq!(closed_name("s", at(0), 1_234_567), "s.19700101T000000Z.1234567.jsonl");
     }
 
     #[test]
     fn stamp_agrees_with_humantime() {
-        for secs in [
-            0,
-            59,
-            951_782_400,
-            1_709_251_198,
-            4_102_444_799,
-            253_402_300_799,
-        ] {
-            let want = humantime::format_rfc3339_seconds(at(secs))
-                .to_string()
-                .replace(['-', ':'], "");
+        for secs in [0, 59, 951_782_400, 1_709_251_198, 4_102_444_799, 253_402_300_799] {
+            let want = humantime::format_rfc3339_seconds(at(secs)).to_string().replace(['-', ':'], "");
             assert_eq!(utc_stamp(secs), want, "secs={secs}");
         }
         // Past humantime's range we still make a name we can parse back.
@@ -261,10 +226,7 @@ mod tests {
         ] {
             assert_eq!(parse_closed_name(stem, name), None, "{name}");
         }
-        assert_eq!(
-            parse_closed_name(stem, "out.20240101T000000Z.000001.jsonl"),
-            Some(1)
-        );
+        assert_eq!(parse_closed_name(stem, "out.20240101T000000Z.000001.jsonl"), Some(1));
     }
 
     #[test]
@@ -284,19 +246,13 @@ mod tests {
 
     #[test]
     fn line_that_fills_the_file_exactly_fits() {
-        let active = Active {
-            len: 6,
-            since_ms: Some(0),
-        };
+        let active = Active { len: 6, since_ms: Some(0) };
         assert_eq!(plan_append(active, [4], &LIMITS, 0), [batch(false, 0..1)]);
     }
 
     #[test]
     fn one_byte_more_rotates_first() {
-        let active = Active {
-            len: 6,
-            since_ms: Some(0),
-        };
+        let active = Active { len: 6, since_ms: Some(0) };
         assert_eq!(plan_append(active, [5], &LIMITS, 0), [batch(true, 0..1)]);
     }
 
@@ -308,89 +264,45 @@ mod tests {
     #[test]
     fn oversize_line_goes_alone() {
         let plan = plan_append(fresh(), [3, 50, 3, 3, 3, 3], &LIMITS, 0);
-        assert_eq!(
-            plan,
-            [
-                batch(false, 0..1),
-                batch(true, 1..2),
-                batch(true, 2..5),
-                batch(true, 5..6)
-            ]
-        );
+        assert_eq!(plan, [batch(false, 0..1), batch(true, 1..2), batch(true, 2..5), batch(true, 5..6)]);
     }
 
     #[test]
     fn zero_limit_puts_every_line_alone() {
-        let limits = Limits {
-            max_bytes: 0,
-            max_age: None,
-        };
+        let limits = Limits { max_bytes: 0, max_age: None };
         let plan = plan_append(fresh(), [1, 1], &limits, 0);
         assert_eq!(plan, [batch(false, 0..1), batch(true, 1..2)]);
     }
 
     #[test]
     fn no_lines_no_batches() {
-        let active = Active {
-            len: 5,
-            since_ms: Some(0),
-        };
-        let limits = Limits {
-            max_bytes: 10,
-            max_age: Some(Duration::ZERO),
-        };
+        let active = Active { len: 5, since_ms: Some(0) };
+        let limits = Limits { max_bytes: 10, max_age: Some(Duration::ZERO) };
         assert!(plan_append(active, [], &limits, 99).is_empty());
     }
 
     #[test]
     fn age_due_at_the_limit_not_before() {
-        let limits = Limits {
-            max_bytes: 100,
-            max_age: Some(Duration::from_secs(60)),
-        };
-        let active = Active {
-            len: 1,
-            since_ms: Some(1_000),
-        };
+        let limits = Limits { max_bytes: 100, max_age: Some(Duration::from_secs(60)) };
+        let active = Active { len: 1, since_ms: Some(1_000) };
         assert!(!age_due(active, &limits, 60_999));
         assert!(age_due(active, &limits, 61_000));
         // Clock went backwards.
         assert!(!age_due(active, &limits, 0));
         // Empty or never-written files are never due.
-        let empty = Active {
-            len: 0,
-            since_ms: Some(0),
-        };
+        let empty = Active { len: 0, since_ms: Some(0) };
         assert!(!age_due(empty, &limits, u64::MAX));
-        let unknown = Active {
-            len: 1,
-            since_ms: None,
-        };
+        let unknown = Active { len: 1, since_ms: None };
         assert!(!age_due(unknown, &limits, u64::MAX));
-        let no_limit = Limits {
-            max_age: None,
-            ..limits
-        };
+        let no_limit = Limits { max_age: None, ..limits };
         assert!(!age_due(active, &no_limit, u64::MAX));
     }
 
     #[test]
     fn age_rotates_before_the_first_line() {
-        let limits = Limits {
-            max_bytes: 10,
-            max_age: Some(Duration::from_secs(1)),
-        };
-        let active = Active {
-            len: 2,
-            since_ms: Some(0),
-        };
-        assert_eq!(
-            plan_append(active, [5, 5, 5], &limits, 1_000),
-            [batch(true, 0..2), batch(true, 2..3)]
-        );
-        assert_eq!(
-            plan_append(active, [5, 5], &limits, 999),
-            [batch(false, 0..1), batch(true, 1..2)]
-        );
+        let limits = Limits { max_bytes: 10, max_age: Some(Duration::from_secs(1)) };
+        let active = Active { len: 2, since_ms: Some(0) };
+        assert_eq!(plan_append(active, [5, 5, 5], &limits, 1_000), [batch(true, 0..2), batch(true, 2..3)]);
+        assert_eq!(plan_append(active, [5, 5], &limits, 999), [batch(false, 0..1), batch(true, 1..2)]);
     }
 }

@@ -15,12 +15,7 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn config(dir: &Path, max_bytes: u64) -> SinkConfig {
-    SinkConfig {
-        dir: dir.to_path_buf(),
-        file_name: NAME.to_owned(),
-        rotate_max_bytes: max_bytes,
-        rotate_max_age: None,
-    }
+    SinkConfig { dir: dir.to_path_buf(), file_name: NAME.to_owned(), rotate_max_bytes: max_bytes, rotate_max_age: None }
 }
 
 /// A JSON object of `20 + pad` bytes (plus `\n` on disk), numbered so order is visible.
@@ -47,10 +42,7 @@ fn closed(dir: &Path) -> Vec<(u64, PathBuf, Vec<u8>)> {
 
 fn split(bytes: &[u8]) -> Vec<String> {
     let text = std::str::from_utf8(bytes).unwrap();
-    assert!(
-        text.is_empty() || text.ends_with('\n'),
-        "unterminated: {text:?}"
-    );
+    assert!(text.is_empty() || text.ends_with('\n'), "unterminated: {text:?}");
     text.lines().map(str::to_owned).collect()
 }
 
@@ -80,14 +72,7 @@ fn open_creates_dir_0750_and_empty_active_file_0640() {
     assert_eq!(sink.active_path(), out.join(NAME));
     assert_eq!(mode(&sink.active_path()), 0o640);
     assert_eq!(fs::metadata(sink.active_path()).unwrap().len(), 0);
-    assert_eq!(
-        sink.position(),
-        CommitPoint {
-            seq: 1,
-            offset: 0,
-            active_since_ms: None
-        }
-    );
+    assert_eq!(sink.position(), CommitPoint { seq: 1, offset: 0, active_since_ms: None });
     sink.close().unwrap();
 }
 
@@ -103,10 +88,7 @@ fn existing_dir_keeps_its_mode() {
 fn bad_file_names_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     for name in ["", ".jsonl", "a/b.jsonl", "..", "a\0.jsonl"] {
-        let cfg = SinkConfig {
-            file_name: name.to_owned(),
-            ..config(tmp.path(), 1000)
-        };
+        let cfg = SinkConfig { file_name: name.to_owned(), ..config(tmp.path(), 1000) };
         let err = Sink::open(cfg, CommitPoint::default()).unwrap_err();
         assert!(matches!(err, SinkError::Io { .. }), "{name:?}: {err}");
     }
@@ -114,39 +96,21 @@ fn bad_file_names_are_refused() {
 
 #[test]
 fn io_error_names_operation_path_and_os_error() {
-    let err = SinkError::Io {
-        op: "writing",
-        path: PathBuf::from("/x/y.jsonl"),
-        source: io::Error::from_raw_os_error(28),
-    };
-    assert_eq!(
-        err.to_string(),
-        "writing /x/y.jsonl: No space left on device (os error 28)"
-    );
+    let err =
+        SinkError::Io { op: "writing", path: PathBuf::from("/x/y.jsonl"), source: io::Error::from_raw_os_error(28) };
+    assert_eq!(err.to_string(), "writing /x/y.jsonl: No space left on device (os error 28)");
 }
 
 #[test]
 fn invalid_lines_are_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut sink, _) = open(&config(tmp.path(), 1000), CommitPoint::default());
-    for (bad, index) in [
-        (vec!["{}".to_owned(), "{\n}".to_owned()], 1),
-        (vec![String::new()], 0),
-    ] {
+    for (bad, index) in [(vec!["{}".to_owned(), "{\n}".to_owned()], 1), (vec![String::new()], 0)] {
         let err = sink.append(&bad, at(T0)).unwrap_err();
-        assert!(
-            matches!(err, SinkError::InvalidLine { index: i } if i == index),
-            "{err}"
-        );
+        assert!(matches!(err, SinkError::InvalidLine { index: i } if i == index), "{err}");
     }
     assert_eq!(fs::metadata(sink.active_path()).unwrap().len(), 0);
-    assert_eq!(
-        sink.position(),
-        CommitPoint {
-            seq: 1,
-            ..CommitPoint::default()
-        }
-    );
+    assert_eq!(sink.position(), CommitPoint { seq: 1, ..CommitPoint::default() });
     // An empty append is no error and writes nothing.
     assert_eq!(sink.append(&[], at(T0)).unwrap(), sink.position());
     // The sink is still usable.
@@ -158,14 +122,7 @@ fn appends_return_position_after_last_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut sink, _) = open(&config(tmp.path(), 1000), CommitPoint::default());
     let p = sink.append(&lines(0, 2), at(T0)).unwrap();
-    assert_eq!(
-        p,
-        CommitPoint {
-            seq: 1,
-            offset: 60,
-            active_since_ms: Some(T0 * 1000)
-        }
-    );
+    assert_eq!(p, CommitPoint { seq: 1, offset: 60, active_since_ms: Some(T0 * 1000) });
     // The first line of a generation sets its age; later ones do not.
     let p = sink.append(&lines(2, 1), at(T0 + 5)).unwrap();
     assert_eq!((p.offset, p.active_since_ms), (90, Some(T0 * 1000)));
@@ -200,11 +157,7 @@ fn many_appends_rotate_into_immutable_segments_within_the_limit() {
         let batch: Vec<String> = (0..n)
             .map(|k| {
                 // Now and then a line bigger than the limit, which must go alone.
-                let pad = if rng.below(40) == 0 {
-                    250
-                } else {
-                    rng.below(70)
-                };
+                let pad = if rng.below(40) == 0 { 250 } else { rng.below(70) };
                 line(expected.len() + k, pad as usize)
             })
             .collect();
@@ -217,11 +170,7 @@ fn many_appends_rotate_into_immutable_segments_within_the_limit() {
         for (i, (path, bytes)) in frozen.iter().enumerate() {
             assert_eq!((&now[i].1, &now[i].2), (path, bytes), "segment changed");
         }
-        frozen.extend(
-            now[frozen.len()..]
-                .iter()
-                .map(|(_, p, b)| (p.clone(), b.clone())),
-        );
+        frozen.extend(now[frozen.len()..].iter().map(|(_, p, b)| (p.clone(), b.clone())));
     }
 
     let segments = closed(&out);
@@ -230,12 +179,7 @@ fn many_appends_rotate_into_immutable_segments_within_the_limit() {
         assert_eq!(*seq, k as u64 + 1, "generations are contiguous");
         let n = split(bytes).len();
         assert!(n > 0, "empty segment {}", path.display());
-        assert!(
-            bytes.len() as u64 <= limit || n == 1,
-            "{} has {} bytes in {n} lines",
-            path.display(),
-            bytes.len()
-        );
+        assert!(bytes.len() as u64 <= limit || n == 1, "{} has {} bytes in {n} lines", path.display(), bytes.len());
         assert_eq!(mode(path), 0o640);
     }
     assert_eq!(sink.position().seq, segments.len() as u64 + 1);
@@ -275,9 +219,7 @@ fn oversize_line_goes_alone_into_an_empty_active_file() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut sink, _) = open(&config(tmp.path(), 50), CommitPoint::default());
     let big = line(1, 100);
-    let p = sink
-        .append(&[line(0, 0), big.clone(), line(2, 0)], at(T0))
-        .unwrap();
+    let p = sink.append(&[line(0, 0), big.clone(), line(2, 0)], at(T0)).unwrap();
     assert_eq!((p.seq, p.offset), (3, 21));
     let segments = closed(tmp.path());
     assert_eq!(split(&segments[1].2), [big]);
@@ -286,28 +228,16 @@ fn oversize_line_goes_alone_into_an_empty_active_file() {
 #[test]
 fn closed_segment_is_named_by_stem_closing_time_and_seq() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = SinkConfig {
-        rotate_max_age: Some(Duration::from_secs(60)),
-        ..config(tmp.path(), 1000)
-    };
+    let cfg = SinkConfig { rotate_max_age: Some(Duration::from_secs(60)), ..config(tmp.path(), 1000) };
     let (mut sink, _) = open(&cfg, CommitPoint::default());
     // Nothing to close while the active file is empty, however old the limit says.
     assert_eq!(sink.rotate_if_due(at(T0 + 10_000)).unwrap(), None);
     sink.append(&lines(0, 1), at(T0)).unwrap();
     assert_eq!(sink.rotate_if_due(at(T0 + 59)).unwrap(), None);
     let p = sink.rotate_if_due(at(T0 + 60)).unwrap();
-    assert_eq!(
-        p,
-        Some(CommitPoint {
-            seq: 2,
-            offset: 0,
-            active_since_ms: None
-        })
-    );
+    assert_eq!(p, Some(CommitPoint { seq: 2, offset: 0, active_since_ms: None }));
     // 1700000060 = 2023-11-14T22:14:20Z
-    let expected = tmp
-        .path()
-        .join(format!("{STEM}.20231114T221420Z.000001.jsonl"));
+    let expected = tmp.path().join(format!("{STEM}.20231114T221420Z.000001.jsonl"));
     assert_eq!(fs::read(&expected).unwrap().len(), 30);
     assert_eq!(mode(&expected), 0o640);
     assert_eq!(mode(&sink.active_path()), 0o640);
@@ -316,33 +246,20 @@ fn closed_segment_is_named_by_stem_closing_time_and_seq() {
 #[test]
 fn append_rotates_first_when_the_age_limit_is_reached() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = SinkConfig {
-        rotate_max_age: Some(Duration::from_secs(10)),
-        ..config(tmp.path(), 1000)
-    };
+    let cfg = SinkConfig { rotate_max_age: Some(Duration::from_secs(10)), ..config(tmp.path(), 1000) };
     let (mut sink, _) = open(&cfg, CommitPoint::default());
     sink.append(&lines(0, 1), at(T0)).unwrap();
     let p = sink.append(&lines(1, 1), at(T0 + 9)).unwrap();
     assert_eq!(p.seq, 1);
     let p = sink.append(&lines(2, 2), at(T0 + 10)).unwrap();
-    assert_eq!(
-        p,
-        CommitPoint {
-            seq: 2,
-            offset: 60,
-            active_since_ms: Some((T0 + 10) * 1000)
-        }
-    );
+    assert_eq!(p, CommitPoint { seq: 2, offset: 60, active_since_ms: Some((T0 + 10) * 1000) });
     assert_eq!(split(&closed(tmp.path())[0].2), lines(0, 2));
 }
 
 #[test]
 fn active_since_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = SinkConfig {
-        rotate_max_age: Some(Duration::from_secs(3600)),
-        ..config(tmp.path(), 1000)
-    };
+    let cfg = SinkConfig { rotate_max_age: Some(Duration::from_secs(3600)), ..config(tmp.path(), 1000) };
     let (mut sink, _) = open(&cfg, CommitPoint::default());
     let point = sink.append(&lines(0, 1), at(T0)).unwrap();
     drop(sink);
@@ -367,10 +284,7 @@ fn uncommitted_active_file_ages_from_its_last_write() {
     assert_eq!(recovered.lines, lines(0, 1));
     let since = sink.position().active_since_ms.unwrap();
     let now = rotation::unix_ms(SystemTime::now());
-    assert!(
-        since <= now && now - since < 60_000,
-        "since={since} now={now}"
-    );
+    assert!(since <= now && now - since < 60_000, "since={since} now={now}");
 }
 
 #[test]
@@ -383,19 +297,11 @@ fn torn_last_line_is_cut_and_reported() {
     drop(sink);
     // Power loss mid-append: one complete but uncommitted line and half of another.
     let mut f = OpenOptions::new().append(true).open(&active).unwrap();
-    f.write_all(format!("{}\n{{\"i\":\"000", line(2, 9)).as_bytes())
-        .unwrap();
+    f.write_all(format!("{}\n{{\"i\":\"000", line(2, 9)).as_bytes()).unwrap();
     drop(f);
 
     let (mut sink, recovered) = open(&cfg, committed);
-    assert_eq!(
-        recovered,
-        Recovered {
-            lines: lines(2, 1),
-            torn_bytes_cut: 9,
-            segments_closed_since_commit: 0
-        }
-    );
+    assert_eq!(recovered, Recovered { lines: lines(2, 1), torn_bytes_cut: 9, segments_closed_since_commit: 0 });
     assert_eq!(fs::read(&active).unwrap().len(), 90);
     assert_eq!(sink.position().offset, 90);
     sink.append(&lines(3, 1), at(T0)).unwrap();
@@ -451,10 +357,7 @@ fn lines_after_the_commit_point_come_back_across_rotations() {
 #[test]
 fn commit_at_a_rotation_point_skips_the_closed_generation() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = SinkConfig {
-        rotate_max_age: Some(Duration::ZERO),
-        ..config(tmp.path(), 1000)
-    };
+    let cfg = SinkConfig { rotate_max_age: Some(Duration::ZERO), ..config(tmp.path(), 1000) };
     let (mut sink, _) = open(&cfg, CommitPoint::default());
     sink.append(&lines(0, 2), at(T0)).unwrap();
     let committed = sink.rotate_if_due(at(T0)).unwrap().unwrap();
@@ -519,24 +422,15 @@ fn failed_write_is_cut_back_and_the_sink_carries_on() {
     // 37 bytes: one whole line and part of the next reach the file before ENOSPC.
     sink.faults.fail_write_after = Some(37);
     let err = sink.append(&lines(2, 3), at(T0)).unwrap_err();
-    let want = format!(
-        "writing {}: No space left on device (os error 28)",
-        sink.active_path().display()
-    );
+    let want = format!("writing {}: No space left on device (os error 28)", sink.active_path().display());
     assert_eq!(err.to_string(), want);
-    assert_eq!(
-        fs::metadata(sink.active_path()).unwrap().len(),
-        before.offset
-    );
+    assert_eq!(fs::metadata(sink.active_path()).unwrap().len(), before.offset);
     assert_eq!(sink.position(), before);
 
     sink.faults.fail_sync = true;
     let err = sink.append(&lines(2, 3), at(T0)).unwrap_err();
     assert!(matches!(err, SinkError::Io { op: "syncing", .. }), "{err}");
-    assert_eq!(
-        fs::metadata(sink.active_path()).unwrap().len(),
-        before.offset
-    );
+    assert_eq!(fs::metadata(sink.active_path()).unwrap().len(), before.offset);
     assert_eq!(sink.position(), before);
 
     let after = sink.append(&lines(2, 3), at(T0)).unwrap();
@@ -610,19 +504,10 @@ fn failed_repair_poisons_and_reopen_cuts_the_partial_line() {
     assert!(matches!(err, SinkError::Io { op: "writing", .. }), "{err}");
     let err = sink.append(&lines(1, 1), at(T0)).unwrap_err();
     assert!(matches!(&err, SinkError::Poisoned { .. }), "{err}");
-    assert!(
-        err.to_string().contains("cutting back a failed write"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("cutting back a failed write"), "{err}");
     drop(sink);
 
     let (sink, recovered) = open(&cfg, committed);
-    assert_eq!(
-        recovered,
-        Recovered {
-            torn_bytes_cut: 5,
-            ..Recovered::default()
-        }
-    );
+    assert_eq!(recovered, Recovered { torn_bytes_cut: 5, ..Recovered::default() });
     assert_eq!(sink.position(), committed);
 }

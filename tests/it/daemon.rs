@@ -23,7 +23,12 @@ async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// A fixture whose pipeline runs on `schedule` (the harness writes a default one).
-async fn daemon_fixture(cfg: dm_handoff::simulator::SimConfig, peers: Option<&[String]>, schedule: &str, extra: &str) -> Fixture {
+async fn daemon_fixture(
+    cfg: dm_handoff::simulator::SimConfig,
+    peers: Option<&[String]>,
+    schedule: &str,
+    extra: &str,
+) -> Fixture {
     let fx = match peers {
         Some(p) => Fixture::with_peers(cfg, p, extra).await,
         None => Fixture::new(cfg, extra).await,
@@ -79,21 +84,27 @@ fn every_file_ends_with_newline(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_sees_ready_watchdog_status_and_stopping() {
-    let fx = daemon_fixture(sim_config(31, vec![conv("700001", 120, CursorStyle::Offset)]), None, "* * * * * *", "").await;
+    let fx =
+        daemon_fixture(sim_config(31, vec![conv("700001", 120, CursorStyle::Offset)]), None, "* * * * * *", "").await;
     let mut notify = Notify::new(fx.dir.path());
-    let daemon = fx
-        .cmd(&["run"])
-        .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "400000")
-        .spawn();
-    assert!(eventually(Duration::from_secs(20), || notify.count("READY=1") == 1).await, "no READY=1: {:?}", notify.lines());
+    let daemon =
+        fx.cmd(&["run"]).env("NOTIFY_SOCKET", notify.path.to_str().unwrap()).env("WATCHDOG_USEC", "400000").spawn();
+    assert!(
+        eventually(Duration::from_secs(20), || notify.count("READY=1") == 1).await,
+        "no READY=1: {:?}",
+        notify.lines()
+    );
     assert!(
         eventually(Duration::from_secs(20), || notify.count("WATCHDOG=1") >= 3).await,
         "WATCHDOG=1 should come every 200 ms: {:?}",
         notify.lines()
     );
     assert!(
-        eventually(Duration::from_secs(20), || notify.lines().iter().any(|l| l.starts_with("STATUS=support: 1 conversations"))).await,
+        eventually(Duration::from_secs(20), || notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=support: 1 conversations")))
+        .await,
         "a STATUS= line after a run: {:?}",
         notify.lines()
     );
@@ -114,11 +125,8 @@ async fn a_hung_run_stops_the_watchdog_pings() {
     cfg.faults = Faults { slow_ms: 3000, ..Faults::default() };
     let fx = daemon_fixture(cfg, None, "* * * * * *", "request_timeout = \"20s\"\n").await;
     let mut notify = Notify::new(fx.dir.path());
-    let daemon = fx
-        .cmd(&["run"])
-        .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "1000000")
-        .spawn();
+    let daemon =
+        fx.cmd(&["run"]).env("NOTIFY_SOCKET", notify.path.to_str().unwrap()).env("WATCHDOG_USEC", "1000000").spawn();
     assert!(eventually(Duration::from_secs(20), || notify.count("READY=1") == 1).await);
     // Pings come every 500 ms while healthy. Each request of the run takes 3 s, so after a request has
     // been in flight for 1 s the pings must stop until it finishes: a gap well over the period.
@@ -136,14 +144,16 @@ async fn a_hung_run_stops_the_watchdog_pings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_run_exits_0_without_a_torn_line_and_a_later_sync_completes() {
-    let mut cfg = sim_config(33, vec![conv("700003", 900, CursorStyle::Offset), conv("700004", 300, CursorStyle::MaxId)]);
+    let mut cfg =
+        sim_config(33, vec![conv("700003", 900, CursorStyle::Offset), conv("700004", 300, CursorStyle::MaxId)]);
     cfg.faults = Faults { slow_ms: 60, ..Faults::default() };
     let fx = daemon_fixture(cfg, None, "* * * * * *", "rotate_max_bytes = 8192\n").await;
     let daemon = fx.cmd(&["run"]).spawn();
     let out_dir = fx.out_dir();
     // Wait until the run has written something but is far from done (900 messages at 60 ms a page).
     assert!(
-        eventually(Duration::from_secs(30), || std::fs::read_dir(&out_dir).map(|d| d.count() >= 3).unwrap_or(false)).await,
+        eventually(Duration::from_secs(30), || std::fs::read_dir(&out_dir).map(|d| d.count() >= 3).unwrap_or(false))
+            .await,
         "the daemon wrote nothing"
     );
     daemon.signal(libc::SIGTERM);
@@ -187,7 +197,13 @@ async fn a_long_run_never_overlaps_itself_and_ticks_keep_coming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_sync_go_through_the_daemon_and_a_second_daemon_is_refused() {
-    let fx = daemon_fixture(sim_config(35, vec![conv("700006", 80, CursorStyle::Offset), conv("700007", 0, CursorStyle::MaxId)]), None, "0 0 0 1 1 *", "").await;
+    let fx = daemon_fixture(
+        sim_config(35, vec![conv("700006", 80, CursorStyle::Offset), conv("700007", 0, CursorStyle::MaxId)]),
+        None,
+        "0 0 0 1 1 *",
+        "",
+    )
+    .await;
     let daemon = fx.cmd(&["run"]).spawn();
     let socket = fx.state_dir().join("control.sock");
     assert!(eventually(Duration::from_secs(20), || socket.exists()).await, "no control socket");
@@ -208,7 +224,10 @@ async fn status_and_sync_go_through_the_daemon_and_a_second_daemon_is_refused() 
     fx.sync().await.expect_code(0);
     // A send while the daemon runs goes through the socket too: one send, one record, twice asked.
     for _ in 0..2 {
-        let send = fx.cmd(&["send", "--pipeline", PIPELINE, "--to", "700007", "--text", "through the daemon zqdaemon01"]).run().await;
+        let send = fx
+            .cmd(&["send", "--pipeline", PIPELINE, "--to", "700007", "--text", "through the daemon zqdaemon01"])
+            .run()
+            .await;
         send.expect_code(0);
         assert!(!send.all().contains("zqdaemon01"), "{send}");
     }
@@ -233,7 +252,9 @@ async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     let count = |peer: &str| {
         let needle = format!("\"conversation_user_id\":\"{peer}\"");
         std::fs::read_dir(&out_dir)
-            .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).map(|t| t.matches(&needle).count()).sum())
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).map(|t| t.matches(&needle).count()).sum()
+            })
             .unwrap_or(0usize)
     };
     assert!(eventually(Duration::from_secs(20), || count("700008") == 40).await);
@@ -245,7 +266,11 @@ async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     fx.sim.sim.add_messages("700008", 2);
     assert!(eventually(Duration::from_secs(20), || count("700008") == 42).await, "the old config stopped running");
     // Valid, with one more conversation: it starts being synced.
-    std::fs::write(&fx.config, good.replace("conversations = [\"700008\"]", "conversations = [\"700008\", \"700009\"]")).unwrap();
+    std::fs::write(
+        &fx.config,
+        good.replace("conversations = [\"700008\"]", "conversations = [\"700008\", \"700009\"]"),
+    )
+    .unwrap();
     daemon.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(20), || count("700009") == 60).await, "the new conversation was not synced");
     daemon.signal(libc::SIGTERM);

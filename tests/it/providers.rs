@@ -268,7 +268,11 @@ async fn getxapi_history_and_send_round_trip() {
     assert_eq!(str_field(back[0], "direction"), Some("outbound"));
     assert_eq!(str_field(back[0], "sender_id"), Some(fx.account().as_str()));
     let sends = records_of_kind(&records, "dm_send");
-    assert_eq!(str_field(sends[0], "conversation_id"), str_field(back[0], "conversation_id"), "same conversation ID as history");
+    assert_eq!(
+        str_field(sends[0], "conversation_id"),
+        str_field(back[0], "conversation_id"),
+        "same conversation ID as history"
+    );
 
     // Media is not documented for GetXAPI DMs: refused before anything is sent.
     let before = fx.sim.sim.stats().sends;

@@ -71,51 +71,24 @@ async fn post_json(addr: SocketAddr, target: &str, key: Option<&str>, body: &Val
 async fn history_has_the_documented_shape_and_walks_max_id_exactly_once() {
     let h = spawn(SimConfig::default()).await;
     let pages = walk(h.addr, "1234567890").await;
-    let truth: Vec<u64> = h
-        .sim
-        .messages("1234567890")
-        .iter()
-        .map(|m| m.id.parse().expect("numeric"))
-        .collect();
+    let truth: Vec<u64> = h.sim.messages("1234567890").iter().map(|m| m.id.parse().expect("numeric")).collect();
     assert_eq!(pages.concat(), truth);
     assert!(pages.len() >= 2, "35 messages need at least two pages");
 
     let r = page(h.addr, "1234567890", None).await;
     assert!(r.header("x-request-id").is_some());
     let v = r.json();
-    let top: HashSet<&str> = v
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
-    assert_eq!(
-        top,
-        HashSet::from(["messages", "has_next_page", "next_cursor"])
-    );
+    let top: HashSet<&str> = v.as_object().expect("object").keys().map(|k| k.as_str()).collect();
+    assert_eq!(top, HashSet::from(["messages", "has_next_page", "next_cursor"]));
     let own = Simulator::account_id("acme");
     for m in v["messages"].as_array().expect("array") {
         let obj = m.as_object().expect("message object");
         for (k, val) in obj {
-            assert!(
-                [
-                    "id",
-                    "text",
-                    "senderId",
-                    "receiverId",
-                    "createdAt",
-                    "mediaUrl"
-                ]
-                .contains(&k.as_str()),
-                "{k}"
-            );
+            assert!(["id", "text", "senderId", "receiverId", "createdAt", "mediaUrl"].contains(&k.as_str()), "{k}");
             assert!(val.is_string(), "{k} must be a string, never null");
         }
         let ids = (m["senderId"].as_str(), m["receiverId"].as_str());
-        assert!(
-            ids == (Some("1234567890"), Some(own.as_str()))
-                || ids == (Some(own.as_str()), Some("1234567890"))
-        );
+        assert!(ids == (Some("1234567890"), Some(own.as_str())) || ids == (Some(own.as_str()), Some("1234567890")));
         if let Some(t) = m["createdAt"].as_str() {
             let id: u64 = m["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
             let ms = (id >> 22) + content::SNOWFLAKE_EPOCH_MS;
@@ -124,10 +97,7 @@ async fn history_has_the_documented_shape_and_walks_max_id_exactly_once() {
         }
     }
     let s = h.sim.stats();
-    assert_eq!(
-        s.credits,
-        35 + v["messages"].as_array().map_or(0, |a| a.len() as u64)
-    );
+    assert_eq!(s.credits, 35 + v["messages"].as_array().map_or(0, |a| a.len() as u64));
     assert_eq!(s.messages_served, s.credits);
     assert_eq!(s.by_route.get(HISTORY), Some(&(pages.len() as u64 + 1)));
     h.shutdown().await;
@@ -164,10 +134,7 @@ async fn optional_fields_are_omitted_never_null() {
 #[tokio::test]
 async fn offset_pages_shift_under_growth_but_the_union_is_complete() {
     let mut cfg = one("55", 400, CursorStyle::Offset);
-    cfg.growth = Growth {
-        per_request: 0.8,
-        max_new: 0,
-    };
+    cfg.growth = Growth { per_request: 0.8, max_new: 0 };
     let h = spawn(cfg).await;
     let before: HashSet<String> = h.sim.messages("55").into_iter().map(|m| m.id).collect();
     let pages = walk(h.addr, "55").await;
@@ -188,32 +155,16 @@ async fn bad_cursors_and_unencoded_plus_are_refused() {
     let raw = format!("/api/v1/x/dm/44196397/history?account=acme&cursor={cursor}");
     let r = get(h.addr, &raw).await;
     assert_eq!(r.status, 400);
-    assert_eq!(
-        r.json(),
-        json!({ "error": "invalid_input", "message": "invalid cursor" })
-    );
+    assert_eq!(r.json(), json!({ "error": "invalid_input", "message": "invalid cursor" }));
     // The cursor of another conversation, and garbage, are refused too.
     assert_eq!(page(h.addr, "2244994945", Some(&cursor)).await.status, 400);
-    assert_eq!(
-        page(h.addr, "44196397", Some("DAACCgACGRElMJcAAA"))
-            .await
-            .status,
-        400
-    );
+    assert_eq!(page(h.addr, "44196397", Some("DAACCgACGRElMJcAAA")).await.status, 400);
     // Properly encoded, it works; a bad maxId is refused, a numeric one honoured.
     assert_eq!(page(h.addr, "44196397", Some(&cursor)).await.status, 200);
-    let r = get(
-        h.addr,
-        "/api/v1/x/dm/44196397/history?account=acme&maxId=abc",
-    )
-    .await;
+    let r = get(h.addr, "/api/v1/x/dm/44196397/history?account=acme&maxId=abc").await;
     assert_eq!(r.status, 400);
     let newest = &h.sim.messages("44196397")[0].id;
-    let r = get(
-        h.addr,
-        &format!("/api/v1/x/dm/44196397/history?account=acme&maxId={newest}"),
-    )
-    .await;
+    let r = get(h.addr, &format!("/api/v1/x/dm/44196397/history?account=acme&maxId={newest}")).await;
     let ids: HashSet<String> = r.json()["messages"]
         .as_array()
         .expect("array")
@@ -226,42 +177,21 @@ async fn bad_cursors_and_unencoded_plus_are_refused() {
 
 #[tokio::test]
 async fn history_validation_errors() {
-    let h = spawn(SimConfig {
-        account: Some("acme".into()),
-        ..SimConfig::default()
-    })
-    .await;
+    let h = spawn(SimConfig { account: Some("acme".into()), ..SimConfig::default() }).await;
     let r = get(h.addr, "/api/v1/x/dm/abc/history?account=acme").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (400, json!("invalid_user_id"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (400, json!("invalid_user_id")));
     let r = get(h.addr, "/api/v1/x/dm/44196397/history").await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "account_required");
     assert_eq!(r.json()["message"], ACCOUNT_REQUIRED);
     let r = get(h.addr, "/api/v1/x/dm/44196397/history?account=someone_else").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (404, json!("account_not_found"))
-    );
-    assert_eq!(
-        get(h.addr, "/api/v1/x/dm/44196397/history?account=%40ACME")
-            .await
-            .status,
-        200
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("account_not_found")));
+    assert_eq!(get(h.addr, "/api/v1/x/dm/44196397/history?account=%40ACME").await.status, 200);
     let r = get(h.addr, "/api/v1/x/dm/999/history?account=acme").await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.json(),
-        json!({ "messages": [], "has_next_page": false, "next_cursor": "" })
-    );
+    assert_eq!(r.json(), json!({ "messages": [], "has_next_page": false, "next_cursor": "" }));
     let r = get(h.addr, "/api/v1/nope").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (404, json!("not_found"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("not_found")));
     assert!(r.header("x-request-id").is_some());
     assert_eq!(h.sim.stats().by_route.get("GET (unmatched)"), Some(&1));
     h.shutdown().await;
@@ -269,11 +199,7 @@ async fn history_validation_errors() {
 
 #[tokio::test]
 async fn wrong_or_missing_key_gets_401() {
-    let h = spawn(SimConfig {
-        api_key: Some("xq_secret".into()),
-        ..SimConfig::default()
-    })
-    .await;
+    let h = spawn(SimConfig { api_key: Some("xq_secret".into()), ..SimConfig::default() }).await;
     let target = "/api/v1/x/dm/44196397/history?account=acme";
     let r = get(h.addr, target).await;
     assert_eq!(r.status, 401);
@@ -282,11 +208,9 @@ async fn wrong_or_missing_key_gets_401() {
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let wrong = send(h.addr, "GET", target, &[("x-api-key", "xq_wrong")], b"").await;
     assert_eq!(wrong.status, 401);
-    for (name, value) in [
-        ("x-api-key", "xq_secret"),
-        ("Xquik-Api-Key", "xq_secret"),
-        ("Authorization", "Bearer xq_secret"),
-    ] {
+    for (name, value) in
+        [("x-api-key", "xq_secret"), ("Xquik-Api-Key", "xq_secret"), ("Authorization", "Bearer xq_secret")]
+    {
         let r = send(h.addr, "GET", target, &[(name, value)], b"").await;
         assert_eq!(r.status, 200, "{name}");
     }
@@ -301,11 +225,7 @@ async fn wrong_or_missing_key_gets_401() {
 #[tokio::test]
 async fn storm_and_rate_limit_answer_429_for_free() {
     let h = spawn(SimConfig::default()).await;
-    h.sim.set_faults(Faults {
-        storm: 3,
-        retry_after_secs: 2,
-        ..Faults::default()
-    });
+    h.sim.set_faults(Faults { storm: 3, retry_after_secs: 2, ..Faults::default() });
     for _ in 0..3 {
         let r = page(h.addr, "44196397", None).await;
         assert_eq!(r.status, 429);
@@ -321,10 +241,7 @@ async fn storm_and_rate_limit_answer_429_for_free() {
     }
     assert_eq!(page(h.addr, "44196397", None).await.status, 200);
     let served_credits = h.sim.stats().credits;
-    h.sim.set_faults(Faults {
-        rate_limit: 0.5,
-        ..Faults::default()
-    });
+    h.sim.set_faults(Faults { rate_limit: 0.5, ..Faults::default() });
     let mut limited = 0;
     for _ in 0..200 {
         let r = get(h.addr, "/api/v1/x/users/44196397").await;
@@ -340,10 +257,7 @@ async fn storm_and_rate_limit_answer_429_for_free() {
 #[tokio::test]
 async fn server_errors_alternate_502_and_503() {
     let h = spawn(SimConfig::default()).await;
-    h.sim.set_faults(Faults {
-        server_error: 1.0,
-        ..Faults::default()
-    });
+    h.sim.set_faults(Faults { server_error: 1.0, ..Faults::default() });
     let a = page(h.addr, "44196397", None).await;
     let b = page(h.addr, "44196397", None).await;
     assert_eq!((a.status, b.status), (502, 503));
@@ -356,19 +270,14 @@ async fn server_errors_alternate_502_and_503() {
 #[tokio::test]
 async fn malformed_bodies_rotate_and_consume_nothing() {
     let spoiled = spawn(SimConfig::default()).await;
-    spoiled.sim.set_faults(Faults {
-        malformed: 1.0,
-        ..Faults::default()
-    });
+    spoiled.sim.set_faults(Faults { malformed: 1.0, ..Faults::default() });
     let a = page(spoiled.addr, "44196397", None).await;
     let b = page(spoiled.addr, "44196397", None).await;
     let c = page(spoiled.addr, "44196397", None).await;
     assert!([a.status, b.status, c.status].iter().all(|s| *s == 200));
     assert!(serde_json::from_slice::<Value>(&a.body).is_err());
     assert_eq!(b.json(), json!({ "data": [] }));
-    assert!(c
-        .header("content-type")
-        .is_some_and(|t| t.starts_with("text/html")));
+    assert!(c.header("content-type").is_some_and(|t| t.starts_with("text/html")));
     assert_eq!(spoiled.sim.stats().credits, 0);
     spoiled.sim.set_faults(Faults::default());
     let after = page(spoiled.addr, "44196397", None).await.json();
@@ -383,10 +292,7 @@ async fn malformed_bodies_rotate_and_consume_nothing() {
 #[tokio::test]
 async fn dropped_responses_are_cut_short_on_the_wire() {
     let h = spawn(SimConfig::default()).await;
-    h.sim.set_faults(Faults {
-        drop: 1.0,
-        ..Faults::default()
-    });
+    h.sim.set_faults(Faults { drop: 1.0, ..Faults::default() });
     let r = page(h.addr, "44196397", None).await;
     assert_eq!(r.status, 200);
     assert!(!r.complete, "the client must see an incomplete body");
@@ -408,10 +314,7 @@ async fn forbidden_and_dm_not_allowed_peers() {
         ..Faults::default()
     });
     let r = page(h.addr, "44196397", None).await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (403, json!("dm_not_permitted"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (403, json!("dm_not_permitted")));
     let body = json!({ "account": "acme", "text": "hi" });
     let r = post_json(h.addr, "/api/v1/x/dm/44196397", Some("k1"), &body).await;
     assert_eq!(r.status, 403);
@@ -419,10 +322,7 @@ async fn forbidden_and_dm_not_allowed_peers() {
     assert_eq!(r.status, 422);
     let v = r.json();
     assert_eq!(v["error"], "x_dm_not_allowed");
-    assert_eq!(
-        (&v["retryable"], &v["safeToRetry"], &v["success"]),
-        (&json!(false), &json!(false), &json!(false))
-    );
+    assert_eq!((&v["retryable"], &v["safeToRetry"], &v["success"]), (&json!(false), &json!(false), &json!(false)));
     assert_eq!(h.sim.stats().sends, 0);
     h.shutdown().await;
 }
@@ -433,15 +333,9 @@ async fn write_action_sends_replay_and_conflict() {
     let target = "/api/v1/x/dm/44196397";
     let body = json!({ "account": "acme", "text": "Hello \"there\" 👋" });
     let r = post_json(h.addr, target, None, &body).await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (400, json!("missing_idempotency_key"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (400, json!("missing_idempotency_key")));
     let r = post_json(h.addr, target, Some("has space"), &body).await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (400, json!("invalid_idempotency_key"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (400, json!("invalid_idempotency_key")));
 
     let first = post_json(h.addr, target, Some("send-1"), &body).await;
     assert_eq!(first.status, 200);
@@ -476,10 +370,7 @@ async fn write_action_sends_replay_and_conflict() {
     assert_eq!(again.json(), rec);
     let other = json!({ "account": "acme", "text": "something else" });
     let r = post_json(h.addr, target, Some("send-1"), &other).await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (409, json!("idempotency_conflict"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (409, json!("idempotency_conflict")));
 
     let s = h.sim.stats();
     assert_eq!((s.sends, s.credits), (1, 10));
@@ -496,19 +387,9 @@ async fn write_action_sends_replay_and_conflict() {
 
 #[tokio::test]
 async fn legacy_sends_and_input_validation() {
-    let h = spawn(SimConfig {
-        send_style: SendStyle::Legacy,
-        ..SimConfig::default()
-    })
-    .await;
+    let h = spawn(SimConfig { send_style: SendStyle::Legacy, ..SimConfig::default() }).await;
     let target = "/api/v1/x/dm/783214";
-    let r = post_json(
-        h.addr,
-        target,
-        None,
-        &json!({ "account": "acme", "text": "hi" }),
-    )
-    .await;
+    let r = post_json(h.addr, target, None, &json!({ "account": "acme", "text": "hi" })).await;
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v.as_object().map(|o| o.len()), Some(2));
@@ -525,21 +406,11 @@ async fn legacy_sends_and_input_validation() {
         json!(["not", "an", "object"]),
     ] {
         let r = post_json(h.addr, target, None, &bad).await;
-        assert_eq!(
-            (r.status, r.json()["error"].clone()),
-            (400, json!("invalid_input")),
-            "{bad}"
-        );
+        assert_eq!((r.status, r.json()["error"].clone()), (400, json!("invalid_input")), "{bad}");
     }
     let r = send(h.addr, "POST", target, &[], b"{oops").await;
     assert_eq!(r.status, 400);
-    let r = post_json(
-        h.addr,
-        "/api/v1/x/dm/abc",
-        None,
-        &json!({ "account": "a", "text": "x" }),
-    )
-    .await;
+    let r = post_json(h.addr, "/api/v1/x/dm/abc", None, &json!({ "account": "a", "text": "x" })).await;
     assert_eq!(r.status, 400);
     assert_eq!(h.sim.stats().sends, 1);
     h.shutdown().await;
@@ -547,29 +418,16 @@ async fn legacy_sends_and_input_validation() {
 
 #[tokio::test]
 async fn user_lookup() {
-    let h = spawn(SimConfig {
-        account: Some("acme".into()),
-        ..SimConfig::default()
-    })
-    .await;
+    let h = spawn(SimConfig { account: Some("acme".into()), ..SimConfig::default() }).await;
     let r = get(h.addr, "/api/v1/x/users/1234567890").await;
-    assert_eq!(
-        r.json(),
-        json!({ "id": "1234567890", "username": "dana_ops", "name": "Dana Ops", "canDm": true })
-    );
+    assert_eq!(r.json(), json!({ "id": "1234567890", "username": "dana_ops", "name": "Dana Ops", "canDm": true }));
     let r = get(h.addr, "/api/v1/x/users/Acme_Customer").await;
     assert_eq!(r.json()["id"], "44196397");
     assert!(r.json().get("canDm").is_none());
     let r = get(h.addr, "/api/v1/x/users/5550001").await;
-    assert_eq!(
-        (r.status, r.json()["username"].clone()),
-        (200, json!("user5550001"))
-    );
+    assert_eq!((r.status, r.json()["username"].clone()), (200, json!("user5550001")));
     let r = get(h.addr, "/api/v1/x/users/nobody_here").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (404, json!("user_not_found"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("user_not_found")));
     let r = get(h.addr, "/api/v1/x/users/acme").await;
     assert_eq!(r.json()["id"], json!(Simulator::account_id("acme")));
     let r = get(h.addr, "/api/v1/x/users/%40acme").await;
@@ -592,14 +450,8 @@ async fn media_uploads_by_url_and_multipart() {
     let v = r.json();
     let media_id = v["mediaId"].as_str().expect("mediaId").to_string();
     assert!(media_id.bytes().all(|b| b.is_ascii_digit()));
-    assert_eq!(
-        v["mediaUrl"],
-        json!(format!("https://media.xquik.com/uploads/{media_id}.png"))
-    );
-    assert_eq!(
-        (&v["success"], &v["action"]),
-        (&json!(true), &json!("upload_media"))
-    );
+    assert_eq!(v["mediaUrl"], json!(format!("https://media.xquik.com/uploads/{media_id}.png")));
+    assert_eq!((&v["success"], &v["action"]), (&json!(true), &json!("upload_media")));
     let again = post_json(
         h.addr,
         "/api/v1/x/media",
@@ -630,19 +482,10 @@ async fn media_uploads_by_url_and_multipart() {
     form.extend_from_slice(b"GIF89a-not-really");
     form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let r = send(
-        h.addr,
-        "POST",
-        "/api/v1/x/media",
-        &[("Content-Type", &ct), ("Idempotency-Key", "m3")],
-        &form,
-    )
-    .await;
+    let r = send(h.addr, "POST", "/api/v1/x/media", &[("Content-Type", &ct), ("Idempotency-Key", "m3")], &form).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let gif = r.json();
-    assert!(gif["mediaUrl"]
-        .as_str()
-        .is_some_and(|u| u.ends_with(".gif")));
+    assert!(gif["mediaUrl"].as_str().is_some_and(|u| u.ends_with(".gif")));
 
     // A DM attaching the upload shows its URL in history.
     let sent = post_json(
@@ -653,10 +496,7 @@ async fn media_uploads_by_url_and_multipart() {
     )
     .await;
     assert_eq!(sent.status, 200);
-    assert_eq!(
-        h.sim.messages("783214")[0].media_url.as_deref(),
-        gif["mediaUrl"].as_str()
-    );
+    assert_eq!(h.sim.messages("783214")[0].media_url.as_deref(), gif["mediaUrl"].as_str());
     let s = h.sim.stats();
     assert_eq!((s.uploads, s.sends, s.credits), (2, 1, 30));
     h.shutdown().await;
@@ -666,14 +506,8 @@ async fn media_uploads_by_url_and_multipart() {
 async fn same_seed_same_answers() {
     async fn run() -> Vec<(u16, Vec<u8>, Option<String>)> {
         let h = spawn(SimConfig {
-            growth: Growth {
-                per_request: 0.5,
-                max_new: 10,
-            },
-            faults: Faults {
-                rate_limit: 0.2,
-                ..Faults::default()
-            },
+            growth: Growth { per_request: 0.5, max_new: 10 },
+            faults: Faults { rate_limit: 0.2, ..Faults::default() },
             ..SimConfig::default()
         })
         .await;
@@ -696,10 +530,7 @@ async fn same_seed_same_answers() {
 #[tokio::test]
 async fn slow_responses_take_their_time() {
     let h = spawn(SimConfig::default()).await;
-    h.sim.set_faults(Faults {
-        slow_ms: 150,
-        ..Faults::default()
-    });
+    h.sim.set_faults(Faults { slow_ms: 150, ..Faults::default() });
     let started = std::time::Instant::now();
     assert_eq!(page(h.addr, "44196397", None).await.status, 200);
     assert!(started.elapsed() >= std::time::Duration::from_millis(150));
@@ -720,22 +551,14 @@ async fn shutdown_stops_serving() {
 async fn wrong_method_gets_a_json_405() {
     let h = spawn(SimConfig::default()).await;
     let r = get(h.addr, "/api/v1/x/dm/44196397").await;
-    assert_eq!(
-        (r.status, r.json()["error"].clone()),
-        (405, json!("method_not_allowed"))
-    );
+    assert_eq!((r.status, r.json()["error"].clone()), (405, json!("method_not_allowed")));
     assert_eq!(h.sim.stats().by_route.get("GET (unmatched)"), Some(&1));
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn unknown_peers_get_generated_conversations_when_sized() {
-    let h = spawn(SimConfig {
-        unknown_peer_size: Some(50),
-        page_size: (10, 10),
-        ..SimConfig::default()
-    })
-    .await;
+    let h = spawn(SimConfig { unknown_peer_size: Some(50), page_size: (10, 10), ..SimConfig::default() }).await;
     let pages = walk(h.addr, "31337").await;
     assert_eq!(pages.len(), 5);
     assert!(pages.iter().all(|p| p.len() == 10));
@@ -745,9 +568,7 @@ async fn unknown_peers_get_generated_conversations_when_sized() {
 
 #[tokio::test]
 async fn serve_embeds_with_a_caller_owned_listener_and_shutdown() {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let sim = Simulator::new(SimConfig::default());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -764,14 +585,7 @@ async fn serve_embeds_with_a_caller_owned_listener_and_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_readers_and_writers_do_not_deadlock() {
-    let h = spawn(SimConfig {
-        growth: Growth {
-            per_request: 0.3,
-            max_new: 0,
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let h = spawn(SimConfig { growth: Growth { per_request: 0.3, max_new: 0 }, ..SimConfig::default() }).await;
     let addr = h.addr;
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..60 {
@@ -779,9 +593,7 @@ async fn concurrent_readers_and_writers_do_not_deadlock() {
             if k % 3 == 0 {
                 let key = format!("key-{k}");
                 let body = json!({ "account": "acme", "text": format!("msg {k}") });
-                post_json(addr, "/api/v1/x/dm/44196397", Some(&key), &body)
-                    .await
-                    .status
+                post_json(addr, "/api/v1/x/dm/44196397", Some(&key), &body).await.status
             } else {
                 page(addr, "44196397", None).await.status
             }
