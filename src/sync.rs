@@ -129,28 +129,34 @@ pub async fn sync_pipeline(
         Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
     let local = Arc::new(Semaphore::new(rt.pipeline.concurrency));
     let mut set = JoinSet::new();
+    let mut reports = Vec::new();
+    let collect = |res: Result<ConvReport, tokio::task::JoinError>, reports: &mut Vec<ConvReport>| match res {
+        Ok(r) => reports.push(r),
+        Err(e) => reports.push(ConvReport {
+            conversation: "?".into(),
+            error: Some(format!("internal error: {e}")),
+            ..Default::default()
+        }),
+    };
     for conv in rt.pipeline.conversations.clone() {
         if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string()) {
             continue;
         }
-        let (rt, shared, local, global) = (rt.clone(), shared.clone(), local.clone(), global.clone());
+        // Take the permits before spawning, so a pipeline of 10,000 conversations holds `concurrency` tasks
+        // in memory, not 10,000. Permits are only closed by dropping the semaphore, which we hold.
+        let l = local.clone().acquire_owned().await.ok();
+        let g = global.clone().acquire_owned().await.ok();
+        while let Some(res) = set.try_join_next() {
+            collect(res, &mut reports);
+        }
+        let (rt, shared) = (rt.clone(), shared.clone());
         set.spawn(async move {
-            // Permits are only ever closed by dropping the semaphore, which cannot happen while we hold an Arc.
-            let _l = local.acquire_owned().await.ok();
-            let _g = global.acquire_owned().await.ok();
+            let _permits = (l, g);
             sync_conversation(&rt, &conv, &shared).await
         });
     }
-    let mut reports = Vec::new();
     while let Some(res) = set.join_next().await {
-        match res {
-            Ok(r) => reports.push(r),
-            Err(e) => reports.push(ConvReport {
-                conversation: "?".into(),
-                error: Some(format!("internal error: {e}")),
-                ..Default::default()
-            }),
-        }
+        collect(res, &mut reports);
     }
     reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
     let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
