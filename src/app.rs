@@ -105,10 +105,25 @@ pub async fn run(opts: Opts) -> anyhow::Result<i32> {
         }
         Command::Lookup(args) => crate::outbound::lookup_command(&config::load(&opts.config)?, args).await?,
         Command::UploadMedia(args) => crate::outbound::upload_command(&config::load(&opts.config)?, args).await?,
-        Command::Delete(args) => crate::manage::delete_command(&config::load(&opts.config)?, args).await?,
-        Command::GroupSend(args) => crate::manage::group_send_command(&config::load(&opts.config)?, args).await?,
+        Command::Delete(args) => {
+            let cfg = config::load(&opts.config)?;
+            return manage(&cfg, crate::manage::prepare_delete(&cfg, args)?).await;
+        }
+        Command::GroupSend(args) => {
+            let cfg = config::load(&opts.config)?;
+            return manage(&cfg, crate::manage::prepare_group_send(&cfg, args)?).await;
+        }
     };
     Ok(exit as i32)
+}
+
+/// A checked `delete` or `group-send`: done by the running daemon if there is one, else here.
+async fn manage(cfg: &Config, req: crate::manage::ManageRequest) -> anyhow::Result<i32> {
+    let forwarded = Request::Manage { args: serde_json::to_value(&req)? };
+    Ok(match forward(cfg, &forwarded).await? {
+        Some(resp) => emit(resp),
+        None => emit(crate::manage::run_local(cfg, &req).await?),
+    })
 }
 
 /// Hands a request to the running daemon, if there is one.

@@ -41,6 +41,10 @@ pub enum Request {
     Send {
         args: serde_json::Value,
     },
+    /// A checked `delete` or `group-send` (see `manage`).
+    Manage {
+        args: serde_json::Value,
+    },
 }
 
 /// The daemon's answer: what to print and how to exit.

@@ -311,6 +311,13 @@ impl Daemon {
                     Err(e) => failure(e.into()),
                 }
             }
+            Request::Manage { args } => match serde_json::from_value::<crate::manage::ManageRequest>(args) {
+                Ok(req) => match self.slot(req.pipeline()) {
+                    Some(slot) => crate::manage::execute(&slot.rt, &req).await,
+                    None => failure(anyhow::anyhow!("pipeline `{}` is not running in the daemon", req.pipeline())),
+                },
+                Err(e) => failure(anyhow::anyhow!("bad request: {e}")),
+            },
             Request::Send { args } => match serde_json::from_value::<crate::outbound::SendRequest>(args) {
                 Ok(req) => self.send(&cfg, &req).await.unwrap_or_else(failure),
                 Err(e) => failure(anyhow::anyhow!("bad send request: {e}")),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Exit;
 use crate::cli::{DeleteArgs, GroupSendArgs};
 use crate::config::{Config, ConfigError, Pipeline, ProviderKind};
+use crate::control::Response;
 use crate::handoff::Batch;
 use crate::provider::x_api_v2::{self, one_to_one_id, valid_conversation_id, XApiV2};
 use crate::provider::{with_retry, Client, ErrorClass, ProviderError, PACING};
@@ -27,30 +28,76 @@ use crate::record::{now_string, Conversation, Kind, Record};
 use crate::state::{Commit, Store};
 use crate::sync::Runtime;
 
-/// `delete --pipeline P --message-id ID [--conversation C]`.
-pub async fn delete_command(cfg: &Config, args: DeleteArgs) -> anyhow::Result<Exit> {
+/// A `delete` or `group-send` as the CLI checked it: everything a process holding the pipeline (this
+/// one, or a running daemon reached over the control socket) needs to do it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum ManageRequest {
+    Delete { pipeline: String, message_id: String, conversation: Option<String> },
+    GroupSend { pipeline: String, target: Target, text: String },
+}
+
+impl ManageRequest {
+    /// The pipeline that does it.
+    pub fn pipeline(&self) -> &str {
+        match self {
+            ManageRequest::Delete { pipeline, .. } | ManageRequest::GroupSend { pipeline, .. } => pipeline,
+        }
+    }
+}
+
+/// Checks `delete --pipeline P --message-id ID [--conversation C]`.
+pub fn prepare_delete(cfg: &Config, args: DeleteArgs) -> Result<ManageRequest, ConfigError> {
     let p = x_pipeline(cfg, args.pipeline.as_deref(), "delete")?;
     let id = args.message_id.trim().to_string();
     if !numeric(&id) {
-        return Err(ConfigError(format!("--message-id `{id}` must be a numeric DM event ID")).into());
+        return Err(ConfigError(format!("--message-id `{id}` must be a numeric DM event ID")));
     }
-    let given = args.conversation.as_deref().map(|c| parse_conversation(c, p)).transpose()?;
-    let rt = open(cfg, p)?;
-    let outcome = delete(&rt, &id, given).await;
-    close(rt).await;
-    Ok(report(outcome, &format!("delete {id}")))
+    if let Some(c) = args.conversation.as_deref() {
+        parse_conversation(c, p)?;
+    }
+    Ok(ManageRequest::Delete { pipeline: p.name.clone(), message_id: id, conversation: args.conversation })
 }
 
-/// `group-send --pipeline P (--conversation ID | --participant ID…) --text T`.
-pub async fn group_send_command(cfg: &Config, args: GroupSendArgs) -> anyhow::Result<Exit> {
+/// Does a checked request with an open pipeline; the text it prints and its exit code.
+pub async fn execute(rt: &Runtime, req: &ManageRequest) -> Response {
+    let (outcome, what) = match req {
+        ManageRequest::Delete { message_id, conversation, .. } => {
+            let given = match conversation.as_deref().map(|c| parse_conversation(c, &rt.pipeline)).transpose() {
+                Ok(g) => g,
+                Err(e) => {
+                    return Response {
+                        exit: Exit::Config as i32,
+                        stderr: format!("error: {e}\n"),
+                        ..Default::default()
+                    }
+                }
+            };
+            (delete(rt, message_id, given).await, format!("delete {message_id}"))
+        }
+        ManageRequest::GroupSend { target, text, .. } => (group_send(rt, target, text).await, "group-send".to_string()),
+    };
+    report(outcome, &what)
+}
+
+/// Does a checked request in this process: opens the pipeline (taking the state lock), does it, closes.
+pub async fn run_local(cfg: &Config, req: &ManageRequest) -> anyhow::Result<Response> {
+    let p = x_pipeline(cfg, Some(req.pipeline()), "this command")?;
+    let rt = open(cfg, p)?;
+    let resp = execute(&rt, req).await;
+    close(rt).await;
+    Ok(resp)
+}
+
+/// Checks `group-send --pipeline P (--conversation ID | --participant ID…) --text T`.
+pub fn prepare_group_send(cfg: &Config, args: GroupSendArgs) -> Result<ManageRequest, ConfigError> {
     let p = x_pipeline(cfg, args.pipeline.as_deref(), "group-send")?;
     let text = match (&args.text, &args.text_file) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => read_text(path)?,
-        (None, None) => return Err(ConfigError("give the message with --text or --text-file".into()).into()),
+        (None, None) => return Err(ConfigError("give the message with --text or --text-file".into())),
     };
     if text.trim().is_empty() {
-        return Err(ConfigError("the message text is empty; X needs some text".into()).into());
+        return Err(ConfigError("the message text is empty; X needs some text".into()));
     }
     let target = match &args.conversation {
         Some(c) => {
@@ -58,8 +105,7 @@ pub async fn group_send_command(cfg: &Config, args: GroupSendArgs) -> anyhow::Re
             if !valid_conversation_id(&c) {
                 return Err(ConfigError(format!(
                     "--conversation `{c}` is not a conversation ID (`<id>-<id>` for 1:1, 15 to 19 digits for a group)"
-                ))
-                .into());
+                )));
             }
             Target::Existing(c)
         }
@@ -68,26 +114,23 @@ pub async fn group_send_command(cfg: &Config, args: GroupSendArgs) -> anyhow::Re
             ids.retain(|i| i != &p.account);
             ids.dedup();
             if let Some(bad) = ids.iter().find(|i| !numeric(i)) {
-                return Err(ConfigError(format!("--participant `{bad}` must be a numeric user ID")).into());
+                return Err(ConfigError(format!("--participant `{bad}` must be a numeric user ID")));
             }
             if !(2..=49).contains(&ids.len()) {
                 return Err(ConfigError(format!(
                     "a new group needs 2 to 49 other participants (--participant ID, repeated); got {}",
                     ids.len()
-                ))
-                .into());
+                )));
             }
             Target::NewGroup(ids)
         }
     };
-    let rt = open(cfg, p)?;
-    let outcome = group_send(&rt, &target, &text).await;
-    close(rt).await;
-    Ok(report(outcome, "group-send"))
+    Ok(ManageRequest::GroupSend { pipeline: p.name.clone(), target, text })
 }
 
 /// Where `group-send` goes.
-enum Target {
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Target {
     Existing(String),
     NewGroup(Vec<String>),
 }
@@ -95,20 +138,14 @@ enum Target {
 /// What a command printed on success, or why it failed (already one line, no message text).
 type Outcome = Result<String, (ErrorClass, String)>;
 
-fn report(outcome: Outcome, what: &str) -> Exit {
+fn report(outcome: Outcome, what: &str) -> Response {
     match outcome {
-        Ok(line) => {
-            println!("{line}");
-            Exit::Ok
-        }
-        Err((class, line)) => {
-            eprintln!("error: {what}: {line}");
-            if class == ErrorClass::Fatal {
-                Exit::Auth
-            } else {
-                Exit::Failed
-            }
-        }
+        Ok(line) => Response { exit: Exit::Ok as i32, stdout: format!("{line}\n"), ..Default::default() },
+        Err((class, line)) => Response {
+            exit: if class == ErrorClass::Fatal { Exit::Auth } else { Exit::Failed } as i32,
+            stderr: format!("error: {what}: {line}\n"),
+            ..Default::default()
+        },
     }
 }
 

@@ -356,3 +356,37 @@ async fn secrets_of_both_providers_never_reach_output_at_trace_level() {
         assert!(leaks.is_empty(), "`{what}` leaks (showing up to 3): {leaks:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_daemon_running_send_group_send_and_delete_go_through_it() {
+    let mut cfg = sim_config(504, vec![conv("5040001", 5, CursorStyle::Offset)]);
+    cfg.x_rate_limit = Some((15, 900));
+    let fx = Fixture::new_for(Provider::XApiV2, cfg, "").await;
+    let daemon = fx.cmd(&["run"]).spawn();
+    let socket = fx.state_dir().join("control.sock");
+    let start = tokio::time::Instant::now();
+    while !socket.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(socket.exists(), "no control socket");
+    // The daemon owns the state: each of these succeeds only through its socket.
+    fx.cmd(&["send", "--to", "5040001", "--text", "via the daemon"]).run().await.expect_code(0);
+    let sent = fx.sim.sim.messages("5040001")[0].clone();
+    let out = fx
+        .cmd(&["group-send", "--participant", "944480690", "--participant", "906948460078698496", "--text", "hi all"])
+        .run()
+        .await;
+    out.expect_code(0);
+    let out = fx.cmd(&["delete", "--message-id", &sent.id]).run().await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("recorded as dm_delete"), "{out}");
+    let again = fx.cmd(&["delete", "--message-id", &sent.id, "--conversation", "5040001"]).run().await;
+    again.expect_code(0);
+    assert!(again.stdout.contains("already deleted"), "{again}");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait().await.expect_code(0);
+    let records = fx.records();
+    assert_eq!(records_of_kind(&records, "dm_send").len(), 2);
+    assert_eq!(records_of_kind(&records, "dm_delete").len(), 1);
+    assert_eq!(fx.sim.sim.deleted_events(), vec![sent.id.clone()]);
+}
