@@ -12,7 +12,6 @@
 //!
 //! Privacy: the message text goes to X and into the record, nowhere else.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -93,7 +92,7 @@ pub fn prepare_group_send(cfg: &Config, args: GroupSendArgs) -> Result<ManageReq
     let p = x_pipeline(cfg, args.pipeline.as_deref(), "group-send")?;
     let text = match (&args.text, &args.text_file) {
         (Some(t), _) => t.clone(),
-        (None, Some(path)) => read_text(path)?,
+        (None, Some(path)) => crate::outbound::read_text_file(path)?,
         (None, None) => return Err(ConfigError("give the message with --text or --text-file".into())),
     };
     if text.trim().is_empty() {
@@ -383,25 +382,6 @@ fn parse_conversation(c: &str, p: &Pipeline) -> Result<Conversation, ConfigError
 
 fn numeric(s: &str) -> bool {
     !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-fn read_text(path: &PathBuf) -> Result<String, ConfigError> {
-    let mut text = if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-            .map_err(|e| ConfigError(format!("cannot read the message from standard input: {e}")))?;
-        s
-    } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read --text-file {}: {e}", path.display())))?
-    };
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    Ok(text)
 }
 
 /// Opens the pipeline: its client (secrets first), the state (taking the lock) and its writer.

@@ -187,7 +187,8 @@ pub fn prepare_send(args: &SendArgs) -> Result<SendRequest, ConfigError> {
     Ok(SendRequest { pipeline: args.pipeline.clone(), jobs, batch: args.jobs.is_some() })
 }
 
-fn read_text_file(path: &Path) -> Result<String, ConfigError> {
+/// Reads a message from `--text-file` (`-`: standard input), without the trailing newline editors add.
+pub(crate) fn read_text_file(path: &Path) -> Result<String, ConfigError> {
     let mut text = if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)

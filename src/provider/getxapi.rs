@@ -234,19 +234,7 @@ impl GetXApi {
 /// Sends a request; returns the body of a 2xx or the error classified by status (the body's `error`
 /// text is read for nothing but a `retry_after` number and whether it blames the `auth_token`).
 async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    let status = resp.status().as_u16();
-    let header = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    if (200..300).contains(&status) {
-        return Ok(body);
-    }
-    Err(classify(endpoint, status, &body, header))
+    super::send_classified(req, endpoint, classify).await
 }
 
 /// Maps a GetXAPI error to its class. There is no machine code, so the code is `http_<status>`, or

@@ -95,6 +95,29 @@ impl ProviderError {
     }
 }
 
+/// Sends a request and returns the body of a 2xx; anything else goes to the provider's `classify`
+/// with the status, the body and the `Retry-After` header (seconds). A body cut short is a dropped
+/// connection: transient, never a half-parsed page.
+pub(crate) async fn send_classified(
+    req: reqwest::RequestBuilder,
+    endpoint: &'static str,
+    classify: fn(&'static str, u16, &[u8], Option<Duration>) -> ProviderError,
+) -> Result<bytes::Bytes, ProviderError> {
+    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    Err(classify(endpoint, status, &body, retry_after))
+}
+
 /// Longest `Retry-After` we honour as given; beyond it a run would look hung. Clamped, not ignored.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 

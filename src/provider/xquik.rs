@@ -120,22 +120,9 @@ pub(crate) fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::C
         .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))
 }
 
-/// Sends a request and returns the body of a 2xx, or the classified error.
+/// Sends a request and returns the body of a 2xx, or the error as Xquik's codes classify it.
 pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    let status = resp.status().as_u16();
-    let retry_after_header = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    // A body cut short is a dropped connection: transient, never a half-parsed page.
-    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    if (200..300).contains(&status) {
-        return Ok(body);
-    }
-    Err(classify(endpoint, status, &body, retry_after_header))
+    super::send_classified(req, endpoint, classify).await
 }
 
 /// Maps an Xquik error response to its class and a hint, per PROVIDERS.md and SPEC section 5.
