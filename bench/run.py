@@ -47,24 +47,8 @@ def bench(binary, convs, msgs, workdir):
     scenario = scenario_of(convs, msgs)
     sim, addr = start_sim(binary, scenario, workdir)
     try:
-        cfg = os.path.join(workdir, "pipelines.toml")
-        conv_list = ", ".join(f'"{c["peer_id"]}"' for c in scenario["conversations"])
-        with open(cfg, "w") as f:
-            f.write(f"""state_dir = "state"
-state_cache_bytes = {STATE_CACHE}
-max_concurrency = 32
-[[pipelines]]
-name = "bench"
-provider = "xquik"
-base_url = "http://{addr}/api/v1"
-api_key_env = "BENCH_KEY"
-account = "bench_account"
-conversations = [{conv_list}]
-schedule = "0 * * * * *"
-output_dir = "out"
-rotate_max_bytes = 67108864
-concurrency = 32
-""")
+        peers = [c["peer_id"] for c in scenario["conversations"]]
+        cfg = write_config(workdir, addr, peers, "0 * * * * *", f"state_cache_bytes = {STATE_CACHE}\n", "")
         env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
         wall, rss, code, err = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
         if code != 0:
@@ -107,6 +91,28 @@ def start_sim(binary, scenario, workdir):
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     addr = re.search(r"http://([0-9.:]+)", sim.stdout.readline()).group(1)
     return sim, addr
+
+
+def write_config(workdir, addr, peers, schedule, top_extra, pipeline_extra):
+    """The one pipeline every benchmark syncs, against the simulator at `addr`."""
+    cfg = os.path.join(workdir, "pipelines.toml")
+    conv_list = ", ".join(f'"{p}"' for p in peers)
+    with open(cfg, "w") as f:
+        f.write(f"""state_dir = "state"
+{top_extra}max_concurrency = 32
+[[pipelines]]
+name = "bench"
+provider = "xquik"
+base_url = "http://{addr}/api/v1"
+api_key_env = "BENCH_KEY"
+account = "bench_account"
+conversations = [{conv_list}]
+schedule = "{schedule}"
+output_dir = "out"
+rotate_max_bytes = 67108864
+concurrency = 32
+{pipeline_extra}""")
+    return cfg
 
 
 def scenario_of(convs, msgs):
@@ -156,24 +162,8 @@ def steady(binary, convs, msgs, ticks, adaptive, workdir):
     sim, addr = start_sim(binary, scenario, workdir)
     try:
         peers = [c["peer_id"] for c in scenario["conversations"]]
-        cfg = os.path.join(workdir, "pipelines.toml")
-        conv_list = ", ".join(f'"{p}"' for p in peers)
-        with open(cfg, "w") as f:
-            f.write(f"""state_dir = "state"
-max_concurrency = 32
-[[pipelines]]
-name = "bench"
-provider = "xquik"
-base_url = "http://{addr}/api/v1"
-api_key_env = "BENCH_KEY"
-account = "bench_account"
-conversations = [{conv_list}]
-schedule = "* * * * * *"
-output_dir = "out"
-rotate_max_bytes = 67108864
-concurrency = 32
-adaptive_poll_max = "{'16s' if adaptive else '0'}"
-""")
+        cfg = write_config(workdir, addr, peers, "* * * * * *", "",
+                           f"adaptive_poll_max = \"{'16s' if adaptive else '0'}\"\n")
         env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
         out = os.path.join(workdir, "out")
         # The initial backfill, so the steady state starts from a synced pipeline.

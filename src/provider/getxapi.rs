@@ -16,7 +16,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use super::x_api_v2::{malformed, one_to_one_id, valid_id};
@@ -57,16 +56,8 @@ pub struct GetXApi {
 
 impl GetXApi {
     pub fn new(p: &Pipeline, api_key: &str, auth_token: &str) -> Result<GetXApi, crate::config::ConfigError> {
-        let mut auth = HeaderValue::from_str(&format!("Bearer {api_key}")).map_err(|_| {
-            crate::config::ConfigError(format!(
-                "pipeline `{}`: the API key in {} has characters an HTTP header cannot carry; check it",
-                p.name,
-                p.api_key.describe()
-            ))
-        })?;
-        auth.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, auth);
+        let bearer = format!("Bearer {api_key}");
+        let headers = super::secret_headers(p, reqwest::header::AUTHORIZATION, &bearer, "API key")?;
         Ok(GetXApi {
             http: http_client(p, headers)?,
             base: p.base_url.clone(),
@@ -113,13 +104,7 @@ impl GetXApi {
         let page: HistoryBody = serde_json::from_slice(&answer).map_err(|e| malformed(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_more && next_cursor.is_none() {
-            return Err(ProviderError::new(
-                ErrorClass::Malformed,
-                HISTORY,
-                Some(200),
-                "malformed_response",
-                "has_more is true but next_cursor is empty",
-            ));
+            return Err(ProviderError::malformed(HISTORY, "has_more is true but next_cursor is empty"));
         }
         if !page.events.is_empty() {
             tracing::debug!(
@@ -135,13 +120,7 @@ impl GetXApi {
                 && m.sender_id.as_ref().is_none_or(|s| valid_id(&s.0))
                 && m.recipient_id.as_ref().is_none_or(|r| valid_id(&r.0));
             if !ok {
-                return Err(ProviderError::new(
-                    ErrorClass::Malformed,
-                    HISTORY,
-                    Some(200),
-                    "malformed_response",
-                    "a message has an invalid id",
-                ));
+                return Err(ProviderError::malformed(HISTORY, "a message has an invalid id"));
             }
             items.push(Item {
                 id: m.id.0,
@@ -198,13 +177,7 @@ impl GetXApi {
         let d = b.data.unwrap_or_default();
         match d.id.or(d.message_id).or(b.message_id) {
             Some(id) if valid_id(&id.0) => Ok(WriteState::Done(WriteDone { id: id.0, url: None, at: d.created_at })),
-            _ => Err(ProviderError::new(
-                ErrorClass::Malformed,
-                SEND_DM,
-                Some(200),
-                "malformed_response",
-                "a send answer without a message ID",
-            )),
+            _ => Err(ProviderError::malformed(SEND_DM, "a send answer without a message ID")),
         }
     }
 

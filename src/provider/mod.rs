@@ -80,6 +80,11 @@ impl ProviderError {
         ProviderError { class, endpoint, status, code: code.into(), hint: hint.into(), retry_after: None }
     }
 
+    /// A 200 whose body is not the documented JSON; `hint` says what was wrong, never a value from it.
+    pub fn malformed(endpoint: &'static str, hint: impl Into<String>) -> Self {
+        ProviderError::new(ErrorClass::Malformed, endpoint, Some(200), "malformed_response", hint)
+    }
+
     /// A transport failure from reqwest, classified without leaking the URL's query or any header.
     pub fn transport(endpoint: &'static str, e: &reqwest::Error) -> Self {
         let (code, hint) = if e.is_timeout() {
@@ -105,17 +110,61 @@ pub(crate) async fn send_classified(
 ) -> Result<bytes::Bytes, ProviderError> {
     let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after_header(resp.headers());
     let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
     if (200..300).contains(&status) {
         return Ok(body);
     }
     Err(classify(endpoint, status, &body, retry_after))
+}
+
+/// A `Retry-After` header in seconds (the only form our providers send).
+pub(crate) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Default headers carrying a pipeline's secret (`x-api-key: K` or `Authorization: Bearer K`), marked
+/// sensitive so Debug output redacts it and no log at any level can print it. `what` names the secret
+/// in the error, which never contains its value.
+pub(crate) fn secret_headers(
+    p: &Pipeline,
+    name: reqwest::header::HeaderName,
+    value: &str,
+    what: &str,
+) -> Result<reqwest::header::HeaderMap, crate::config::ConfigError> {
+    let mut v = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+        crate::config::ConfigError(format!(
+            "pipeline `{}`: the {what} in {} has characters an HTTP header cannot carry; check it",
+            p.name,
+            p.api_key.describe()
+        ))
+    })?;
+    v.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(name, v);
+    Ok(headers)
+}
+
+/// A file as a multipart part, for the uploads of providers that take the file itself.
+pub(crate) fn file_part(
+    endpoint: &'static str,
+    name: &str,
+    mime: &str,
+    bytes: &[u8],
+) -> Result<reqwest::multipart::Part, ProviderError> {
+    reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string()).mime_str(mime).map_err(|_| {
+        ProviderError::new(
+            ErrorClass::Conversation,
+            endpoint,
+            None,
+            "invalid_media_type",
+            "the media type cannot be sent",
+        )
+    })
 }
 
 /// Longest `Retry-After` we honour as given; beyond it a run would look hung. Clamped, not ignored.

@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Deserialize;
 
 use super::xquik::{http_client, Id};
@@ -96,17 +95,8 @@ pub struct EventInfo {
 
 impl XApiV2 {
     pub fn new(p: &Pipeline, token: &str) -> Result<XApiV2, crate::config::ConfigError> {
-        let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            crate::config::ConfigError(format!(
-                "pipeline `{}`: the access token in {} has characters an HTTP header cannot carry; check it",
-                p.name,
-                p.api_key.describe()
-            ))
-        })?;
-        // Sensitive headers are redacted from Debug output, so no log at any level can print the token.
-        auth.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, auth);
+        let bearer = format!("Bearer {token}");
+        let headers = super::secret_headers(p, reqwest::header::AUTHORIZATION, &bearer, "access token")?;
         Ok(XApiV2 {
             http: http_client(p, headers)?,
             base: p.base_url.clone(),
@@ -155,10 +145,12 @@ impl XApiV2 {
             }
         };
         let page = parse_events(endpoint, &body)?;
-        let items =
-            page.events.into_iter().map(|e| self.item(conv, e, &page.media)).collect::<Result<Vec<_>, _>>().map_err(
-                |what| ProviderError::new(ErrorClass::Malformed, endpoint, Some(200), "malformed_response", what),
-            )?;
+        let items = page
+            .events
+            .into_iter()
+            .map(|e| self.item(conv, e, &page.media))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|what| ProviderError::malformed(endpoint, what))?;
         if page.next_token.is_none() {
             RETENTION_NOTE.call_once(|| {
                 tracing::info!("X API v2 keeps 30 days of DM history: a conversation's backfill ends there");
@@ -228,24 +220,12 @@ impl XApiV2 {
         let b: DataBody<WireUser> = serde_json::from_slice(&body).map_err(|e| malformed(endpoint, &e))?;
         match b.data {
             Some(u) if valid_id(&u.id.0) => Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: None }),
-            Some(_) => Err(ProviderError::new(
-                ErrorClass::Malformed,
-                endpoint,
-                Some(200),
-                "malformed_response",
-                "the user has an invalid id",
-            )),
+            Some(_) => Err(ProviderError::malformed(endpoint, "the user has an invalid id")),
             // X answers a missing user with 200 and a resource-not-found problem.
             None if !b.errors.is_empty() => {
                 Err(ProviderError::new(ErrorClass::Conversation, endpoint, Some(200), "user_not_found", "no such user"))
             }
-            None => Err(ProviderError::new(
-                ErrorClass::Malformed,
-                endpoint,
-                Some(200),
-                "malformed_response",
-                "neither data nor errors",
-            )),
+            None => Err(ProviderError::malformed(endpoint, "neither data nor errors")),
         }
     }
 
@@ -388,16 +368,7 @@ impl XApiV2 {
                 "X API v2 uploads the file itself; download the media and give its path",
             ));
         };
-        let part =
-            reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone()).mime_str(mime).map_err(|_| {
-                ProviderError::new(
-                    ErrorClass::Conversation,
-                    UPLOAD_MEDIA,
-                    None,
-                    "invalid_media_type",
-                    "the media type cannot be sent",
-                )
-            })?;
+        let part = super::file_part(UPLOAD_MEDIA, name, mime, bytes)?;
         let form = reqwest::multipart::Form::new().text("media_category", media_category(mime)).part("media", part);
         let url = format!("{}/2/media/upload", self.base);
         let body = self.limits.exchange(Bucket::Media, UPLOAD_MEDIA, self.http.post(url).multipart(form)).await?;
@@ -452,22 +423,10 @@ fn message_body(text: &str, media_id: Option<&str>) -> Result<serde_json::Value,
 fn media_state(endpoint: &'static str, body: &[u8]) -> Result<WriteState, ProviderError> {
     let b: DataBody<WireMedia> = serde_json::from_slice(body).map_err(|e| malformed(endpoint, &e))?;
     let Some(m) = b.data else {
-        return Err(ProviderError::new(
-            ErrorClass::Malformed,
-            endpoint,
-            Some(200),
-            "malformed_response",
-            "an upload answer without data",
-        ));
+        return Err(ProviderError::malformed(endpoint, "an upload answer without data"));
     };
     let Some(id) = m.id.filter(|i| valid_id(&i.0)) else {
-        return Err(ProviderError::new(
-            ErrorClass::Malformed,
-            endpoint,
-            Some(200),
-            "malformed_response",
-            "an upload answer without a valid media id",
-        ));
+        return Err(ProviderError::malformed(endpoint, "an upload answer without a valid media id"));
     };
     let processing = m.processing_info.unwrap_or_default();
     match processing.state.as_deref() {
@@ -516,13 +475,7 @@ pub(super) fn malformed(endpoint: &'static str, e: &serde_json::Error) -> Provid
         serde_json::error::Category::Data => "wrong shape",
         serde_json::error::Category::Eof => "truncated",
     };
-    ProviderError::new(
-        ErrorClass::Malformed,
-        endpoint,
-        Some(200),
-        "malformed_response",
-        format!("the body is not the documented JSON ({what})"),
-    )
+    ProviderError::malformed(endpoint, format!("the body is not the documented JSON ({what})"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,12 +577,7 @@ impl Limits {
         let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
         let status = resp.status().as_u16();
         w.observe(resp.headers(), SystemTime::now());
-        let retry_after_header = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after_header = super::retry_after_header(resp.headers());
         let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
         if (200..300).contains(&status) {
             return Ok(body);
@@ -795,13 +743,7 @@ fn parse_events(endpoint: &'static str, body: &[u8]) -> Result<EventsPage, Provi
                 "X returned no events, only errors, for this conversation",
             ));
         }
-        return Err(ProviderError::new(
-            ErrorClass::Malformed,
-            endpoint,
-            Some(200),
-            "malformed_response",
-            "the body has no meta",
-        ));
+        return Err(ProviderError::malformed(endpoint, "the body has no meta"));
     };
     if !b.errors.is_empty() {
         tracing::debug!(endpoint, partial_errors = b.errors.len(), "X returned events with partial errors");
@@ -921,6 +863,7 @@ struct Deleted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
 
     fn peer(id: &str) -> Conversation {
         Conversation::Peer { user_id: id.into(), conversation_id: None }

@@ -30,17 +30,8 @@ pub struct Xquik {
 
 impl Xquik {
     pub fn new(p: &Pipeline, api_key: &str) -> Result<Xquik, crate::config::ConfigError> {
-        let mut key = HeaderValue::from_str(api_key).map_err(|_| {
-            crate::config::ConfigError(format!(
-                "pipeline `{}`: the API key in {} has characters an HTTP header cannot carry; check it",
-                p.name,
-                p.api_key.describe()
-            ))
-        })?;
-        // Sensitive headers are redacted from Debug output, so no log at any level can print the key.
-        key.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert("x-api-key", key);
+        let headers =
+            super::secret_headers(p, reqwest::header::HeaderName::from_static("x-api-key"), api_key, "API key")?;
         Ok(Xquik { http: http_client(p, headers)?, base: p.base_url.clone(), account: p.account.clone() })
     }
 
@@ -55,24 +46,12 @@ impl Xquik {
         let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| malformed(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_next_page && next_cursor.is_none() {
-            return Err(ProviderError::new(
-                ErrorClass::Malformed,
-                HISTORY,
-                Some(200),
-                "malformed_response",
-                "has_next_page is true but next_cursor is empty",
-            ));
+            return Err(ProviderError::malformed(HISTORY, "has_next_page is true but next_cursor is empty"));
         }
         let mut items = Vec::with_capacity(page.messages.len());
         for m in page.messages {
             if !valid_id(&m.id) || !valid_id(&m.sender_id) || !valid_id(&m.receiver_id) {
-                return Err(ProviderError::new(
-                    ErrorClass::Malformed,
-                    HISTORY,
-                    Some(200),
-                    "malformed_response",
-                    "a message has an invalid id",
-                ));
+                return Err(ProviderError::malformed(HISTORY, "a message has an invalid id"));
             }
             items.push(Item {
                 id: m.id.0,
@@ -96,13 +75,7 @@ impl Xquik {
         let body = send(self.http.get(url), USER).await?;
         let u: UserBody = serde_json::from_slice(&body).map_err(|e| malformed(USER, &e))?;
         if !valid_id(&u.id) {
-            return Err(ProviderError::new(
-                ErrorClass::Malformed,
-                USER,
-                Some(200),
-                "malformed_response",
-                "the user has an invalid id",
-            ));
+            return Err(ProviderError::malformed(USER, "the user has an invalid id"));
         }
         Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: u.can_dm })
     }
@@ -171,13 +144,7 @@ pub(crate) fn classify(
 
 fn malformed(endpoint: &'static str, e: &serde_json::Error) -> ProviderError {
     // serde's message names the field or position, never the value of a string.
-    ProviderError::new(
-        ErrorClass::Malformed,
-        endpoint,
-        Some(200),
-        "malformed_response",
-        format!("the body is not the documented JSON ({})", e.classify_name()),
-    )
+    ProviderError::malformed(endpoint, format!("the body is not the documented JSON ({})", e.classify_name()))
 }
 
 trait ClassifyName {
@@ -331,18 +298,7 @@ impl Xquik {
         let req = self.http.post(url).header("Idempotency-Key", idempotency_key);
         let req = match upload {
             Upload::File { name, mime, bytes } => {
-                let part = reqwest::multipart::Part::bytes(bytes.clone())
-                    .file_name(name.clone())
-                    .mime_str(mime)
-                    .map_err(|_| {
-                        ProviderError::new(
-                            ErrorClass::Conversation,
-                            UPLOAD_MEDIA,
-                            None,
-                            "invalid_media_type",
-                            "the media type cannot be sent",
-                        )
-                    })?;
+                let part = super::file_part(UPLOAD_MEDIA, name, mime, bytes)?;
                 let form = reqwest::multipart::Form::new().text("account", self.account.clone()).part("file", part);
                 req.multipart(form)
             }
