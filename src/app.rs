@@ -86,7 +86,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<i32> {
             return Ok(match forward(&cfg, &Request::Status { json: args.json }).await? {
                 Some(resp) => emit(resp),
                 None => {
-                    let store = Store::open(&cfg.state_dir, cfg.state_cache_bytes)?;
+                    let store = Store::open(&cfg.state_dir, cfg.store_options())?;
                     emit(status(&cfg, &store, args.json)?)
                 }
             });
@@ -174,7 +174,7 @@ pub(crate) fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> R
 fn open_runtimes(cfg: &Config, pipelines: &[&Pipeline]) -> anyhow::Result<Vec<Arc<Runtime>>> {
     // Secrets first: a missing key should not leave a state directory behind.
     let clients = pipelines.iter().map(|p| Client::new(p)).collect::<Result<Vec<_>, _>>()?;
-    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.store_options())?);
     pipelines.iter().zip(clients).map(|(p, client)| open_runtime(&store, p, client)).collect()
 }
 

@@ -67,6 +67,9 @@ struct RawConfig {
     /// Cap on sled's page cache, in bytes.
     #[serde(default = "default_state_cache_bytes")]
     state_cache_bytes: u64,
+    /// Newest history IDs per conversation kept as exact seen keys; 0 = never fold.
+    #[serde(default = "default_seen_window")]
+    seen_window: u64,
     /// Conversations synced at once across all pipelines.
     #[serde(default = "default_max_concurrency")]
     max_concurrency: usize,
@@ -130,6 +133,9 @@ const fn default_state_cache_bytes() -> u64 {
     // Measured (bench/run.py, 10^6 messages): 8 MiB → 65 MiB peak RSS, 16 → 90, 64 → 163, at the same speed.
     16 * 1024 * 1024
 }
+const fn default_seen_window() -> u64 {
+    16
+}
 const fn default_max_concurrency() -> usize {
     16
 }
@@ -179,11 +185,20 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Bounds sled's memory use; sled's own default is 1 GiB, far more than we need.
     pub state_cache_bytes: u64,
+    /// Newest history IDs per conversation the seen set keeps exactly (see `state::Store::fold`).
+    pub seen_window: u64,
     /// Global cap on conversations synced at once, so many pipelines cannot overload the machine.
     pub max_concurrency: usize,
     /// The bound on a clean stop of `run`.
     pub shutdown_timeout: Duration,
     pub pipelines: Vec<Pipeline>,
+}
+
+impl Config {
+    /// How to open the state database.
+    pub fn store_options(&self) -> crate::state::StoreOptions {
+        crate::state::StoreOptions { cache_bytes: self.state_cache_bytes, seen_window: self.seen_window }
+    }
 }
 
 /// Where a secret comes from. The config never holds the secret itself.
@@ -565,6 +580,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
         path: path.to_path_buf(),
         state_dir: resolve(&raw.state_dir),
         state_cache_bytes: raw.state_cache_bytes,
+        seen_window: raw.seen_window,
         max_concurrency: raw.max_concurrency,
         shutdown_timeout,
         pipelines,

@@ -75,7 +75,7 @@ struct Daemon {
 pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
     // Read every secret before touching state, so a missing key is one clear error and nothing else.
     let clients = cfg.pipelines.iter().map(Client::new).collect::<Result<Vec<_>, _>>()?;
-    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.store_options())?);
     let sched = JobScheduler::new().await.context("starting the scheduler")?;
     let listener = control::bind(&cfg.state_dir)
         .with_context(|| format!("creating the control socket in {}", cfg.state_dir.display()))?;

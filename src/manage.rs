@@ -387,7 +387,7 @@ fn numeric(s: &str) -> bool {
 /// Opens the pipeline: its client (secrets first), the state (taking the lock) and its writer.
 fn open(cfg: &Config, p: &Pipeline) -> anyhow::Result<Arc<Runtime>> {
     let client = Client::new(p)?;
-    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.store_options())?);
     crate::app::open_runtime(&store, p, client)
 }
 

@@ -1069,7 +1069,7 @@ pub fn pick<'a>(cfg: &'a Config, name: Option<&str>) -> Result<&'a Pipeline, Con
 fn open_runtime(cfg: &Config, p: &Pipeline) -> anyhow::Result<Runtime> {
     // Secrets first: a missing key should not leave a state directory behind.
     let client = Client::new(p)?;
-    let store = Arc::new(Store::open(&cfg.state_dir, cfg.state_cache_bytes)?);
+    let store = Arc::new(Store::open(&cfg.state_dir, cfg.store_options())?);
     let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, crate::app::sink_config(p))
         .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
     Ok(Runtime { pipeline: p.clone(), client, handoff, store })

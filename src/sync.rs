@@ -29,7 +29,10 @@ use crate::handoff::{Batch, Handoff};
 use crate::poll::{Budget, Spent};
 use crate::provider::{with_retry, Client, ErrorClass, Page, ProviderError};
 use crate::record::{id_cmp, message_record, now_string, Context, Conversation};
-use crate::state::{Commit, ConvState, Store};
+use crate::state::{numeric_id, Commit, ConvState, Store};
+
+/// A conversation's seen set is folded after every this many records it writes, and at the end of its run.
+const FOLD_EVERY: u64 = 64;
 
 /// Everything one pipeline needs to sync; lives as long as the process (the daemon reuses it).
 pub struct Runtime {
@@ -207,7 +210,12 @@ async fn sync_conversation(rt: &Runtime, conv_ref: &ConversationRef, shared: &Ru
             Err(Stop::Write(e)) => Some(e.clone()),
         };
         report.backfill_done = st.backfill_done;
-        let commit = Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), st)], ..Default::default() };
+        let mut commit =
+            Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), st)], ..Default::default() };
+        if report.written > 0 {
+            // Whatever this run added since the last fold.
+            commit.folds.push((p.name.clone(), conv.key().to_string()));
+        }
         // Best effort: if even this fails, the run's error is the more useful one to report.
         let _ = rt.handoff.write(Batch { lines: vec![], commit }).await;
         outcome
@@ -312,6 +320,7 @@ async fn first_page(
     next.backfill_started = true;
     next.backfill_done = page.next_cursor.is_none();
     next.backfill_cursor = page.next_cursor.clone();
+    next.covered_from = lowest(&page, st.covered_from.as_deref());
     write_page(rt, conv, &page, st, next, shared, report).await
 }
 
@@ -331,6 +340,11 @@ async fn head_pass(
         let page = fetch(rt, conv, cursor.as_deref(), shared).await?;
         let mut next = st.clone();
         next.head_newest = newest(&page, st.head_newest.as_deref());
+        if st.hwm.is_none() {
+            // Nothing seen yet, so this pass runs to the end of history: its pages reach down without a
+            // gap from what will become hwm.
+            next.covered_from = lowest(&page, st.covered_from.as_deref());
+        }
         let reached = match &st.hwm {
             Some(hwm) => page.items.iter().any(|i| id_cmp(&i.id, hwm).is_le()),
             None => false,
@@ -377,6 +391,7 @@ async fn backfill(
         let mut next = st.clone();
         next.backfill_done = page.next_cursor.is_none();
         next.backfill_cursor = page.next_cursor.clone();
+        next.covered_from = lowest(&page, st.covered_from.as_deref());
         let reached_since = shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
         write_page(rt, conv, &page, st, next, shared, report).await?;
         if reached_since && !st.backfill_done {
@@ -455,9 +470,12 @@ async fn write_page(
         next.newest_id = newest_of(next.newest_id.as_deref(), Some(&k.id));
     }
     let written = records.len() as u64;
+    // Fold the seen set every FOLD_EVERY records, so a long backfill keeps it small as it goes.
+    let fold = (report.written + written) / FOLD_EVERY > report.written / FOLD_EVERY;
     let mut commit = Commit {
         conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())],
         credits: if page.credits > 0 { vec![(p.name.clone(), page.credits)] } else { Vec::new() },
+        folds: if fold { vec![(p.name.clone(), conv.key().to_string())] } else { Vec::new() },
         ..Default::default()
     };
     let mut lines = Vec::with_capacity(records.len());
@@ -483,6 +501,18 @@ fn newest(page: &Page, current: Option<&str>) -> Option<String> {
         .iter()
         .map(|i| i.id.as_str())
         .fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(id)))
+}
+
+/// The lowest numeric item ID of a page, or `current` if that is lower. Non-numeric IDs are never folded,
+/// so they do not count.
+fn lowest(page: &Page, current: Option<&str>) -> Option<String> {
+    let current = current.and_then(|c| numeric_id(c).map(|n| (n, c)));
+    let low = page.items.iter().filter_map(|i| numeric_id(&i.id).map(|n| (n, i.id.as_str()))).min_by_key(|(n, _)| *n);
+    match (current, low) {
+        (Some(c), Some(l)) => Some(if c.0 <= l.0 { c.1 } else { l.1 }),
+        (c, l) => c.or(l).map(|(_, id)| id),
+    }
+    .map(str::to_string)
 }
 
 fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
@@ -520,5 +550,14 @@ mod tests {
         assert_eq!(newest(&page(&["9"], None), Some("50")).as_deref(), Some("50"));
         assert_eq!(newest(&page(&[], None), None), None);
         assert_eq!(newest_of(None, Some("3")).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn lowest_is_numeric_ignores_other_ids_and_keeps_current() {
+        assert_eq!(lowest(&page(&["9", "100", "abc", "11"], None), None).as_deref(), Some("9"));
+        assert_eq!(lowest(&page(&["9"], None), Some("5")).as_deref(), Some("5"));
+        assert_eq!(lowest(&page(&["9"], None), Some("50")).as_deref(), Some("9"));
+        assert_eq!(lowest(&page(&["x", "007"], None), None), None);
+        assert_eq!(lowest(&page(&[], None), Some("4")).as_deref(), Some("4"));
     }
 }

@@ -113,7 +113,8 @@ async fn a_second_owner_of_the_state_dir_gets_exit_3_naming_the_holder() {
 
     // Held by this test process.
     {
-        let _store = dm_handoff::state::Store::open(&fx.state_dir(), 1 << 20).expect("open the state");
+        let _store = dm_handoff::state::Store::open(&fx.state_dir(), dm_handoff::state::StoreOptions::default())
+            .expect("open the state");
         for args in [&["sync"][..], &["backfill"][..], &["status"][..]] {
             let line = assert_one_error_line(&fx.cmd(args).run().await, 3);
             assert!(line.contains(&format!("pid {}", std::process::id())), "names the holder's pid: {line}");

@@ -99,8 +99,9 @@ async fn kill_loop(
     inv.check(&fx, "after the second clean sync");
     let records = fx.assert_exactly_once();
     assert_status_matches(&fx.status_json().await, &records, &fx.sim.sim, &fx.peers);
+    let (exact, ranged) = fx.assert_seen_set_folded(&records);
     eprintln!(
-        "{killed_mid_run} of {rounds} rounds were killed mid-run; {} records, {} closed segments",
+        "{killed_mid_run} of {rounds} rounds were killed mid-run; {} records, {} closed segments; seen set: {exact} exact keys, {ranged} ranges",
         records.len(),
         inv.closed.len()
     );

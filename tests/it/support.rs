@@ -593,6 +593,23 @@ impl Fixture {
         records
     }
 
+    /// Opens the state (no process may hold it) and checks that the seen set was folded: most history
+    /// records are covered by ranges rather than exact keys, so exactly-once was checked with folding on.
+    /// Returns (exact history keys, conversations with a range).
+    pub fn assert_seen_set_folded(&self, records: &[Value]) -> (u64, usize) {
+        use dm_handoff::state::{Store, StoreOptions};
+        let store = Store::open(&self.state_dir(), StoreOptions::default()).expect("open the state");
+        let exact = store.count_seen(PIPELINE, Some(dm_handoff::record::Kind::DmMessage)).expect("count")
+            + store.count_seen(PIPELINE, Some(dm_handoff::record::Kind::DmEvent)).expect("count");
+        let convs = store.conversations(PIPELINE).expect("conversations");
+        let ranged = convs.iter().filter(|(c, _)| store.covered(PIPELINE, c).expect("covered").is_some()).count();
+        let history =
+            records.iter().filter(|r| matches!(str_field(r, "kind"), Some("dm_message" | "dm_event"))).count();
+        assert!(ranged > 0, "no conversation was folded");
+        assert!((exact as usize) * 2 < history, "{exact} exact keys for {history} history records: not folded");
+        (exact, ranged)
+    }
+
     /// `status --json`, parsed.
     pub async fn status_json(&self) -> Value {
         let out = self.cmd(&["status", "--json"]).run().await;
