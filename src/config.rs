@@ -639,6 +639,36 @@ rotate_max_bytes = 67108864
         check(text).expect_err("config should be rejected").0
     }
 
+    /// The annotated pipelines.toml documents keys as `# key = default`: with every one of them switched on
+    /// (but one key source per pipeline) it must still be a valid config, so no documented key is stale.
+    #[test]
+    fn every_key_the_annotated_file_documents_is_a_real_key() {
+        let annotated = include_str!("../pipelines.toml");
+        let mut text = String::new();
+        let mut documented = 0;
+        for line in annotated.lines() {
+            let body = line.strip_prefix("# ").unwrap_or(line);
+            let key = body
+                .split_once(" = ")
+                .map(|(k, _)| k)
+                .filter(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            match key {
+                // Alternatives to api_key_env: a pipeline takes one.
+                Some("api_key_file" | "auth_token_env") => text.push_str(line),
+                Some(k) if !k.is_empty() => {
+                    documented += 1;
+                    text.push_str(body);
+                }
+                _ => text.push_str(line),
+            }
+            text.push('\n');
+        }
+        assert!(documented >= 25, "only {documented} keys found; did the annotation format change?");
+        let cfg = check(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.seen_window, 16);
+        assert_eq!(cfg.state_cache_bytes, 16 * 1024 * 1024);
+    }
+
     #[test]
     fn minimal_spec_form_is_accepted_with_paths_from_the_config_folder() {
         let cfg = check(MINIMAL).unwrap();

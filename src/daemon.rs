@@ -368,6 +368,16 @@ impl Daemon {
             tracing::error!("reload rejected: state_dir cannot change while running; restart the daemon");
             return;
         }
+        // The store and the global limit are opened once; say so rather than ignore a change silently.
+        for (key, differs) in [
+            ("state_cache_bytes", new.state_cache_bytes != old.state_cache_bytes),
+            ("seen_window", new.seen_window != old.seen_window),
+            ("max_concurrency", new.max_concurrency != old.max_concurrency),
+        ] {
+            if differs {
+                tracing::warn!(key, "this key changed; it takes effect when the daemon restarts");
+            }
+        }
         // Secrets of new and changed pipelines first, so a missing key rejects the reload as a whole.
         let changed: Vec<&Pipeline> =
             new.pipelines.iter().filter(|p| old.pipelines.iter().find(|o| o.name == p.name) != Some(*p)).collect();

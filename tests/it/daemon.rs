@@ -265,10 +265,14 @@ async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fx.sim.sim.add_messages("700008", 2);
     assert!(eventually(Duration::from_secs(20), || count("700008") == 42).await, "the old config stopped running");
-    // Valid, with one more conversation: it starts being synced.
+    // Valid, with one more conversation: it starts being synced. A changed store setting is not applied
+    // in place, and says so.
     std::fs::write(
         &fx.config,
-        good.replace("conversations = [\"700008\"]", "conversations = [\"700008\", \"700009\"]"),
+        format!(
+            "seen_window = 4\n{}",
+            good.replace("conversations = [\"700008\"]", "conversations = [\"700008\", \"700009\"]")
+        ),
     )
     .unwrap();
     daemon.signal(libc::SIGHUP);
@@ -278,6 +282,10 @@ async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     out.expect_code(0);
     assert!(out.stderr.contains("reload rejected"), "{out}");
     assert!(out.stderr.contains("config reloaded"), "{out}");
+    assert!(
+        out.stderr.contains("takes effect when the daemon restarts") && out.stderr.contains("seen_window"),
+        "{out}"
+    );
     let fx = Fixture { peers: vec!["700008".into(), "700009".into()], ..fx };
     fx.assert_exactly_once();
 }
