@@ -11,8 +11,8 @@ credits spent per new message delivered.
 
 Builds nothing: run `cargo build --release` first. Starts `dm-handoff simulate` on a free loopback port
 (separate process, so its CPU is visible but not in our RSS), writes a config, runs `dm-handoff sync`,
-and reports wall time, messages/s, the sync process's peak RSS (its VmHWM, sampled), requests and
-credits the simulator counted, and bytes written. Then it runs a second sync with nothing new, which
+and reports wall time, messages/s, the sync process's peak RSS (its VmHWM, sampled), the CPU seconds of
+the sync and of the simulator, requests and credits the simulator counted, and bytes written. Then it runs a second sync with nothing new, which
 shows the steady-state cost of a poll. Numbers vary with the machine; the README quotes one run.
 """
 import argparse
@@ -56,10 +56,19 @@ def run_measured(cmd, env):
     sampler.start()
     # Read stderr before waiting so a chatty child cannot block on a full pipe.
     err = proc.stderr.read()
-    proc.wait()
+    # wait4 for the child's own CPU time (user + system); its times, unlike its maxrss, are its own.
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     wall = time.monotonic() - t0
-    return wall, hwm[0] / 1024.0, proc.returncode, err
+    return wall, hwm[0] / 1024.0, proc.returncode, err, usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 STATE_CACHE = 16 * 1024 * 1024
@@ -72,19 +81,18 @@ def bench(binary, convs, msgs, workdir):
         peers = [c["peer_id"] for c in scenario["conversations"]]
         cfg = write_config(workdir, addr, peers, "0 * * * * *", f"state_cache_bytes = {STATE_CACHE}\n", "")
         env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
-        wall, rss, code, err = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
+        sim_cpu0 = cpu_seconds(sim.pid)
+        wall, rss, code, err, cpu = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
+        sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
         if code != 0:
             sys.exit(f"sync failed ({code}): {err[-2000:]}")
         stats = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
         out = os.path.join(workdir, "out")
         nbytes = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
-        lines = 0
-        for n in os.listdir(out):
-            with open(os.path.join(out, n), "rb") as fh:
-                lines += fh.read().count(b"\n")
+        lines = count_lines(out)
         total = convs * msgs
         assert lines == total, f"expected {total} records, found {lines}"
-        wall2, _, code2, _ = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
+        wall2, _, code2, _, _ = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
         stats2 = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
         return {
             "size": f"{convs}x{msgs}",
@@ -92,6 +100,9 @@ def bench(binary, convs, msgs, workdir):
             "wall_s": round(wall, 2),
             "msgs_per_s": int(total / wall),
             "peak_rss_mib": round(rss, 1),
+            # Where the time went: both processes share the machine's cores.
+            "cpu_s": round(cpu, 1),
+            "sim_cpu_s": round(sim_cpu, 1),
             "requests": stats["requests"],
             "credits": stats["credits"],
             "bytes_written": nbytes,
@@ -164,7 +175,7 @@ def baseline(binary, convs, msgs, workdir):
         here = os.path.dirname(os.path.abspath(__file__))
         cmd = [sys.executable, os.path.join(here, "baseline.py"), f"http://{addr}/api/v1", "bench_account",
                os.path.join(workdir, "seen.db"), os.path.join(workdir, "out.jsonl"), *peers]
-        wall, rss, code, err = run_measured(cmd, dict(os.environ))
+        wall, rss, code, err, _ = run_measured(cmd, dict(os.environ))
         if code != 0:
             sys.exit(f"baseline failed: {err[-2000:]}")
         lines = sum(1 for _ in open(os.path.join(workdir, "out.jsonl"), "rb"))
