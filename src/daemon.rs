@@ -50,6 +50,9 @@ struct Slot {
     plan: Mutex<PollPlan>,
     /// When the previous tick fired: the length of a tick, for the plan.
     last_tick: Mutex<Option<Instant>>,
+    /// [`provider::secrets_digest`] of the secrets the client was built with: a reload that reads different
+    /// ones restarts the pipeline even when its config is unchanged (key rotation).
+    secrets: Option<u64>,
 }
 
 /// The running daemon's shared parts.
@@ -165,6 +168,8 @@ impl Daemon {
 
     /// Builds a pipeline's slot and schedules it.
     async fn add_pipeline(self: &Arc<Self>, p: &Pipeline, client: Client) -> anyhow::Result<()> {
+        // Read right after the client: a rotation in between is caught by the next reload.
+        let secrets = crate::provider::secrets_digest(p).ok();
         let rt = app::open_runtime(&self.store, p, client)?;
         let name = p.name.clone();
         let weak = Arc::downgrade(self);
@@ -185,6 +190,7 @@ impl Daemon {
             last: Mutex::new(None),
             plan: Mutex::new(PollPlan::new(p.adaptive_poll_max)),
             last_tick: Mutex::new(None),
+            secrets,
         });
         if let Ok(mut slots) = self.slots.lock() {
             slots.insert(p.name.clone(), slot);
@@ -378,9 +384,28 @@ impl Daemon {
                 tracing::warn!(key, "this key changed; it takes effect when the daemon restarts");
             }
         }
+        // Pipelines to (re)start: new or changed config, or unchanged config whose secrets now read
+        // differently (a rotated key file or variable). An unchanged pipeline whose secret cannot be read
+        // keeps running with the key it has.
+        let mut changed: Vec<&Pipeline> = Vec::new();
+        for p in &new.pipelines {
+            if old.pipelines.iter().find(|o| o.name == p.name) != Some(p) {
+                changed.push(p);
+                continue;
+            }
+            let running = self.slot(&p.name).and_then(|s| s.secrets);
+            match crate::provider::secrets_digest(p) {
+                Ok(now) if Some(now) != running => {
+                    tracing::info!(pipeline = %p.name, "its key changed; restarting the pipeline with the new one");
+                    changed.push(p);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %p.name, error = %e, "key not re-read; the pipeline keeps its current one")
+                }
+            }
+        }
         // Secrets of new and changed pipelines first, so a missing key rejects the reload as a whole.
-        let changed: Vec<&Pipeline> =
-            new.pipelines.iter().filter(|p| old.pipelines.iter().find(|o| o.name == p.name) != Some(*p)).collect();
         let clients = match changed.iter().map(|p| Client::new(p)).collect::<Result<Vec<_>, _>>() {
             Ok(c) => c,
             Err(e) => {
@@ -391,7 +416,7 @@ impl Daemon {
         let gone: Vec<String> = old
             .pipelines
             .iter()
-            .filter(|o| new.pipelines.iter().find(|p| p.name == o.name) != Some(*o))
+            .filter(|o| !new.pipelines.iter().any(|p| p.name == o.name) || changed.iter().any(|p| p.name == o.name))
             .map(|o| o.name.clone())
             .collect();
         for name in &gone {

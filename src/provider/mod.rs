@@ -233,6 +233,19 @@ where
 }
 
 /// The provider adapters, as one type the engine can hold.
+/// A digest of the pipeline's secrets as they read now. The daemon keeps it (never the secrets themselves
+/// outside the client) and compares it on SIGHUP, so rewriting a key file and reloading rotates the key of a
+/// pipeline whose config did not change.
+pub fn secrets_digest(p: &Pipeline) -> Result<u64, crate::config::ConfigError> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.api_key.read(&p.name, "API key")?.hash(&mut h);
+    if let Some(token) = &p.auth_token {
+        token.read(&p.name, "auth_token")?.hash(&mut h);
+    }
+    Ok(h.finish())
+}
+
 pub enum Client {
     Xquik(xquik::Xquik),
     XApiV2(x_api_v2::XApiV2),

@@ -243,6 +243,37 @@ async fn status_and_sync_go_through_the_daemon_and_a_second_daemon_is_refused() 
     fx.assert_exactly_once();
 }
 
+/// Key rotation: the config names a key file and does not change; rewriting the file and sending SIGHUP
+/// restarts the pipeline with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_after_rewriting_the_key_file_rotates_the_key() {
+    let cfg = sim_config(37, vec![conv("700010", 30, CursorStyle::Offset)]);
+    let fx = daemon_fixture(cfg, None, "* * * * * *", "").await;
+    let text = std::fs::read_to_string(&fx.config).unwrap();
+    std::fs::write(&fx.config, text.replace(&format!("api_key_env = \"{KEY_VAR}\""), "api_key_file = \"key.txt\""))
+        .unwrap();
+    let key_file = fx.config.parent().unwrap().join("key.txt");
+    std::fs::write(&key_file, "xq_revoked_key_0000000000000000\n").unwrap();
+    let daemon = fx.cmd(&["run"]).spawn();
+    // The old key is refused at every tick.
+    assert!(
+        eventually(Duration::from_secs(20), || fx.sim.sim.stats().by_status.get(&401).copied().unwrap_or(0) >= 2).await
+    );
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let out_dir = fx.out_dir();
+    assert!(
+        eventually(Duration::from_secs(20), || read_complete_records(&out_dir).len() == 30).await,
+        "the new key was not used"
+    );
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait().await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("its key changed"), "{out}");
+    assert!(!out.all().contains("xq_revoked_key") && !out.all().contains(KEY), "a key reached the output\n{out}");
+    fx.assert_exactly_once();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     let cfg = sim_config(36, vec![conv("700008", 40, CursorStyle::Offset), conv("700009", 60, CursorStyle::MaxId)]);
