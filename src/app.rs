@@ -592,6 +592,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     let second =
         emit(run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?);
     let stats = handle.sim.stats();
+    // The demo's simulator stops with the demo, so a rerun needs one on the address the config names.
+    let addr = handle.base_url().trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
     handle.shutdown().await;
     let out_dir = &cfg.pipelines[0].output_dir;
     println!("\n== files in {}", out_dir.display());
@@ -604,6 +606,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
     println!("\nLook at it:");
     println!("  tail -n 3 {}", active.display());
     println!("  cargo run --release -- status --config {}", config_path.display());
+    println!("  cargo run --release -- simulate --listen {addr} &   # the demo's simulator has stopped; start one");
     println!(
         "  cargo run --release -- sync --config {}   # run again: nothing is written twice",
         config_path.display()

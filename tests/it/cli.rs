@@ -259,6 +259,24 @@ async fn demo_runs_against_its_own_simulator_and_writes_records() {
     let scenario = default_scenario();
     let expected: usize = scenario.conversations.iter().map(|c| c.messages).sum::<usize>() + 5;
     assert_eq!(records.len(), expected, "every message of the demo scenario, plus the five that arrive\n{out}");
+
+    // What the demo tells the user to do next works: a simulator on the printed address, then a sync
+    // that writes nothing twice.
+    let listen = out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cargo run --release -- simulate --listen "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the demo prints how to start a simulator\n{out}"))
+        .to_string();
+    assert!(out.stdout.contains("cargo run --release -- sync --config"), "{out}");
+    let server = Cmd::new(&["simulate", "--listen", &listen]).key(None).cwd(dir.path()).spawn();
+    wait_until("the simulator prints its address", || server.stdout_so_far().contains(&listen)).await;
+    let again = Cmd::new(&["sync", "--config"]).arg(demo.join("pipelines.toml")).key(None).cwd(dir.path()).run().await;
+    again.expect_code(0);
+    assert_eq!(read_records(&demo.join("out").join("support")).len(), expected, "a rerun wrote something twice");
+    server.signal(libc::SIGTERM);
+    server.wait().await.expect_code(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
