@@ -593,7 +593,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
         emit(run_once(&cfg, &[], RunOptions { head: true, backfill: Some(true), ..Default::default() }).await?);
     let stats = handle.sim.stats();
     // The demo's simulator stops with the demo, so a rerun needs one on the address the config names.
-    let addr = handle.base_url().trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+    let addr = handle.addr;
     handle.shutdown().await;
     let out_dir = &cfg.pipelines[0].output_dir;
     println!("\n== files in {}", out_dir.display());

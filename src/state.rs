@@ -101,6 +101,13 @@ pub struct Covered {
     pub hi: u64,
 }
 
+impl Covered {
+    /// Whether a history key falls in the range (only numeric IDs of history kinds can).
+    fn holds(&self, k: &Key) -> bool {
+        is_history(k.kind) && numeric_id(&k.id).is_some_and(|n| self.lo <= n && n <= self.hi)
+    }
+}
+
 /// The layout version stored under `v`. Version 1 (no `v` key) stored numeric IDs unpadded.
 pub const FORMAT: u64 = 2;
 
@@ -200,10 +207,15 @@ pub fn numeric_id(id: &str) -> Option<u64> {
     id.parse().ok()
 }
 
-/// The form an ID takes in a key: numbers padded to 20 digits so they sort numerically, anything else as it is.
+/// A numeric ID as keys store it: zero-padded to 20 digits, so keys sort numerically.
+fn padded(n: u64) -> String {
+    format!("{n:020}")
+}
+
+/// The form an ID takes in a key: numbers padded, anything else as it is.
 fn stored_id(id: &str) -> std::borrow::Cow<'_, str> {
     match numeric_id(id) {
-        Some(n) => format!("{n:020}").into(),
+        Some(n) => padded(n).into(),
         None => id.into(),
     }
 }
@@ -291,13 +303,13 @@ impl Store {
         for kv in self.db.scan_prefix([b's']) {
             let (k, _) = kv.map_err(self.db_err())?;
             let id_start = k.iter().rposition(|b| *b == 0).map_or(k.len(), |i| i + 1);
-            let Some(n) = std::str::from_utf8(&k[id_start..]).ok().and_then(numeric_id) else { continue };
-            let padded = format!("{n:020}");
-            if padded.as_bytes() == &k[id_start..] {
+            let Ok(id) = std::str::from_utf8(&k[id_start..]) else { continue };
+            let stored = stored_id(id);
+            if stored == id {
                 continue;
             }
             let mut new_key = k[..id_start].to_vec();
-            new_key.extend_from_slice(padded.as_bytes());
+            new_key.extend_from_slice(stored.as_bytes());
             batch.remove(k);
             batch.insert(new_key, &[][..]);
             pending += 1;
@@ -319,18 +331,14 @@ impl Store {
             if !st.backfill_done || st.hwm.is_none() || st.covered_from.is_some() {
                 continue;
             }
-            let mut oldest: Option<u64> = None;
+            let mut oldest = Vec::new();
             for kind in HISTORY_KINDS {
                 let (from, to) = self.history_bounds(&pipeline, &conv, kind, 0, u64::MAX);
                 if let Some(kv) = self.db.range(from..=to).next() {
-                    let (k, _) = kv.map_err(self.db_err())?;
-                    oldest = match (oldest, padded_id(&k)) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    oldest.extend(padded_id(&kv.map_err(self.db_err())?.0));
                 }
             }
-            let Some(oldest) = oldest else { continue };
+            let Some(oldest) = oldest.into_iter().min() else { continue };
             st.covered_from = Some(oldest.to_string());
             self.db.insert(&k, serde_json::to_vec(&st).unwrap_or_default()).map_err(self.db_err())?;
             folded += self.fold(&pipeline, &conv)?;
@@ -350,12 +358,16 @@ impl Store {
     /// Whether a record with this key was already written for this pipeline: inside the conversation's
     /// covered range (history kinds), or one of the exact keys.
     pub fn is_seen(&self, pipeline: &str, k: &Key) -> Result<bool, StateError> {
-        if is_history(k.kind) {
-            if let Some(n) = numeric_id(&k.id) {
-                if self.covered(pipeline, &k.conversation)?.is_some_and(|c| c.lo <= n && n <= c.hi) {
-                    return Ok(true);
-                }
-            }
+        let covered = if is_history(k.kind) { self.covered(pipeline, &k.conversation)? } else { None };
+        self.is_seen_with(pipeline, k, covered)
+    }
+
+    /// [`Store::is_seen`] with `covered` already read for `k.conversation`: the sync engine reads it once per
+    /// page, not once per record. Only folds change a range, and a conversation's folds run inside its own
+    /// commits, which its sync task awaits before it reads the next page.
+    pub fn is_seen_with(&self, pipeline: &str, k: &Key, covered: Option<Covered>) -> Result<bool, StateError> {
+        if covered.is_some_and(|c| c.holds(k)) {
+            return Ok(true);
         }
         self.db.contains_key(seen_key(pipeline, k)).map_err(self.db_err())
     }
@@ -565,7 +577,7 @@ impl Store {
 
     /// The first and last possible exact keys of one kind of a conversation with padded IDs in `lo..=hi`.
     fn history_bounds(&self, pipeline: &str, conversation: &str, kind: Kind, lo: u64, hi: u64) -> (Vec<u8>, Vec<u8>) {
-        let at = |n: u64| key(b's', &[pipeline, conversation, kind.as_str(), &format!("{n:020}")]);
+        let at = |n: u64| key(b's', &[pipeline, conversation, kind.as_str(), &padded(n)]);
         (at(lo), at(hi))
     }
 

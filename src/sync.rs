@@ -450,12 +450,13 @@ async fn write_page(
         source_endpoint: rt.client.history_endpoint(conv),
     };
     let synced_at = now_string();
+    let covered = rt.store.covered(&p.name, conv.key())?;
     let mut fresh = HashSet::new();
     let mut records = Vec::new();
     for item in &page.items {
         let record = message_record(&ctx, conv, item, &synced_at);
         let Some(key) = record.key() else { continue };
-        if fresh.contains(&key) || rt.store.is_seen(&p.name, &key)? {
+        if fresh.contains(&key) || rt.store.is_seen_with(&p.name, &key, covered)? {
             report.duplicates += 1;
             continue;
         }
@@ -506,13 +507,12 @@ fn newest(page: &Page, current: Option<&str>) -> Option<String> {
 /// The lowest numeric item ID of a page, or `current` if that is lower. Non-numeric IDs are never folded,
 /// so they do not count.
 fn lowest(page: &Page, current: Option<&str>) -> Option<String> {
-    let current = current.and_then(|c| numeric_id(c).map(|n| (n, c)));
-    let low = page.items.iter().filter_map(|i| numeric_id(&i.id).map(|n| (n, i.id.as_str()))).min_by_key(|(n, _)| *n);
-    match (current, low) {
-        (Some(c), Some(l)) => Some(if c.0 <= l.0 { c.1 } else { l.1 }),
-        (c, l) => c.or(l).map(|(_, id)| id),
-    }
-    .map(str::to_string)
+    current
+        .into_iter()
+        .chain(page.items.iter().map(|i| i.id.as_str()))
+        .filter_map(|id| numeric_id(id).map(|n| (n, id)))
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, id)| id.to_string())
 }
 
 fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
