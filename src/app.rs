@@ -518,7 +518,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
                 ConfigError(format!("scenario {}: {e}; see the simulator section of the README", path.display()))
             })?
         }
-        None => crate::simulator::default_scenario(),
+        None => dm_handoff_simulator::default_scenario(),
     };
     if let Some(seed) = args.seed {
         sim_cfg.seed = seed;
@@ -533,7 +533,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<Exit> {
     std::io::stdout().flush()?;
     let cancel = CancellationToken::new();
     stop_on_signal(cancel.clone(), "stopping the simulator");
-    crate::simulator::Simulator::new(sim_cfg).serve(listener, async move { cancel.cancelled().await }).await?;
+    dm_handoff_simulator::Simulator::new(sim_cfg).serve(listener, async move { cancel.cancelled().await }).await?;
     Ok(Exit::Ok)
 }
 
@@ -556,11 +556,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
         .into());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let handle = crate::simulator::Simulator::spawn(crate::simulator::default_scenario())
+    let handle = dm_handoff_simulator::Simulator::spawn(dm_handoff_simulator::default_scenario())
         .await
         .context("starting the simulator")?;
     std::fs::write(dir.join("demo-api-key"), "xq_demo_key_not_secret\n")?;
-    let scenario = crate::simulator::default_scenario();
+    let scenario = dm_handoff_simulator::default_scenario();
     let convs: Vec<String> = scenario.conversations.iter().map(|c| format!("\"{}\"", c.peer_id)).collect();
     std::fs::write(
         &config_path,

@@ -16,7 +16,8 @@
 //! - [`record`]: the normalized record schema, its exactly-once key, and time normalization.
 //! - [`poll`]: cost policies, pure: adaptive polling of quiet conversations and credit budgets.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
-//! - [`simulator`]: the built-in simulator of the provider APIs, for `demo`, tests and benchmarks.
+//!
+//! The provider simulator (`demo`, `simulate`, the tests) is the workspace crate `dm-handoff-simulator`.
 
 pub mod app;
 pub mod cli;
@@ -29,7 +30,7 @@ pub mod outbound;
 pub mod poll;
 pub mod provider;
 pub mod record;
-pub mod simulator;
+
 pub mod sink;
 pub mod state;
 pub mod sync;

@@ -10,6 +10,9 @@ pub mod getxapi;
 pub mod x_api_v2;
 pub mod xquik;
 
+#[cfg(test)]
+mod sim_tests;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use dm_handoff::simulator::{default_scenario, CursorStyle, Faults, Simulator};
+use dm_handoff_simulator::{default_scenario, CursorStyle, Faults, Simulator};
 
 use crate::support::*;
 

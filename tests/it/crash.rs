@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use dm_handoff::simulator::{CursorStyle, Faults, SimConversation};
+use dm_handoff_simulator::{CursorStyle, Faults, SimConversation};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use dm_handoff::simulator::{CursorStyle, Faults};
+use dm_handoff_simulator::{CursorStyle, Faults};
 
 use crate::support::*;
 
@@ -24,7 +24,7 @@ async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A fixture whose pipeline runs on `schedule` (the harness writes a default one).
 async fn daemon_fixture(
-    cfg: dm_handoff::simulator::SimConfig,
+    cfg: dm_handoff_simulator::SimConfig,
     peers: Option<&[String]>,
     schedule: &str,
     extra: &str,

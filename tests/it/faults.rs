@@ -2,7 +2,7 @@
 //! until it succeeds, what is not is never retried and is reported with its code, one conversation's
 //! failure does not stop the others, and no failure leaves a torn line, a duplicate or a gap.
 
-use dm_handoff::simulator::{CursorStyle, Faults, SimConversation};
+use dm_handoff_simulator::{CursorStyle, Faults, SimConversation};
 
 use crate::support::*;
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use dm_handoff::simulator::{CursorStyle, Faults, SendStyle, SimConfig, SimConversation, Stats};
+use dm_handoff_simulator::{CursorStyle, Faults, SendStyle, SimConfig, SimConversation, Stats};
 use serde_json::Value;
 
 use crate::support::*;
@@ -66,7 +66,7 @@ fn assert_send_line(fx: &Fixture, line: &str, peer: &str, text: &str, media_id: 
         .find(|m| m.id == id)
         .unwrap_or_else(|| panic!("the simulator has no message {id}"));
     assert_eq!(sent.text.as_deref(), Some(text), "the provider got the text unchanged");
-    assert_eq!(sent.sender_id, dm_handoff::simulator::Simulator::account_id(ACCOUNT), "sent by the account");
+    assert_eq!(sent.sender_id, dm_handoff_simulator::Simulator::account_id(ACCOUNT), "sent by the account");
     if fx.sim.sim.config().send_style == SendStyle::WriteAction {
         assert_eq!(sent.created_at, sent_at, "sent_at is the provider's completion time");
     } else {

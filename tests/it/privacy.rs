@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use dm_handoff::simulator::{CursorStyle, Faults};
+use dm_handoff_simulator::{CursorStyle, Faults};
 
 use crate::support::*;
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use dm_handoff::simulator::{CursorStyle, Faults, SimGroup};
+use dm_handoff_simulator::{CursorStyle, Faults, SimGroup};
 use serde_json::Value;
 
 use crate::support::*;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dm_handoff::simulator::CursorStyle;
+use dm_handoff_simulator::CursorStyle;
 
 use crate::support::*;
 

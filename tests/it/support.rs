@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use dm_handoff::simulator::{CursorStyle, SimConfig, SimConversation, SimHandle, Simulator, Stats};
+use dm_handoff_simulator::{CursorStyle, SimConfig, SimConversation, SimHandle, Simulator, Stats};
 use serde_json::Value;
 
 /// The binary under test.
@@ -805,7 +805,7 @@ pub fn is_millis_z(s: &str) -> bool {
 /// Checks every field of every record against SPEC section 4 (and "Other providers' records" for X API v2
 /// and GetXAPI) and the simulator's ground truth.
 pub fn assert_spec_fields_for(provider: Provider, records: &[Value], sim: &Simulator) {
-    let mut truth: HashMap<String, HashMap<String, dm_handoff::simulator::SimMessage>> = HashMap::new();
+    let mut truth: HashMap<String, HashMap<String, dm_handoff_simulator::SimMessage>> = HashMap::new();
     for r in records {
         let peer = str_field(r, "conversation_user_id").expect("conversation_user_id").to_string();
         let msgs = truth

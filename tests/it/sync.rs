@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 
-use dm_handoff::simulator::{CursorStyle, Growth};
+use dm_handoff_simulator::{CursorStyle, Growth};
 
 use crate::support::*;
 

@@ -34,8 +34,9 @@ mod xquik;
 
 pub use x_api_v2::{SimEvent, SimGroup};
 
-#[cfg(test)]
-mod testkit;
+/// A raw HTTP/1.1 client for tests that must see exactly what goes over the wire.
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 use std::collections::BTreeMap;
 use std::future::Future;

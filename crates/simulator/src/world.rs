@@ -391,7 +391,7 @@ pub(crate) fn parse_peer(t: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::{SimConfig, SimConversation};
+    use crate::{SimConfig, SimConversation};
     use std::collections::HashSet;
 
     fn world(style: CursorStyle, n: usize, growth: Growth) -> World {

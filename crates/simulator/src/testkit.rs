@@ -9,27 +9,27 @@ use tokio::net::TcpStream;
 
 /// What came back over the wire.
 #[derive(Debug)]
-pub(crate) struct Raw {
-    pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Vec<u8>,
+pub struct Raw {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
     /// False when the connection ended before the body promised by the headers was complete.
-    pub(crate) complete: bool,
+    pub complete: bool,
 }
 
 impl Raw {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    pub(crate) fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// Sends one request with `Connection: close` and reads until the server closes.
-pub(crate) async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
+pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -47,7 +47,7 @@ pub(crate) async fn send(addr: SocketAddr, method: &str, target: &str, headers: 
     parse(&buf)
 }
 
-pub(crate) async fn get(addr: SocketAddr, target: &str) -> Raw {
+pub async fn get(addr: SocketAddr, target: &str) -> Raw {
     send(addr, "GET", target, &[], b"").await
 }
 
@@ -99,7 +99,7 @@ fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
 }
 
 /// Percent-encodes a query value the way a careful client does.
-pub(crate) fn encode(value: &str) -> String {
+pub fn encode(value: &str) -> String {
     let mut out = String::new();
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

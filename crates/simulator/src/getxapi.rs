@@ -358,6 +358,3 @@ async fn user(State(sim): State<Simulator>, query: Result<Query<HashMap<String, 
         None => err(404, "User not found"),
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,15 +1,15 @@
-//! The GetXAPI routes, spoken to by the real adapter (`provider::getxapi`): same world, its own shapes.
+//! The GetXAPI adapter against the simulator's `/twitter/` routes: same world, its own shapes.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::super::testkit::send;
-use super::super::{Faults, SimConfig, SimConversation, SimGroup, SimHandle, Simulator};
 use crate::config::Pipeline;
 use crate::provider::getxapi::GetXApi;
 use crate::provider::{with_retry, ErrorClass, WriteDone, WriteState};
 use crate::record::{normalize_time, Conversation};
+use dm_handoff_simulator::testkit::send;
+use dm_handoff_simulator::{Faults, SimConfig, SimConversation, SimGroup, SimHandle, Simulator};
 
 const KEY: &str = "get-x-api-test-key";
 const AUTH: &str = "auth-token-of-the-account";
