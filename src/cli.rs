@@ -24,7 +24,7 @@ pub struct Opts {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable text.
+    /// Human-readable text, or journald's structured fields when stderr is the journal (under systemd).
     Auto,
     Text,
     /// One JSON object per line.

@@ -2,7 +2,7 @@
 //!
 //! Every change of durable state for a pipeline goes through [`Handoff::write`], which is what makes the
 //! order of SPEC section 4 hold: lines written, fsync, then one atomic state commit that includes the
-//! sink's new [`CommitPoint`]. Writes are *group-committed*: a dedicated thread takes whatever batches
+//! sink's new [`crate::sink::CommitPoint`]. Writes are *group-committed*: a dedicated thread takes whatever batches
 //! queued up while the previous fsync ran (up to [`GROUP_MAX_BYTES`]) and makes them durable with one
 //! write, one fsync and one sled flush, so many conversations cost one fsync, not one each. A caller is
 //! answered only after its batch is durable.
@@ -57,15 +57,21 @@ pub struct Recovery {
     pub lines_reconciled: u64,
 }
 
-struct Request {
-    batch: Batch,
-    reply: oneshot::Sender<Result<(), HandoffError>>,
+/// What the writer thread is asked to do, in order.
+enum Request {
+    Write {
+        batch: Batch,
+        reply: oneshot::Sender<Result<(), HandoffError>>,
+    },
+    /// Finish what is queued before this, close the active file (fsync) and stop.
+    Close,
 }
 
-/// Handle to a pipeline's writer thread.
+/// Handle to a pipeline's writer thread. Shared (`Arc`) by every task of the pipeline; any holder may close
+/// it, and closing waits for the thread, so no path can leave the writer running unjoined.
 pub struct Handoff {
     tx: mpsc::UnboundedSender<Request>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Handoff {
@@ -78,13 +84,15 @@ impl Handoff {
             .name(format!("handoff-{pipeline}"))
             .spawn(move || writer.run(rx))
             .map_err(|e| HandoffError(format!("cannot start the writer thread: {e}")))?;
-        Ok((Handoff { tx, thread: Some(thread) }, recovery))
+        Ok((Handoff { tx, thread: std::sync::Mutex::new(Some(thread)) }, recovery))
     }
 
     /// Makes a batch durable; returns once its lines are fsynced and its state committed.
     pub async fn write(&self, batch: Batch) -> Result<(), HandoffError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { batch, reply }).map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
+        self.tx
+            .send(Request::Write { batch, reply })
+            .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
         rx.await.map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
     }
 
@@ -93,21 +101,21 @@ impl Handoff {
         self.write(Batch::default()).await
     }
 
-    /// Stops the writer after it has finished every queued batch, and fsyncs the active file.
-    pub async fn close(mut self) {
-        let thread = self.thread.take();
-        drop(self);
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+    /// Stops the writer after it has finished every batch queued before this call, fsyncs the active file
+    /// and joins the thread. Later writes fail with "the pipeline writer has stopped". Idempotent.
+    pub async fn close(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(thread) = thread else { return };
+        let _ = self.tx.send(Request::Close);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 
 impl Drop for Handoff {
     fn drop(&mut self) {
-        // Closing the channel ends the writer loop; `close` joins it, a plain drop lets it finish alone.
-        let (tx, _) = mpsc::unbounded_channel();
-        drop(std::mem::replace(&mut self.tx, tx));
+        // Dropping the last sender ends the writer loop after the queued batches; `close` also joins it, a
+        // plain drop lets it finish alone.
+        let _ = self.tx.send(Request::Close);
     }
 }
 
@@ -121,14 +129,20 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut bytes: usize = first.batch.lines.iter().map(|l| l.len() + 1).sum();
-            let mut group = vec![first];
+        let mut closing = false;
+        while !closing {
+            let Some(Request::Write { batch, reply }) = rx.blocking_recv() else { break };
+            let mut bytes: usize = batch.lines.iter().map(|l| l.len() + 1).sum();
+            let mut group = vec![(batch, reply)];
             while bytes < GROUP_MAX_BYTES {
                 match rx.try_recv() {
-                    Ok(r) => {
-                        bytes += r.batch.lines.iter().map(|l| l.len() + 1).sum::<usize>();
-                        group.push(r);
+                    Ok(Request::Write { batch, reply }) => {
+                        bytes += batch.lines.iter().map(|l| l.len() + 1).sum::<usize>();
+                        group.push((batch, reply));
+                    }
+                    Ok(Request::Close) => {
+                        closing = true;
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -136,10 +150,10 @@ impl Writer {
             let mut lines = Vec::new();
             let mut commit = Commit::default();
             let mut replies = Vec::with_capacity(group.len());
-            for r in group {
-                lines.extend(r.batch.lines);
-                commit.merge(r.batch.commit);
-                replies.push(r.reply);
+            for (batch, reply) in group {
+                lines.extend(batch.lines);
+                commit.merge(batch.commit);
+                replies.push(reply);
             }
             let result = self.commit_group(lines, commit);
             if let Err(e) = &result {

@@ -2,35 +2,35 @@
 //!
 //! # Layout
 //!
+//! Dependencies point one way: `main → host → commands → engine → {handoff, sink, state, provider, record}
+//! → {config, ids, time, exit}` (ARCHITECTURE.md states the invariants).
+//!
+//! - [`host`]: runs a command's request here or hands it to a running daemon; the only place that opens and
+//!   closes pipelines; the daemon (`run`), the control socket, the demo and the simulator server.
+//! - [`commands`]: one module per command: arguments → a typed [`commands::Request`]; reports → text.
 //! - [`cli`]: the command line (clap derive); its doc comments are `--help`.
-//! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
-//! - [`app`]: the commands; the application edge where errors become exit codes.
-//! - [`daemon`]: `run`: schedules, single-flight runs, reload, systemd notify and watchdog, clean stop.
-//! - [`control`]: the Unix control socket through which commands reach a running daemon.
-//! - [`sync`]: one pass per conversation: fetch a page → write → fsync → commit; head pass and backfill.
+//! - [`engine`]: what an open pipeline does: sync passes, outbound DMs, X API v2 management, cost policies.
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
-//! - [`manage`]: X API v2 `delete` and `group-send`, recorded as `dm_delete` / `dm_send` lines.
-//! - [`outbound`]: `send`, `lookup`, `upload-media`: idempotent send jobs, their ledger and `dm_send` records.
 //! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
 //! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
-//! - [`record`]: the normalized record schema, its exactly-once key, and time normalization.
-//! - [`poll`]: cost policies, pure: adaptive polling of quiet conversations and credit budgets.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
+//! - [`record`]: the normalized record schema, every record builder, exactly-once keys, provider times.
+//! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
+//! - [`ids`], [`time`], [`exit`]: leaves: X's ID shapes, timestamps, the process exit codes.
 //!
-//! The provider simulator (`demo`, `simulate`, the tests) is the workspace crate `dm-handoff-simulator`.
+//! The provider simulator (`demo`, `simulate`, the tests) is the workspace crate `dm-handoff-simulator`, which
+//! names nothing of this crate.
 
-pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod control;
-pub mod daemon;
+pub mod engine;
+pub mod exit;
 pub mod handoff;
-pub mod manage;
-pub mod outbound;
-pub mod poll;
+pub mod host;
+pub mod ids;
 pub mod provider;
 pub mod record;
-
 pub mod sink;
 pub mod state;
-pub mod sync;
+pub mod time;

@@ -1,11 +1,12 @@
-//! The `dm-handoff` binary: parse the command line, set up logging, run the command, map the result to
-//! an exit code. User errors print as one line (`error: …`), never a panic or a backtrace.
+//! The `dm-handoff` binary: parse the command line, set up logging, hand the command to the host, map the
+//! result to an exit code. User errors print as one line (`error: …`), never a panic or a backtrace.
 
 use std::io::IsTerminal;
 
 use clap::Parser;
-use dm_handoff::app::{self, Exit};
 use dm_handoff::cli::{Command, LogFormat, Opts};
+use dm_handoff::exit::Exit;
+use dm_handoff::host;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -21,14 +22,14 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(Exit::Failed as i32);
+            std::process::exit(Exit::Failed.code());
         }
     };
-    let code = match runtime.block_on(app::run(opts)) {
-        Ok(code) => code,
+    let code = match runtime.block_on(host::run(opts)) {
+        Ok(exit) => exit.code(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            app::exit_code_for(&e) as i32
+            host::exit_for(&e).code()
         }
     };
     // Let background tasks (signal watchers) go without waiting on them.

@@ -5,9 +5,12 @@
 //! same key can be read back from a written line with [`key_of_line`], which is how start-up recovery
 //! reconciles lines that reached the disk after the last state commit.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::Pipeline;
+use crate::time::format_time;
 
 /// X's snowflake epoch (2010-11-04T01:42:54.657Z), in Unix milliseconds.
 const SNOWFLAKE_EPOCH_MS: u64 = 1_288_834_974_657;
@@ -223,14 +226,73 @@ pub fn message_record(ctx: &Context<'_>, conv: &Conversation, item: &Item, synce
     }
 }
 
-/// RFC 3339 UTC with milliseconds and `Z`, the one timestamp form in our records.
-pub fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// The fields every record of a pipeline starts with; the builders below fill in the rest.
+fn header(p: &Pipeline, kind: Kind, conv: &Conversation, source_endpoint: &str) -> Record {
+    let (conversation_user_id, conversation_id) = conversation_fields(p, conv);
+    Record {
+        kind: Some(kind),
+        provider: p.provider.name().to_string(),
+        pipeline: p.name.clone(),
+        account: p.account.clone(),
+        conversation_user_id,
+        conversation_id,
+        source_endpoint: source_endpoint.to_string(),
+        ..Record::default()
+    }
 }
 
-/// Now, in record form.
-pub fn now_string() -> String {
-    format_time(SystemTime::now())
+/// `conversation_user_id` (1:1 conversations only) and `conversation_id` (providers that have conversation
+/// IDs: for a 1:1 conversation the one X and GetXAPI build from the two user IDs) as a record carries them.
+pub fn conversation_fields(p: &Pipeline, conv: &Conversation) -> (Option<String>, Option<String>) {
+    match conv {
+        Conversation::Peer { user_id, conversation_id } => {
+            let id = conversation_id.clone().or_else(|| {
+                p.provider.has_conversation_ids().then(|| crate::ids::one_to_one_id(&p.account, user_id)).flatten()
+            });
+            (Some(user_id.clone()), id)
+        }
+        Conversation::Group { conversation_id } => (None, Some(conversation_id.clone())),
+    }
+}
+
+/// What a `dm_send` record says about one sent message.
+#[derive(Clone, Debug)]
+pub struct Sent<'a> {
+    /// The provider's ID of the new message (X: its event ID).
+    pub message_id: &'a str,
+    pub text: &'a str,
+    pub media_id: Option<&'a str>,
+    /// Set for sends that carry an idempotency key (1:1 `send` jobs).
+    pub idempotency_key: Option<&'a str>,
+    /// The participants of a group this send created.
+    pub participant_ids: Option<Vec<String>>,
+    /// `sent`, or `confirmed_by_history` when the provider's answer was lost and history showed the message.
+    pub status: &'a str,
+    pub sent_at: &'a str,
+}
+
+/// The `dm_send` record (SPEC section 4): `media_id`/`media_ids` only with media, `text` unless redacted.
+pub fn send_record(p: &Pipeline, conv: &Conversation, endpoint: &str, sent: Sent<'_>) -> Record {
+    Record {
+        message_id: Some(sent.message_id.to_string()),
+        participant_ids: sent.participant_ids,
+        send_status: Some(sent.status.to_string()),
+        text: (!p.redact_text).then(|| sent.text.to_string()),
+        media_id: sent.media_id.map(str::to_string),
+        media_ids: sent.media_id.map(|m| vec![m.to_string()]),
+        idempotency_key: sent.idempotency_key.map(str::to_string),
+        sent_at: Some(sent.sent_at.to_string()),
+        ..header(p, Kind::DmSend, conv, endpoint)
+    }
+}
+
+/// The `dm_delete` record (SPEC section 4, "Other providers' records").
+pub fn delete_record(p: &Pipeline, conv: &Conversation, endpoint: &str, message_id: &str, deleted_at: &str) -> Record {
+    Record {
+        message_id: Some(message_id.to_string()),
+        deleted_at: Some(deleted_at.to_string()),
+        ..header(p, Kind::DmDelete, conv, endpoint)
+    }
 }
 
 /// Re-renders a provider timestamp in record form; None when it cannot be read.

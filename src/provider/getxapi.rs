@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::x_api_v2::{malformed, one_to_one_id, valid_id};
-use super::xquik::{http_client, Id};
+use super::util::{http_client, Id};
 use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
 use crate::config::Pipeline;
+use crate::ids::{is_numeric_id, is_safe_id, one_to_one_id};
 use crate::record::{Conversation, Item};
 
 /// Route templates, as they appear in records and logs.
@@ -57,7 +57,7 @@ pub struct GetXApi {
 impl GetXApi {
     pub fn new(p: &Pipeline, api_key: &str, auth_token: &str) -> Result<GetXApi, crate::config::ConfigError> {
         let bearer = format!("Bearer {api_key}");
-        let headers = super::secret_headers(p, reqwest::header::AUTHORIZATION, &bearer, "API key")?;
+        let headers = super::util::secret_headers(p, reqwest::header::AUTHORIZATION, &bearer, "API key")?;
         Ok(GetXApi {
             http: http_client(p, headers)?,
             base: p.base_url.clone(),
@@ -101,7 +101,7 @@ impl GetXApi {
         }
         let url = format!("{}/twitter/dm/conversation", self.base);
         let answer = send(self.http.post(url).json(&body), HISTORY).await?;
-        let page: HistoryBody = serde_json::from_slice(&answer).map_err(|e| malformed(HISTORY, &e))?;
+        let page: HistoryBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_more && next_cursor.is_none() {
             return Err(ProviderError::malformed(HISTORY, "has_more is true but next_cursor is empty"));
@@ -116,9 +116,9 @@ impl GetXApi {
         let group = matches!(conv, Conversation::Group { .. });
         let mut items = Vec::with_capacity(page.messages.len());
         for m in page.messages {
-            let ok = valid_id(&m.id.0)
-                && m.sender_id.as_ref().is_none_or(|s| valid_id(&s.0))
-                && m.recipient_id.as_ref().is_none_or(|r| valid_id(&r.0));
+            let ok = is_safe_id(&m.id.0)
+                && m.sender_id.as_ref().is_none_or(|s| is_safe_id(&s.0))
+                && m.recipient_id.as_ref().is_none_or(|r| is_safe_id(&r.0));
             if !ok {
                 return Err(ProviderError::malformed(HISTORY, "a message has an invalid id"));
             }
@@ -141,13 +141,13 @@ impl GetXApi {
     /// A user by ID or username, through the user-info route (`userName=` or `userId=`).
     pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
         let who = id_or_username.trim_start_matches('@');
-        let param = if !who.is_empty() && who.bytes().all(|b| b.is_ascii_digit()) { "userId" } else { "userName" };
+        let param = if is_numeric_id(who) { "userId" } else { "userName" };
         let url = format!("{}/twitter/user/info", self.base);
         let answer = send(self.http.get(url).query(&[(param, who)]), USER).await?;
-        let b: UserBody = serde_json::from_slice(&answer).map_err(|e| malformed(USER, &e))?;
+        let b: UserBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(USER, &e))?;
         let u = b.data.unwrap_or(b.flat);
         match u.id {
-            Some(id) if valid_id(&id.0) => Ok(User {
+            Some(id) if is_safe_id(&id.0) => Ok(User {
                 id: id.0,
                 username: u.user_name.unwrap_or_default(),
                 name: u.name.unwrap_or_default(),
@@ -172,11 +172,11 @@ impl GetXApi {
         let body = serde_json::json!({ "auth_token": self.auth_token.0, "recipient_id": to, "text": text });
         let url = format!("{}/twitter/dm/send", self.base);
         let answer = send(self.http.post(url).json(&body), SEND_DM).await?;
-        let b: SendBody = serde_json::from_slice(&answer).map_err(|e| malformed(SEND_DM, &e))?;
+        let b: SendBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(SEND_DM, &e))?;
         // The docs show `data.id`; the MCP server describes `message_id`. Either is the DM's ID.
         let d = b.data.unwrap_or_default();
         match d.id.or(d.message_id).or(b.message_id) {
-            Some(id) if valid_id(&id.0) => Ok(WriteState::Done(WriteDone { id: id.0, url: None, at: d.created_at })),
+            Some(id) if is_safe_id(&id.0) => Ok(WriteState::Done(WriteDone { id: id.0, url: None, at: d.created_at })),
             _ => Err(ProviderError::malformed(SEND_DM, "a send answer without a message ID")),
         }
     }
@@ -207,7 +207,7 @@ impl GetXApi {
 /// Sends a request; returns the body of a 2xx or the error classified by status (the body's `error`
 /// text is read for nothing but a `retry_after` number and whether it blames the `auth_token`).
 async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    super::send_classified(req, endpoint, classify).await
+    super::util::send_classified(req, endpoint, classify).await
 }
 
 /// Maps a GetXAPI error to its class. There is no machine code, so the code is `http_<status>`, or

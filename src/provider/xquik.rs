@@ -8,10 +8,11 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
-use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
+use super::util::{http_client, Id};
+use super::{Dm, ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteLimit, WriteState};
 use crate::config::Pipeline;
 use crate::record::{Conversation, Item};
 
@@ -31,7 +32,7 @@ pub struct Xquik {
 impl Xquik {
     pub fn new(p: &Pipeline, api_key: &str) -> Result<Xquik, crate::config::ConfigError> {
         let headers =
-            super::secret_headers(p, reqwest::header::HeaderName::from_static("x-api-key"), api_key, "API key")?;
+            super::util::secret_headers(p, reqwest::header::HeaderName::from_static("x-api-key"), api_key, "API key")?;
         Ok(Xquik { http: http_client(p, headers)?, base: p.base_url.clone(), account: p.account.clone() })
     }
 
@@ -43,14 +44,14 @@ impl Xquik {
             req = req.query(&[("cursor", c)]);
         }
         let body = send(req, HISTORY).await?;
-        let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| malformed(HISTORY, &e))?;
+        let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_next_page && next_cursor.is_none() {
             return Err(ProviderError::malformed(HISTORY, "has_next_page is true but next_cursor is empty"));
         }
         let mut items = Vec::with_capacity(page.messages.len());
         for m in page.messages {
-            if !valid_id(&m.id) || !valid_id(&m.sender_id) || !valid_id(&m.receiver_id) {
+            if !m.id.is_safe() || !m.sender_id.is_safe() || !m.receiver_id.is_safe() {
                 return Err(ProviderError::malformed(HISTORY, "a message has an invalid id"));
             }
             items.push(Item {
@@ -73,29 +74,17 @@ impl Xquik {
     pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
         let url = format!("{}/x/users/{}", self.base, id_or_username.trim_start_matches('@'));
         let body = send(self.http.get(url), USER).await?;
-        let u: UserBody = serde_json::from_slice(&body).map_err(|e| malformed(USER, &e))?;
-        if !valid_id(&u.id) {
+        let u: UserBody = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(USER, &e))?;
+        if !u.id.is_safe() {
             return Err(ProviderError::malformed(USER, "the user has an invalid id"));
         }
         Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: u.can_dm })
     }
 }
 
-/// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages.
-pub(crate) fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::Client, crate::config::ConfigError> {
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .user_agent(concat!("dm-handoff/", env!("CARGO_PKG_VERSION")))
-        .timeout(p.retry.request_timeout)
-        .connect_timeout(p.retry.request_timeout.min(Duration::from_secs(10)))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))
-}
-
 /// Sends a request and returns the body of a 2xx, or the error as Xquik's codes classify it.
 pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    super::send_classified(req, endpoint, classify).await
+    super::util::send_classified(req, endpoint, classify).await
 }
 
 /// Maps an Xquik error response to its class and a hint, per PROVIDERS.md and SPEC section 5.
@@ -139,50 +128,6 @@ pub(crate) fn classify(
     ProviderError {
         retry_after: if class == Transient { retry_after } else { None },
         ..ProviderError::new(class, endpoint, Some(status), code, hint)
-    }
-}
-
-fn malformed(endpoint: &'static str, e: &serde_json::Error) -> ProviderError {
-    // serde's message names the field or position, never the value of a string.
-    ProviderError::malformed(endpoint, format!("the body is not the documented JSON ({})", e.classify_name()))
-}
-
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "wrong shape",
-            serde_json::error::Category::Eof => "truncated",
-        }
-    }
-}
-
-/// IDs become sled key parts and file names' neighbours: keep them to a safe alphabet.
-fn valid_id(id: &Id) -> bool {
-    !id.0.is_empty() && id.0.len() <= 64 && id.0.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// An ID that may arrive as a JSON string or number; always kept as a string.
-#[derive(Debug)]
-pub(crate) struct Id(pub String);
-
-impl<'de> Deserialize<'de> for Id {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
-        }
-        Ok(match Raw::deserialize(d)? {
-            Raw::S(s) => Id(s),
-            Raw::N(n) => Id(n.to_string()),
-        })
     }
 }
 
@@ -266,6 +211,10 @@ impl ErrorField {
 
 /// Route templates of the write endpoints.
 pub const SEND_DM: &str = "POST /x/dm/{userId}";
+/// Xquik's fixed window for writes (POST/PUT/PATCH) per account: 120 in 60 s.
+pub const WRITE_LIMIT: WriteLimit = WriteLimit { max: 120, window: Duration::from_secs(60) };
+/// Xquik charges 10 credits per send or upload.
+pub const WRITE_CREDITS: u64 = 10;
 pub const UPLOAD_MEDIA: &str = "POST /x/media";
 pub const WRITE_ACTION: &str = "GET /x/write-actions/{id}";
 
@@ -275,13 +224,8 @@ const MAX_POLL_HINT: Duration = Duration::from_secs(60);
 
 impl Xquik {
     /// `POST /x/dm/{userId}` with `Idempotency-Key`; reads both the legacy and the write-action answer.
-    pub async fn send_dm(
-        &self,
-        to: &str,
-        text: &str,
-        media_id: Option<&str>,
-        idempotency_key: &str,
-    ) -> Result<WriteState, ProviderError> {
+    pub async fn send_dm(&self, dm: &Dm<'_>) -> Result<WriteState, ProviderError> {
+        let Dm { to, text, media_id, idempotency_key } = *dm;
         let url = format!("{}/x/dm/{to}", self.base);
         let mut body = serde_json::json!({ "account": self.account, "text": text });
         if let Some(m) = media_id {
@@ -298,7 +242,7 @@ impl Xquik {
         let req = self.http.post(url).header("Idempotency-Key", idempotency_key);
         let req = match upload {
             Upload::File { name, mime, bytes } => {
-                let part = super::file_part(UPLOAD_MEDIA, name, mime, bytes)?;
+                let part = super::util::file_part(UPLOAD_MEDIA, name, mime, bytes)?;
                 let form = reqwest::multipart::Form::new().text("account", self.account.clone()).part("file", part);
                 req.multipart(form)
             }
@@ -343,7 +287,7 @@ async fn send_write(req: reqwest::RequestBuilder, endpoint: &'static str) -> Res
 /// (`success`, `failed`, `expired`) or still in progress. The ID is the compatibility field
 /// (`messageId` / `mediaId`), else `result.id` when `result.type` is the expected one.
 fn write_state(endpoint: &'static str, a: &WriteAnswer, kind: WriteKind) -> Result<WriteState, ProviderError> {
-    let b: WriteBody = serde_json::from_slice(&a.body).map_err(|e| malformed(endpoint, &e))?;
+    let b: WriteBody = serde_json::from_slice(&a.body).map_err(|e| ProviderError::bad_json(endpoint, &e))?;
     let bad = |what: &'static str| {
         ProviderError::new(ErrorClass::Malformed, endpoint, Some(a.status), "malformed_response", what)
     };
@@ -357,7 +301,7 @@ fn write_state(endpoint: &'static str, a: &WriteAnswer, kind: WriteKind) -> Resu
     let at = b.completed_at.or(b.confirmed_at);
     let url = if kind == WriteKind::Media { b.media_url } else { None };
     let done = |id: Option<Id>| match id {
-        Some(id) if valid_id(&id) => Ok(WriteState::Done(WriteDone { id: id.0, url, at })),
+        Some(id) if id.is_safe() => Ok(WriteState::Done(WriteDone { id: id.0, url, at })),
         Some(_) => Err(bad("the result ID is invalid")),
         None => Err(bad("a successful write without its result ID")),
     };
@@ -390,7 +334,7 @@ fn write_state(endpoint: &'static str, a: &WriteAnswer, kind: WriteKind) -> Resu
                         .and_then(|l| l.trim_end_matches('/').rsplit('/').next())
                         .map(|s| Id(s.to_string()))
                 })
-                .filter(valid_id)
+                .filter(Id::is_safe)
                 .ok_or_else(|| bad("a pending write without its write-action ID"))?;
             let after = a
                 .retry_after

@@ -5,7 +5,9 @@
 //! and `super::recovery` uses the name parser to find closed segments.
 
 use std::ops::Range;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+pub(super) use crate::time::unix_ms;
 
 /// Every file the sink writes ends with this; the stem is the active file name without it.
 const EXT: &str = ".jsonl";
@@ -44,12 +46,6 @@ fn is_stamp(s: &str) -> bool {
     };
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     date.len() >= 8 && digits(date) && time.len() == 6 && digits(time)
-}
-
-/// Milliseconds since the Unix epoch; times before it count as 0 so a badly set clock
-/// cannot make the sink fail.
-pub(super) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `YYYYMMDDTHHMMSSZ` for `secs` after the epoch, in UTC.
@@ -146,6 +142,8 @@ pub(super) fn plan_append(
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     /// `*` matches any run of characters, everything else itself: the shell glob loaders use.

@@ -612,9 +612,9 @@ async fn no_message_text_in_any_output_at_trace_level() {
 fn job_media_paths_are_relative_to_the_jobs_file() {
     let dir = tempfile::tempdir().unwrap();
     let text = "{\"to\":\"1\",\"text\":\"t\",\"media\":\"pics/a.png\"}\n";
-    let jobs = dm_handoff::outbound::parse_jobs(text, dir.path()).unwrap();
+    let jobs = dm_handoff::commands::send::parse_jobs(text, dir.path()).unwrap();
     assert_eq!(
         jobs[0].job.media,
-        Some(dm_handoff::outbound::MediaSource::File(Path::new(dir.path()).join("pics/a.png")))
+        Some(dm_handoff::engine::outbound::MediaSource::File(Path::new(dir.path()).join("pics/a.png")))
     );
 }

@@ -51,11 +51,11 @@ async fn no_text_or_key_in_any_output_at_trace_level_even_on_error_paths() {
     assert_eq!(KEY.len(), 3 + 64, "the key is shaped like a real one");
     let mut cfg = sim_config(
         71,
-        vec![
-            conv("7100001", 300, CursorStyle::Offset),
-            conv("7100002", 120, CursorStyle::MaxId),
-            conv("7100003", 20, CursorStyle::Offset),
-        ],
+        convs(&[
+            ("7100001", 300, CursorStyle::Offset),
+            ("7100002", 120, CursorStyle::MaxId),
+            ("7100003", 20, CursorStyle::Offset),
+        ]),
     );
     cfg.faults = Faults {
         rate_limit: 0.2,

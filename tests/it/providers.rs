@@ -43,11 +43,11 @@ async fn x_api_v2_paces_itself_inside_a_scaled_down_window_and_draws_no_429() {
     // 5 reads per 2 seconds (15 per 15 minutes, scaled down) against ~20 pages of 1:1 and group history.
     let mut cfg = sim_config(
         501,
-        vec![
-            conv("5010001", 160, CursorStyle::Offset),
-            conv("5010002", 90, CursorStyle::MaxId),
-            conv("5010003", 0, CursorStyle::Offset),
-        ],
+        convs(&[
+            ("5010001", 160, CursorStyle::Offset),
+            ("5010002", 90, CursorStyle::MaxId),
+            ("5010003", 0, CursorStyle::Offset),
+        ]),
     );
     cfg.x_rate_limit = Some((5, 2));
     cfg.groups = vec![group(70)];

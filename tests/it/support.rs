@@ -49,6 +49,11 @@ pub fn conv(peer: &str, n: usize, style: CursorStyle) -> SimConversation {
     SimConversation { peer_id: peer.to_string(), messages: n, cursor_style: style, ..SimConversation::default() }
 }
 
+/// Several conversations at once: (peer, messages, cursor style) each.
+pub fn convs(list: &[(&str, usize, CursorStyle)]) -> Vec<SimConversation> {
+    list.iter().map(|(peer, n, style)| conv(peer, *n, *style)).collect()
+}
+
 /// A simulator world with these conversations only, requiring [`KEY`] and knowing only [`ACCOUNT`].
 pub fn sim_config(seed: u64, conversations: Vec<SimConversation>) -> SimConfig {
     SimConfig {

@@ -96,11 +96,11 @@ async fn pages_that_shift_while_messages_arrive_lose_nothing_and_repeat_nothing(
     const MAX_NEW: usize = 12;
     let mut cfg = sim_config(
         23,
-        vec![
-            conv("31000001", 900, CursorStyle::Offset),
-            conv("31000002", 300, CursorStyle::Offset),
-            conv("31000003", 40, CursorStyle::MaxId),
-        ],
+        convs(&[
+            ("31000001", 900, CursorStyle::Offset),
+            ("31000002", 300, CursorStyle::Offset),
+            ("31000003", 40, CursorStyle::MaxId),
+        ]),
     );
     cfg.growth = Growth { per_request: 0.3, max_new: MAX_NEW };
     let initial: usize = cfg.conversations.iter().map(|c| c.messages).sum();

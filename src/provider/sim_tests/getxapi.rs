@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::{peer, ACCOUNT};
 use crate::config::Pipeline;
 use crate::provider::getxapi::GetXApi;
 use crate::provider::{with_retry, ErrorClass, WriteDone, WriteState};
@@ -13,7 +14,6 @@ use dm_handoff_simulator::{Faults, SimConfig, SimConversation, SimGroup, SimHand
 
 const KEY: &str = "get-x-api-test-key";
 const AUTH: &str = "auth-token-of-the-account";
-const ACCOUNT: &str = "acme_support";
 
 fn cfg() -> SimConfig {
     SimConfig {
@@ -37,20 +37,7 @@ fn cfg() -> SimConfig {
 }
 
 fn pipeline(h: &SimHandle) -> Pipeline {
-    let text = format!(
-        "[[pipelines]]\nname = \"g\"\nprovider = \"getxapi\"\nbase_url = \"{}\"\napi_key_env = \"GETXAPI_KEY\"\n\
-         auth_token_env = \"GETXAPI_AUTH\"\naccount = \"{}\"\nretry_base = \"10ms\"\nretry_max = \"100ms\"\n",
-        h.root_url(),
-        Simulator::account_id(ACCOUNT)
-    );
-    crate::config::from_str(&text, std::path::Path::new("/t/p.toml"), std::path::Path::new("/t"))
-        .unwrap()
-        .pipelines
-        .remove(0)
-}
-
-fn peer(id: &str) -> Conversation {
-    Conversation::Peer { user_id: id.into(), conversation_id: None }
+    super::pipeline(h, "getxapi", "api_key_env = \"GETXAPI_KEY\"\nauth_token_env = \"GETXAPI_AUTH\"")
 }
 
 #[tokio::test]

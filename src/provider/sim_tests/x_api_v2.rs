@@ -8,13 +8,13 @@ use dm_handoff_simulator::testkit::{send, Raw};
 use dm_handoff_simulator::{Faults, SimConfig, SimConversation, SimGroup, SimHandle, Simulator};
 use tokio_util::sync::CancellationToken;
 
+use super::{peer, ACCOUNT};
 use crate::config::Pipeline;
 use crate::provider::x_api_v2::XApiV2;
 use crate::provider::{with_retry, ErrorClass, Upload, WriteState};
 use crate::record::{normalize_time, Conversation, Item};
 
 const TOKEN: &str = "x-oauth2-user-token-for-tests";
-const ACCOUNT: &str = "acme_support";
 const GROUP: &str = "1578398451921985538";
 
 fn cfg(peers: &[(&str, usize)]) -> SimConfig {
@@ -39,24 +39,11 @@ fn cfg(peers: &[(&str, usize)]) -> SimConfig {
 }
 
 fn pipeline(h: &SimHandle) -> Pipeline {
-    let text = format!(
-        "[[pipelines]]\nname = \"x\"\nprovider = \"x-api-v2\"\nbase_url = \"{}\"\napi_key_env = \"X_TOKEN\"\naccount = \"{}\"\n\
-         retry_base = \"10ms\"\nretry_max = \"100ms\"\nmax_retries = 20\n",
-        h.root_url(),
-        Simulator::account_id(ACCOUNT)
-    );
-    crate::config::from_str(&text, std::path::Path::new("/t/p.toml"), std::path::Path::new("/t"))
-        .unwrap()
-        .pipelines
-        .remove(0)
+    super::pipeline(h, "x-api-v2", "api_key_env = \"X_TOKEN\"")
 }
 
 async fn get_auth(h: &SimHandle, target: &str) -> Raw {
     send(h.addr, "GET", target, &[("Authorization", &format!("Bearer {TOKEN}"))], b"").await
-}
-
-fn peer(id: &str) -> Conversation {
-    Conversation::Peer { user_id: id.into(), conversation_id: None }
 }
 
 /// Every item of a conversation, page by page, through the adapter with retries.

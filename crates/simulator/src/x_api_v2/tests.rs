@@ -2,29 +2,19 @@
 //! `testkit`. Tests that drive the product's adapter against these routes live in the product.
 
 use super::super::testkit::{get, send};
-use super::super::{SimConfig, SimConversation, SimGroup, SimHandle, Simulator};
+use super::super::{SimConfig, SimConversation, SimHandle, Simulator};
 
 const TOKEN: &str = "x-oauth2-user-token-for-tests";
 const ACCOUNT: &str = "acme_support";
-const GROUP: &str = "1578398451921985538";
 
-fn cfg(peers: &[(&str, usize)]) -> SimConfig {
+/// One conversation of `n` messages with `peer`, behind the token; no rate limit unless a test sets one.
+fn cfg(peer: &str, n: usize) -> SimConfig {
+    let conversation = SimConversation { peer_id: peer.into(), messages: n, ..SimConversation::default() };
     SimConfig {
-        conversations: peers
-            .iter()
-            .map(|(p, n)| SimConversation { peer_id: p.to_string(), messages: *n, ..SimConversation::default() })
-            .collect(),
+        conversations: vec![conversation],
         api_key: Some(TOKEN.into()),
         account: Some(ACCOUNT.into()),
-        // Pages as large as max_results asks.
-        page_size: (100, 100),
         x_rate_limit: None,
-        groups: vec![SimGroup {
-            conversation_id: GROUP.into(),
-            participants: vec!["44196397".into(), "783214".into(), "2244994945".into()],
-            events: 130,
-            membership_every: 9,
-        }],
         ..SimConfig::default()
     }
 }
@@ -35,7 +25,7 @@ async fn get_auth(h: &SimHandle, target: &str) -> super::super::testkit::Raw {
 
 #[tokio::test]
 async fn windows_are_announced_and_enforced_with_a_429() {
-    let h = Simulator::spawn(SimConfig { x_rate_limit: Some((3, 30)), ..cfg(&[("44196397", 10)]) }).await.unwrap();
+    let h = Simulator::spawn(SimConfig { x_rate_limit: Some((3, 30)), ..cfg("44196397", 10) }).await.unwrap();
     let target = "/2/dm_conversations/with/44196397/dm_events";
     for left in [2, 1, 0] {
         let r = get_auth(&h, target).await;

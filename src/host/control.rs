@@ -1,16 +1,16 @@
-//! The control socket: how `status`, `sync`, `backfill` (and `send`) reach a running daemon.
+//! The control socket's framing: how a command reaches a running daemon.
 //!
 //! The daemon listens on `<state_dir>/control.sock` (mode 0600: only the owner may drive it). A client
-//! sends one JSON [`Request`] line and reads one JSON [`Response`] line. The daemon does the work itself,
-//! so sled stays single-owner and records land in the same files, and answers with the text the command
-//! would have printed plus its exit code; the client prints it as is. That keeps the output of a command
-//! identical whether or not a daemon is running.
+//! sends one JSON line (a [`crate::commands::Request`]) and reads one JSON line (a
+//! [`crate::commands::Report`]). What the lines mean is the command layer's; this module only frames,
+//! bounds and carries them.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -19,41 +19,6 @@ pub const SOCKET_NAME: &str = "control.sock";
 
 /// Longest request line accepted; requests are small, this only bounds a misbehaving client.
 const MAX_LINE: u64 = 1024 * 1024;
-
-/// What a client asks the daemon to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    Status {
-        json: bool,
-    },
-    Sync {
-        pipelines: Vec<String>,
-        conversations: Vec<String>,
-    },
-    Backfill {
-        pipelines: Vec<String>,
-        conversations: Vec<String>,
-        since: Option<String>,
-        max_pages: Option<u64>,
-    },
-    /// An outbound command's arguments, as the CLI parsed them (see `outbound`).
-    Send {
-        args: serde_json::Value,
-    },
-    /// A checked `delete` or `group-send` (see `manage`).
-    Manage {
-        args: serde_json::Value,
-    },
-}
-
-/// The daemon's answer: what to print and how to exit.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub exit: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
 
 /// The socket path for a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -75,7 +40,7 @@ pub fn bind(state_dir: &Path) -> io::Result<UnixListener> {
 }
 
 /// Sends a request to a running daemon. `Ok(None)` when no daemon listens (no socket, or a stale one).
-pub async fn call(state_dir: &Path, req: &Request) -> io::Result<Option<Response>> {
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(state_dir: &Path, req: &Req) -> io::Result<Option<Resp>> {
     let mut stream = match UnixStream::connect(socket_path(state_dir)).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => return Ok(None),
@@ -98,7 +63,7 @@ pub async fn call(state_dir: &Path, req: &Request) -> io::Result<Option<Response
 }
 
 /// Reads one request from an accepted connection.
-pub async fn read_request(stream: &mut UnixStream) -> io::Result<Request> {
+pub async fn read_request<Req: DeserializeOwned>(stream: &mut UnixStream) -> io::Result<Req> {
     let (read, _) = stream.split();
     let mut reader = BufReader::new(read).take(MAX_LINE);
     let mut line = String::new();
@@ -108,7 +73,7 @@ pub async fn read_request(stream: &mut UnixStream) -> io::Result<Request> {
 }
 
 /// Writes the answer to an accepted connection.
-pub async fn write_response(stream: &mut UnixStream, resp: &Response) -> io::Result<()> {
+pub async fn write_response<Resp: Serialize>(stream: &mut UnixStream, resp: &Resp) -> io::Result<()> {
     let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
@@ -117,7 +82,20 @@ pub async fn write_response(stream: &mut UnixStream, resp: &Response) -> io::Res
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Ask {
+        what: String,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Answer {
+        code: i32,
+        text: String,
+    }
 
     #[tokio::test]
     async fn a_request_round_trips_and_the_socket_is_owner_only() {
@@ -127,27 +105,22 @@ mod tests {
         assert_eq!(mode, 0o600);
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let req = read_request(&mut s).await.unwrap();
-            assert_eq!(req, Request::Sync { pipelines: vec!["p".into()], conversations: vec![] });
-            write_response(&mut s, &Response { exit: 1, stdout: "out\n".into(), stderr: "err\n".into() })
-                .await
-                .unwrap();
+            let req: Ask = read_request(&mut s).await.unwrap();
+            assert_eq!(req, Ask { what: "sync".into() });
+            write_response(&mut s, &Answer { code: 1, text: "out\n".into() }).await.unwrap();
         });
-        let resp = call(dir.path(), &Request::Sync { pipelines: vec!["p".into()], conversations: vec![] })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.exit, 1);
-        assert_eq!(resp.stdout, "out\n");
+        let resp: Answer = call(dir.path(), &Ask { what: "sync".into() }).await.unwrap().unwrap();
+        assert_eq!(resp, Answer { code: 1, text: "out\n".into() });
         server.await.unwrap();
     }
 
     #[tokio::test]
     async fn no_daemon_means_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(call(dir.path(), &Request::Status { json: true }).await.unwrap(), None);
+        let ask = Ask { what: "status".into() };
+        assert_eq!(call::<_, Answer>(dir.path(), &ask).await.unwrap(), None);
         // A stale socket file (nobody listening) is also "no daemon".
         drop(bind(dir.path()).unwrap());
-        assert_eq!(call(dir.path(), &Request::Status { json: true }).await.unwrap(), None);
+        assert_eq!(call::<_, Answer>(dir.path(), &ask).await.unwrap(), None);
     }
 }

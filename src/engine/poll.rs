@@ -11,7 +11,7 @@
 //! spent. Both are sans-IO: the daemon and the sync engine feed them times and counts.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -95,17 +95,9 @@ impl Budget {
     }
 }
 
-/// The UTC day of a time, as `YYYY-MM-DD`: the key of the per-day credit counter.
-pub fn utc_day(t: SystemTime) -> String {
-    let mut day = crate::record::format_time(t);
-    day.truncate(10);
-    day
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
 
     const TICK: Duration = Duration::from_secs(30);
 
@@ -176,13 +168,5 @@ mod tests {
         assert_eq!(b.check(100, 5), Err(Spent::Run));
         assert_eq!(b.check(0, 1000), Err(Spent::Day));
         assert_eq!(Budget::default().check(u64::MAX, u64::MAX), Ok(()));
-    }
-
-    #[test]
-    fn utc_days() {
-        assert_eq!(utc_day(UNIX_EPOCH), "1970-01-01");
-        assert_eq!(utc_day(UNIX_EPOCH + Duration::from_secs(1_771_927_200)), "2026-02-24");
-        assert_eq!(utc_day(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29");
-        assert_eq!(utc_day(UNIX_EPOCH + Duration::from_secs(1_798_761_599)), "2026-12-31");
     }
 }

@@ -45,6 +45,12 @@ use serde::{Deserialize, Serialize};
 use crate::record::{Key, Kind};
 use crate::sink::CommitPoint;
 
+mod keys;
+mod upgrade;
+
+pub use keys::numeric_id;
+use keys::{is_history, key, padded, padded_id, seen_key, HISTORY_KINDS};
+
 /// Why the state could not be used. `Locked` is matched by callers (it has its own exit code).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -59,6 +65,15 @@ pub enum StateError {
     Db { dir: PathBuf, source: sled::Error },
     #[error("state database in {dir}: a stored value under {key} is unreadable: {detail}")]
     Corrupt { dir: PathBuf, key: String, detail: String },
+    /// A value could not be serialized for the state; nothing was written.
+    #[error("cannot encode {what} for the state: {detail}")]
+    Encode { what: &'static str, detail: String },
+}
+
+/// A value as the state stores it (JSON). Failing here is a bug, but it must be an error, never an empty
+/// value written in place of the real one.
+fn encode<T: Serialize + ?Sized>(what: &'static str, v: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(v).map_err(|e| StateError::Encode { what, detail: e.to_string() })
 }
 
 /// Everything the engine remembers about one conversation between runs.
@@ -125,6 +140,13 @@ pub struct StoreOptions {
     pub seen_window: u64,
 }
 
+impl StoreOptions {
+    /// The options a config asks for.
+    pub fn of(cfg: &crate::config::Config) -> StoreOptions {
+        StoreOptions { cache_bytes: cfg.state_cache_bytes, seen_window: cfg.seen_window }
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions { cache_bytes: 16 * 1024 * 1024, seen_window: 16 }
@@ -186,61 +208,6 @@ pub struct Store {
     _lock: File,
 }
 
-fn key(prefix: u8, parts: &[&str]) -> Vec<u8> {
-    let mut k = vec![prefix];
-    for p in parts {
-        k.push(0);
-        k.extend_from_slice(p.as_bytes());
-    }
-    k
-}
-
-/// The ID as a number, if it is one in canonical form (no sign, no leading zero) that fits a u64.
-pub fn numeric_id(id: &str) -> Option<u64> {
-    if id.is_empty()
-        || id.len() > 20
-        || (id.len() > 1 && id.starts_with('0'))
-        || !id.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    id.parse().ok()
-}
-
-/// A numeric ID as keys store it: zero-padded to 20 digits, so keys sort numerically.
-fn padded(n: u64) -> String {
-    format!("{n:020}")
-}
-
-/// The form an ID takes in a key: numbers padded, anything else as it is.
-fn stored_id(id: &str) -> std::borrow::Cow<'_, str> {
-    match numeric_id(id) {
-        Some(n) => padded(n).into(),
-        None => id.into(),
-    }
-}
-
-/// Reads a padded ID back from a whole seen key; None for an ID stored as it is.
-fn padded_id(k: &[u8]) -> Option<u64> {
-    let at = k.len().checked_sub(21)?;
-    let part = &k[at + 1..];
-    if k[at] != 0 || !part.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(part).ok()?.parse().ok()
-}
-
-fn seen_key(pipeline: &str, k: &Key) -> Vec<u8> {
-    key(b's', &[pipeline, &k.conversation, k.kind.as_str(), &stored_id(&k.id)])
-}
-
-/// Kinds whose IDs come from a conversation's history, and so can be folded into its covered range.
-const HISTORY_KINDS: [Kind; 2] = [Kind::DmMessage, Kind::DmEvent];
-
-fn is_history(kind: Kind) -> bool {
-    HISTORY_KINDS.contains(&kind)
-}
-
 impl Store {
     /// Creates the directory (0750) if needed, takes the lock, opens sled with a bounded cache, and brings
     /// a state written by an earlier version to the current layout.
@@ -281,74 +248,6 @@ impl Store {
         let store = Store { db, dir: dir.to_path_buf(), seen_window: opts.seen_window, _lock: lock };
         store.upgrade()?;
         Ok(store)
-    }
-
-    /// Rewrites a version-1 state (numeric IDs unpadded) to the current layout. Each chunk is one atomic
-    /// batch and already-padded keys are left alone, so an interrupted upgrade simply continues next time.
-    fn upgrade(&self) -> Result<(), StateError> {
-        match self.get_json::<u64>(b"v")? {
-            Some(FORMAT) => return Ok(()),
-            Some(v) => {
-                return Err(StateError::Corrupt {
-                    dir: self.dir.clone(),
-                    key: "v".into(),
-                    detail: format!("layout version {v} is from a newer dm-handoff; upgrade this one"),
-                })
-            }
-            None => {}
-        }
-        let mut batch = sled::Batch::default();
-        let mut pending = 0usize;
-        let mut upgraded = 0u64;
-        for kv in self.db.scan_prefix([b's']) {
-            let (k, _) = kv.map_err(self.db_err())?;
-            let id_start = k.iter().rposition(|b| *b == 0).map_or(k.len(), |i| i + 1);
-            let Ok(id) = std::str::from_utf8(&k[id_start..]) else { continue };
-            let stored = stored_id(id);
-            if stored == id {
-                continue;
-            }
-            let mut new_key = k[..id_start].to_vec();
-            new_key.extend_from_slice(stored.as_bytes());
-            batch.remove(k);
-            batch.insert(new_key, &[][..]);
-            pending += 1;
-            upgraded += 1;
-            if pending == 10_000 {
-                self.db.apply_batch(std::mem::take(&mut batch)).map_err(self.db_err())?;
-                pending = 0;
-            }
-        }
-        self.db.apply_batch(batch).map_err(self.db_err())?;
-        // Version 1 had no covered_from. For a conversation whose backfill is done, every page at or below
-        // hwm was committed, so its oldest exact history key starts a gap-free range; then fold it at once.
-        let mut folded = 0;
-        for kv in self.db.scan_prefix([b'c']) {
-            let (k, v) = kv.map_err(self.db_err())?;
-            let mut st: ConvState = serde_json::from_slice(&v).map_err(|e| self.corrupt(&k, e))?;
-            let mut parts = k[2..].splitn(2, |b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
-            let (Some(pipeline), Some(conv)) = (parts.next(), parts.next()) else { continue };
-            if !st.backfill_done || st.hwm.is_none() || st.covered_from.is_some() {
-                continue;
-            }
-            let mut oldest = Vec::new();
-            for kind in HISTORY_KINDS {
-                let (from, to) = self.history_bounds(&pipeline, &conv, kind, 0, u64::MAX);
-                if let Some(kv) = self.db.range(from..=to).next() {
-                    oldest.extend(padded_id(&kv.map_err(self.db_err())?.0));
-                }
-            }
-            let Some(oldest) = oldest.into_iter().min() else { continue };
-            st.covered_from = Some(oldest.to_string());
-            self.db.insert(&k, serde_json::to_vec(&st).unwrap_or_default()).map_err(self.db_err())?;
-            folded += self.fold(&pipeline, &conv)?;
-        }
-        self.db.insert(b"v", serde_json::to_vec(&FORMAT).unwrap_or_default()).map_err(self.db_err())?;
-        self.db.flush().map_err(self.db_err())?;
-        if upgraded > 0 || folded > 0 {
-            tracing::info!(dir = %self.dir.display(), keys = upgraded, folded, "state upgraded to layout {FORMAT}");
-        }
-        Ok(())
     }
 
     fn db_err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
@@ -408,7 +307,7 @@ impl Store {
     /// Credits the pipeline spent today (UTC).
     pub fn credits_today(&self, pipeline: &str) -> Result<u64, StateError> {
         let d = self.day_credits(pipeline)?;
-        Ok(if d.day == crate::poll::utc_day(std::time::SystemTime::now()) { d.credits } else { 0 })
+        Ok(if d.day == crate::time::utc_day(std::time::SystemTime::now()) { d.credits } else { 0 })
     }
 
     /// A cached `@username` resolution.
@@ -417,8 +316,8 @@ impl Store {
     }
 
     /// The raw entry for caching a username resolution, to put in a [`Commit`].
-    pub fn user_entry(provider: &str, username: &str, user_id: &str) -> (Vec<u8>, Vec<u8>) {
-        (Self::user_key(provider, username), serde_json::to_vec(user_id).unwrap_or_default())
+    pub fn user_entry(provider: &str, username: &str, user_id: &str) -> Result<(Vec<u8>, Vec<u8>), StateError> {
+        Ok((Self::user_key(provider, username), encode("a username", user_id)?))
     }
 
     fn user_key(provider: &str, username: &str) -> Vec<u8> {
@@ -431,8 +330,8 @@ impl Store {
     }
 
     /// The raw entry for a send-ledger value, to put in a [`Commit`].
-    pub fn ledger_entry<T: Serialize>(pipeline: &str, idem: &str, value: &T) -> (Vec<u8>, Vec<u8>) {
-        (key(b'x', &[pipeline, idem]), serde_json::to_vec(value).unwrap_or_default())
+    pub fn ledger_entry<T: Serialize>(pipeline: &str, idem: &str, value: &T) -> Result<(Vec<u8>, Vec<u8>), StateError> {
+        Ok((key(b'x', &[pipeline, idem]), encode("a ledger entry", value)?))
     }
 
     /// Applies a commit atomically and makes it durable before returning.
@@ -443,16 +342,16 @@ impl Store {
         let mut batch = sled::Batch::default();
         self.add_seen(c, &mut batch)?;
         for (pipeline, conv, st) in &c.conversations {
-            batch.insert(key(b'c', &[pipeline, conv]), serde_json::to_vec(st).unwrap_or_default());
+            batch.insert(key(b'c', &[pipeline, conv]), encode("a conversation", st)?);
         }
         for (pipeline, point) in &c.sink_points {
-            batch.insert(key(b'k', &[pipeline]), serde_json::to_vec(point).unwrap_or_default());
+            batch.insert(key(b'k', &[pipeline]), encode("a commit point", point)?);
         }
         for (k, v) in &c.raw {
             batch.insert(k.clone(), v.clone());
         }
         // Read-modify-write is safe: a pipeline's commits all come from its one writer thread.
-        let today = crate::poll::utc_day(std::time::SystemTime::now());
+        let today = crate::time::utc_day(std::time::SystemTime::now());
         let mut spent: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
         for (pipeline, n) in &c.credits {
             *spent.entry(pipeline.as_str()).or_default() += n;
@@ -463,7 +362,7 @@ impl Store {
                 day = DayCredits { day: today.clone(), credits: 0 };
             }
             day.credits += n;
-            batch.insert(key(b'd', &[pipeline]), serde_json::to_vec(&day).unwrap_or_default());
+            batch.insert(key(b'd', &[pipeline]), encode("the credit counter", &day)?);
         }
         self.db.apply_batch(batch).map_err(self.db_err())?;
         // After the batch, so the fold sees this commit's keys and conversation states. A fold only
@@ -513,7 +412,7 @@ impl Store {
         }
         for ((pipeline, conv), slot) in slots {
             if let (true, Some(range)) = (slot.grown, slot.range) {
-                batch.insert(key(b'r', &[pipeline, conv]), serde_json::to_vec(&range).unwrap_or_default());
+                batch.insert(key(b'r', &[pipeline, conv]), encode("a covered range", &range)?);
             }
         }
         Ok(())
@@ -570,7 +469,7 @@ impl Store {
         if old == Some(merged) && removed == 0 {
             return Ok(0);
         }
-        batch.insert(key(b'r', &[pipeline, conversation]), serde_json::to_vec(&merged).unwrap_or_default());
+        batch.insert(key(b'r', &[pipeline, conversation]), encode("a covered range", &merged)?);
         self.db.apply_batch(batch).map_err(self.db_err())?;
         Ok(removed)
     }
@@ -624,232 +523,4 @@ fn read_pid(f: &mut File) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn opts() -> StoreOptions {
-        StoreOptions { cache_bytes: 1 << 20, seen_window: 2 }
-    }
-
-    fn k(conv: &str, id: &str) -> Key {
-        Key { kind: Kind::DmMessage, conversation: conv.into(), id: id.into() }
-    }
-
-    #[test]
-    fn commit_is_visible_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Store::open(dir.path(), opts()).unwrap();
-            let st = ConvState { hwm: Some("10".into()), messages_written: 3, ..ConvState::default() };
-            s.commit(&Commit {
-                seen: vec![("p".into(), k("a", "1")), ("p".into(), k("a", "2"))],
-                conversations: vec![("p".into(), "a".into(), st)],
-                sink_points: vec![("p".into(), CommitPoint { seq: 2, offset: 99, active_since_ms: Some(5) })],
-                raw: vec![Store::user_entry("xquik", "Dana", "42")],
-                credits: vec![("p".into(), 5), ("p".into(), 7)],
-                folds: vec![],
-            })
-            .unwrap();
-        }
-        let s = Store::open(dir.path(), opts()).unwrap();
-        assert!(s.is_seen("p", &k("a", "1")).unwrap());
-        assert!(!s.is_seen("p", &k("a", "3")).unwrap());
-        assert!(!s.is_seen("other", &k("a", "1")).unwrap(), "seen sets are per pipeline");
-        assert_eq!(s.conversation("p", "a").unwrap().hwm.as_deref(), Some("10"));
-        assert_eq!(s.conversation("p", "b").unwrap(), ConvState::default());
-        assert_eq!(s.commit_point("p").unwrap().offset, 99);
-        assert_eq!(s.resolved_user("xquik", "dana").unwrap().as_deref(), Some("42"));
-        assert_eq!(s.credits_today("p").unwrap(), 12);
-        assert_eq!(s.credits_today("q").unwrap(), 0);
-        assert_eq!(s.conversations("p").unwrap().len(), 1);
-        assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
-        assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 0);
-    }
-
-    /// A snowflake-like ID `hours` hours after an arbitrary start, with some low bits set.
-    fn sf(hours: u64) -> String {
-        (((1_000_000_000_000 + hours * 3_600_000) << 22) | 0x1234).to_string()
-    }
-
-    fn conv_state(covered_from: &str, hwm: &str) -> ConvState {
-        ConvState {
-            covered_from: Some(covered_from.into()),
-            hwm: Some(hwm.into()),
-            backfill_started: true,
-            ..ConvState::default()
-        }
-    }
-
-    /// Writes keys for `ids` in conversation `a` of pipeline `p` with the given state, then folds.
-    fn write_and_fold(s: &Store, ids: &[String], st: ConvState) -> u64 {
-        s.commit(&Commit {
-            seen: ids.iter().map(|i| ("p".to_string(), k("a", i))).collect(),
-            conversations: vec![("p".into(), "a".into(), st)],
-            ..Commit::default()
-        })
-        .unwrap();
-        s.fold("p", "a").unwrap()
-    }
-
-    #[test]
-    fn fold_keeps_the_window_and_the_last_hour_exact_and_still_knows_every_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), opts()).unwrap();
-        // Hourly messages 0..=10, and one more 10 minutes after message 10 (well within the last hour).
-        let mut ids: Vec<String> = (0..=10).map(sf).collect();
-        let late = (((1_000_000_000_000u64 + 10 * 3_600_000 + 600_000) << 22) | 7).to_string();
-        ids.push(late.clone());
-        let removed = write_and_fold(&s, &ids, conv_state(&sf(0), &late));
-        // Window 2 keeps `late` and sf(10); the age rule keeps nothing more (sf(10) is 10 min older).
-        assert_eq!(removed, 10);
-        assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
-        let c = s.covered("p", "a").unwrap().unwrap();
-        assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(0), sf(9)));
-        for id in &ids {
-            assert!(s.is_seen("p", &k("a", id)).unwrap(), "{id} must still be seen");
-        }
-        // An ID never written: inside the folded range it counts as seen (the range says it was fetched);
-        // below it, and in the exact window, it does not.
-        assert!(s.is_seen("p", &k("a", &(sf(5).parse::<u64>().unwrap() + 1).to_string())).unwrap());
-        assert!(!s.is_seen("p", &k("a", &(sf(0).parse::<u64>().unwrap() - 1).to_string())).unwrap());
-        assert!(!s.is_seen("p", &k("a", &(sf(10).parse::<u64>().unwrap() + 1).to_string())).unwrap());
-        // Other conversations, kinds and pipelines are untouched by the range.
-        assert!(!s.is_seen("p", &k("b", &sf(5))).unwrap());
-        assert!(!s.is_seen("q", &k("a", &sf(5))).unwrap());
-        let send = Key { kind: Kind::DmSend, conversation: "a".into(), id: sf(5) };
-        assert!(!s.is_seen("p", &send).unwrap());
-        // And it survives a reopen.
-        drop(s);
-        let s = Store::open(dir.path(), opts()).unwrap();
-        assert!(ids.iter().all(|id| s.is_seen("p", &k("a", id)).unwrap()));
-        assert_eq!(s.covered("p", "a").unwrap(), Some(c));
-    }
-
-    #[test]
-    fn fold_never_crosses_covered_from_and_skips_ids_it_cannot_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), opts()).unwrap();
-        let mut ids: Vec<String> = (0..10).map(sf).collect();
-        ids.push("abc".into());
-        ids.push("0042".into());
-        // Pages below sf(4) were written but not committed as gap-free: they must stay exact.
-        let removed = write_and_fold(&s, &ids, conv_state(&sf(4), &sf(9)));
-        assert_eq!(removed, 4, "sf(4)..=sf(7) folded; sf(8), sf(9) are the window");
-        assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 8);
-        assert!(ids.iter().all(|id| s.is_seen("p", &k("a", id)).unwrap()));
-        assert!(!s.is_seen("p", &k("a", &(sf(2).parse::<u64>().unwrap() + 1).to_string())).unwrap());
-        // A second fold after the backfill went lower extends the same range downwards.
-        let more: Vec<String> = (10..14).map(sf).collect();
-        let removed = write_and_fold(&s, &more, conv_state(&sf(0), &sf(13)));
-        assert_eq!(removed, 8, "sf(0..4) and sf(8..12) folded; sf(12), sf(13) are the window");
-        let c = s.covered("p", "a").unwrap().unwrap();
-        assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(0), sf(11)));
-        assert!(ids.iter().chain(&more).all(|id| s.is_seen("p", &k("a", id)).unwrap()));
-    }
-
-    #[test]
-    fn once_folded_older_pages_go_straight_into_the_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), opts()).unwrap();
-        let first: Vec<String> = (10..20).map(sf).collect();
-        write_and_fold(&s, &first, conv_state(&sf(10), &sf(19)));
-        let before = s.count_seen("p", None).unwrap();
-        // A backfill page below the range, committed with the covered_from it establishes: no exact keys.
-        // In the same commit, a key below that covered_from (not gap-free) and one above the range stay exact.
-        let page: Vec<String> = (5..10).map(sf).collect();
-        let mut seen: Vec<(String, Key)> = page.iter().map(|i| ("p".to_string(), k("a", i))).collect();
-        seen.push(("p".into(), k("a", &sf(1))));
-        seen.push(("p".into(), k("a", &sf(20))));
-        s.commit(&Commit {
-            seen,
-            conversations: vec![("p".into(), "a".into(), conv_state(&sf(5), &sf(19)))],
-            ..Commit::default()
-        })
-        .unwrap();
-        assert_eq!(s.count_seen("p", None).unwrap(), before + 2);
-        let c = s.covered("p", "a").unwrap().unwrap();
-        assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(5), sf(17)));
-        assert!(page.iter().chain(&first).all(|id| s.is_seen("p", &k("a", id)).unwrap()));
-        assert!(s.is_seen("p", &k("a", &sf(1))).unwrap() && s.is_seen("p", &k("a", &sf(20))).unwrap());
-        assert!(!s.is_seen("p", &k("a", &sf(2))).unwrap());
-    }
-
-    #[test]
-    fn fold_does_nothing_without_a_gap_free_range_or_with_window_zero() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<String> = (0..10).map(sf).collect();
-        {
-            let s = Store::open(dir.path(), opts()).unwrap();
-            let st = ConvState { hwm: Some(sf(9)), ..ConvState::default() };
-            assert_eq!(write_and_fold(&s, &ids, st), 0, "no covered_from yet");
-            assert_eq!(s.covered("p", "a").unwrap(), None);
-        }
-        let s = Store::open(dir.path(), StoreOptions { seen_window: 0, ..opts() }).unwrap();
-        assert_eq!(write_and_fold(&s, &ids, conv_state(&sf(0), &sf(9))), 0, "folding is off");
-        assert_eq!(s.count_seen("p", None).unwrap(), 10);
-    }
-
-    #[test]
-    fn a_version_1_state_is_upgraded_and_folded_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<String> = (0..10).map(sf).collect();
-        {
-            // Write the old layout by hand: unpadded IDs, no `v`, no covered_from.
-            let db = sled::open(dir.path().join("db")).unwrap();
-            for id in ids.iter().map(String::as_str).chain(["42", "x1"]) {
-                db.insert(key(b's', &["p", "a", "dm_message", id]), &[][..]).unwrap();
-            }
-            db.insert(key(b's', &["p", "a", "dm_send", "43"]), &[][..]).unwrap();
-            db.insert(key(b's', &["p", "b", "dm_message", "7"]), &[][..]).unwrap();
-            let done =
-                ConvState { hwm: Some(sf(9)), backfill_started: true, backfill_done: true, ..ConvState::default() };
-            db.insert(key(b'c', &["p", "a"]), serde_json::to_vec(&done).unwrap()).unwrap();
-            let midway = ConvState { hwm: Some("7".into()), backfill_started: true, ..ConvState::default() };
-            db.insert(key(b'c', &["p", "b"]), serde_json::to_vec(&midway).unwrap()).unwrap();
-            db.flush().unwrap();
-        }
-        let s = Store::open(dir.path(), opts()).unwrap();
-        for id in ids.iter().map(String::as_str).chain(["42", "x1"]) {
-            assert!(s.is_seen("p", &k("a", id)).unwrap(), "{id}");
-        }
-        assert!(s.is_seen("p", &Key { kind: Kind::DmSend, conversation: "a".into(), id: "43".into() }).unwrap());
-        assert!(s.is_seen("p", &k("b", "7")).unwrap());
-        assert_eq!(s.conversation("p", "a").unwrap().covered_from.as_deref(), Some("42"));
-        assert_eq!(s.conversation("p", "b").unwrap().covered_from, None, "backfill not done: left alone");
-        // a: 42, sf(0)..=sf(7) folded; sf(8), sf(9), x1 exact. Plus the send and b's message.
-        assert_eq!(s.count_seen("p", None).unwrap(), 5);
-        drop(s);
-        // Opening again finds version 2 and changes nothing.
-        let s = Store::open(dir.path(), opts()).unwrap();
-        assert_eq!(s.count_seen("p", None).unwrap(), 5);
-    }
-
-    #[test]
-    fn numeric_ids_are_canonical_u64s_only() {
-        assert_eq!(numeric_id("0"), Some(0));
-        assert_eq!(numeric_id("18446744073709551615"), Some(u64::MAX));
-        for bad in ["", "007", "18446744073709551616", "1e5", "-1", " 1", "x"] {
-            assert_eq!(numeric_id(bad), None, "{bad:?}");
-        }
-        assert_eq!(stored_id("42"), "00000000000000000042");
-        assert_eq!(stored_id("042"), "042");
-    }
-
-    #[test]
-    fn a_second_owner_is_refused_with_the_holders_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), opts()).unwrap();
-        let err = Store::open(dir.path(), opts()).err().expect("second open must fail");
-        let msg = err.to_string();
-        assert!(matches!(err, StateError::Locked { .. }), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
-    }
-
-    #[test]
-    fn state_dir_is_created_0750() {
-        let dir = tempfile::tempdir().unwrap();
-        let sd = dir.path().join("new/state");
-        let _s = Store::open(&sd, opts()).unwrap();
-        assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o777, 0o750);
-    }
-}
+mod tests;

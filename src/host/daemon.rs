@@ -1,6 +1,6 @@
 //! The daemon (`run`): schedules, single-flight runs, the control socket, reload, systemd, shutdown.
 //!
-//! Each pipeline is a [`Slot`]: its runtime, a cron job, and a run lock. A tick takes the lock with
+//! Each pipeline is a `Slot`: its runtime, a cron job, and a run lock. A tick takes the lock with
 //! `try_lock` and skips (logging it) when the previous run is still going, so one pipeline never runs
 //! twice at once; a control-socket request waits for the lock instead. Runs live in one `JoinSet` and
 //! stop on the daemon's `CancellationToken` at a page boundary.
@@ -29,17 +29,22 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::app::{self, Exit};
+use super::{control, failure, open_pipeline};
+use crate::commands::{self, Report, Request};
 use crate::config::{self, Config, Pipeline};
-use crate::control::{self, Request, Response};
-use crate::poll::PollPlan;
+use crate::engine::manage;
+use crate::engine::outbound::SendContext;
+use crate::engine::poll::PollPlan;
+use crate::engine::sync::{sync_pipeline, PipelineReport, RunOptions};
+use crate::engine::OpenPipeline;
+use crate::exit::Exit;
 use crate::provider::Client;
-use crate::state::Store;
-use crate::sync::{sync_pipeline, unix_ms, PipelineReport, RunOptions, Runtime};
+use crate::state::{Store, StoreOptions};
+use crate::time::unix_ms;
 
 /// One pipeline as the daemon holds it.
 struct Slot {
-    rt: Arc<Runtime>,
+    pipe: Arc<OpenPipeline>,
     /// Held for the length of a run: the single-flight guarantee.
     running: Arc<tokio::sync::Mutex<()>>,
     /// The scheduler's job, to remove it on reload.
@@ -50,7 +55,7 @@ struct Slot {
     plan: Mutex<PollPlan>,
     /// When the previous tick fired: the length of a tick, for the plan.
     last_tick: Mutex<Option<Instant>>,
-    /// [`provider::secrets_digest`] of the secrets the client was built with: a reload that reads different
+    /// [`crate::provider::secrets_digest`] of the secrets the client was built with: a reload that reads different
     /// ones restarts the pipeline even when its config is unchanged (key rotation).
     secrets: Option<u64>,
 }
@@ -71,14 +76,14 @@ struct Daemon {
     heartbeat: Arc<AtomicU64>,
     in_flight: AtomicUsize,
     /// Shared by every forwarded `send`, so the per-account write limit holds across requests.
-    send_ctx: crate::outbound::SendContext,
+    send_ctx: SendContext,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit code of a clean stop.
 pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
     // Read every secret before touching state, so a missing key is one clear error and nothing else.
     let clients = cfg.pipelines.iter().map(Client::new).collect::<Result<Vec<_>, _>>()?;
-    let store = Arc::new(Store::open(&cfg.state_dir, cfg.store_options())?);
+    let store = Arc::new(Store::open(&cfg.state_dir, StoreOptions::of(&cfg))?);
     let sched = JobScheduler::new().await.context("starting the scheduler")?;
     let listener = control::bind(&cfg.state_dir)
         .with_context(|| format!("creating the control socket in {}", cfg.state_dir.display()))?;
@@ -93,7 +98,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         sched,
         heartbeat: Arc::new(AtomicU64::new(unix_ms(SystemTime::now()))),
         in_flight: AtomicUsize::new(0),
-        send_ctx: crate::outbound::SendContext::new(cancel.clone()),
+        send_ctx: SendContext::new(cancel.clone()),
         cancel,
     });
     for (p, client) in cfg.pipelines.iter().zip(clients) {
@@ -159,18 +164,19 @@ impl Daemon {
     }
 
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        if let Ok(mut runs) = self.runs.lock() {
-            // Reap finished tasks so the set does not grow over months of uptime.
-            while runs.try_join_next().is_some() {}
-            runs.spawn(fut);
-        }
+        // A poisoned lock only means a task panicked while reaping; the set itself is still sound, and
+        // dropping the run instead would silently skip work.
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished tasks so the set does not grow over months of uptime.
+        while runs.try_join_next().is_some() {}
+        runs.spawn(fut);
     }
 
     /// Builds a pipeline's slot and schedules it.
     async fn add_pipeline(self: &Arc<Self>, p: &Pipeline, client: Client) -> anyhow::Result<()> {
         // Read right after the client: a rotation in between is caught by the next reload.
         let secrets = crate::provider::secrets_digest(p).ok();
-        let rt = app::open_runtime(&self.store, p, client)?;
+        let pipe = open_pipeline(&self.store, p, client)?;
         let name = p.name.clone();
         let weak = Arc::downgrade(self);
         let job = Job::new_async(p.schedule.as_str(), move |_, _| {
@@ -184,7 +190,7 @@ impl Daemon {
         .map_err(|e| anyhow::anyhow!("pipeline `{}`: schedule `{}`: {e:?}", p.name, p.schedule))?;
         let job = self.sched.add(job).await.map_err(|e| anyhow::anyhow!("pipeline `{}`: scheduling: {e:?}", p.name))?;
         let slot = Arc::new(Slot {
-            rt,
+            pipe,
             running: Arc::new(tokio::sync::Mutex::new(())),
             job,
             last: Mutex::new(None),
@@ -214,7 +220,7 @@ impl Daemon {
         };
         let now = Instant::now();
         let tick = slot.last_tick.lock().ok().and_then(|mut t| t.replace(now)).map(|t| now - t).unwrap_or_default();
-        let all: Vec<String> = slot.rt.pipeline.conversations.iter().map(|c| c.to_string()).collect();
+        let all: Vec<String> = slot.pipe.config.conversations.iter().map(|c| c.to_string()).collect();
         let due: Vec<String> = match slot.plan.lock() {
             Ok(plan) => all.iter().filter(|c| plan.due(c, now, tick)).cloned().collect(),
             Err(_) => all.clone(),
@@ -228,7 +234,7 @@ impl Daemon {
         let only = if due.len() == all.len() { Vec::new() } else { due };
         let d = self.clone();
         self.spawn(async move {
-            let report = d.run_slot(&slot, app::sync_options(only)).await;
+            let report = d.run_slot(&slot, RunOptions::sync(only)).await;
             if let Ok(mut plan) = slot.plan.lock() {
                 for c in &report.conversations {
                     match (&c.error, &c.budget) {
@@ -247,25 +253,15 @@ impl Daemon {
         opts.heartbeat = Some(self.heartbeat.clone());
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.heartbeat.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
-        let report = sync_pipeline(slot.rt.clone(), opts, self.global.clone(), self.cancel.clone()).await;
+        let report = sync_pipeline(slot.pipe.clone(), opts, self.global.clone(), self.cancel.clone()).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         // Lets the active file close by age even when a run wrote nothing.
-        if let Err(e) = slot.rt.handoff.tick().await {
+        if let Err(e) = slot.pipe.handoff.tick().await {
             tracing::error!(pipeline = %report.pipeline, error = %e, "age rotation failed");
         }
-        let written: u64 = report.conversations.iter().map(|c| c.written).sum();
-        let credits: u64 = report.conversations.iter().map(|c| c.credits).sum();
-        let line = format!(
-            "{}: {} conversations, {} new records, {} failed, {} credits",
-            report.pipeline,
-            report.conversations.len(),
-            written,
-            report.failed(),
-            credits
-        );
-        tracing::info!(pipeline = %report.pipeline, conversations = report.conversations.len(), records = written, failed = report.failed(), credits, "run finished");
+        tracing::info!(pipeline = %report.pipeline, conversations = report.conversations.len(), records = report.written(), failed = report.failed(), credits = report.credits(), "run finished");
         if let Ok(mut last) = slot.last.lock() {
-            *last = Some(line);
+            *last = Some(report.summary());
         }
         notify(&[NotifyState::Status(&self.status_line())]);
         report
@@ -284,77 +280,64 @@ impl Daemon {
 
     /// Answers one control connection.
     async fn handle(self: Arc<Self>, mut stream: tokio::net::UnixStream) {
-        let resp = match control::read_request(&mut stream).await {
+        let resp = match control::read_request::<Request>(&mut stream).await {
             Ok(req) => self.answer(req).await,
-            Err(e) => Response { exit: Exit::Config as i32, stderr: format!("error: {e}\n"), ..Default::default() },
+            Err(e) => Report::error(Exit::Config, e),
         };
         if let Err(e) = control::write_response(&mut stream, &resp).await {
             tracing::warn!(error = %e, "could not answer a control request");
         }
     }
 
-    async fn answer(&self, req: Request) -> Response {
-        let failure = |e: anyhow::Error| Response {
-            exit: app::exit_code_for(&e) as i32,
-            stderr: format!("error: {e:#}\n"),
-            ..Default::default()
-        };
+    async fn answer(&self, req: Request) -> Report {
         if self.cancel.is_cancelled() {
-            return failure(anyhow::anyhow!("the daemon is stopping; try again once it has restarted"));
+            return Report::error(Exit::Failed, "the daemon is stopping; try again once it has restarted");
         }
-        let cfg = match self.config.lock() {
-            Ok(c) => c.clone(),
-            Err(_) => return failure(anyhow::anyhow!("internal error: config lock poisoned")),
-        };
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(options) = commands::sync::options(&req) {
+            return match options {
+                Ok((names, opts)) => self.run_now(&cfg, names, opts).await.unwrap_or_else(|e| failure(&e)),
+                Err(e) => failure(&e.into()),
+            };
+        }
         match req {
-            Request::Status { json } => app::status(&cfg, &self.store, json).unwrap_or_else(failure),
-            Request::Sync { pipelines, conversations } => {
-                self.run_now(&cfg, &pipelines, app::sync_options(conversations)).await.unwrap_or_else(failure)
+            Request::Status { json } => {
+                commands::status::report(&cfg, &self.store, json).unwrap_or_else(|e| failure(&e))
             }
-            Request::Backfill { pipelines, conversations, since, max_pages } => {
-                match app::backfill_options(conversations, since.as_deref(), max_pages) {
-                    Ok(opts) => self.run_now(&cfg, &pipelines, opts).await.unwrap_or_else(failure),
-                    Err(e) => failure(e.into()),
+            Request::Manage { request } => match self.slot(request.pipeline()) {
+                Some(slot) => commands::manage::report(&request, manage::execute(&slot.pipe, &request).await),
+                None => failure(&anyhow::anyhow!("pipeline `{}` is not running in the daemon", request.pipeline())),
+            },
+            Request::Send { request } => {
+                let slot = cfg.pipeline(request.pipeline.as_deref()).map_err(anyhow::Error::from).and_then(|p| {
+                    self.slot(&p.name).ok_or_else(|| anyhow::anyhow!("pipeline `{}` is not running", p.name))
+                });
+                match slot {
+                    Ok(slot) => {
+                        // The caller prints everything at the end: batch lines go before the summary.
+                        let mut lines = String::new();
+                        let mut report = super::send(&slot.pipe, &request, &self.send_ctx, |l| lines.push_str(l)).await;
+                        report.stdout.insert_str(0, &lines);
+                        report
+                    }
+                    Err(e) => failure(&e),
                 }
             }
-            Request::Manage { args } => match serde_json::from_value::<crate::manage::ManageRequest>(args) {
-                Ok(req) => match self.slot(req.pipeline()) {
-                    Some(slot) => crate::manage::execute(&slot.rt, &req).await,
-                    None => failure(anyhow::anyhow!("pipeline `{}` is not running in the daemon", req.pipeline())),
-                },
-                Err(e) => failure(anyhow::anyhow!("bad request: {e}")),
-            },
-            Request::Send { args } => match serde_json::from_value::<crate::outbound::SendRequest>(args) {
-                Ok(req) => self.send(&cfg, &req).await.unwrap_or_else(failure),
-                Err(e) => failure(anyhow::anyhow!("bad send request: {e}")),
-            },
+            Request::Sync { .. } | Request::Backfill { .. } => unreachable!("handled above"),
         }
-    }
-
-    /// A send asked for through the socket: runs in the daemon, records through the pipeline's writer.
-    async fn send(&self, cfg: &Config, req: &crate::outbound::SendRequest) -> anyhow::Result<Response> {
-        let p = crate::outbound::pick(cfg, req.pipeline.as_deref())?;
-        let slot = self.slot(&p.name).ok_or_else(|| anyhow::anyhow!("pipeline `{}` is not running", p.name))?;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let exit = crate::outbound::run_send(&slot.rt, req, &self.send_ctx, &mut out, &mut err).await;
-        Ok(Response {
-            exit: exit as i32,
-            stdout: String::from_utf8_lossy(&out).into_owned(),
-            stderr: String::from_utf8_lossy(&err).into_owned(),
-        })
     }
 
     /// A run asked for through the socket: waits for any run in progress, then runs the pipelines.
-    async fn run_now(&self, cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::Result<Response> {
-        let selected = app::select(cfg, names)?;
-        app::check_conversations(&selected, &opts.only)?;
+    async fn run_now(&self, cfg: &Config, names: &[String], opts: RunOptions) -> anyhow::Result<Report> {
+        let selected = cfg.select(names)?;
+        commands::sync::check_conversations(&selected, &opts.only)?;
         let mut reports = Vec::new();
         for p in selected {
             let Some(slot) = self.slot(&p.name) else { continue };
             let _guard = slot.running.lock().await;
             reports.push(self.run_slot(&slot, opts.clone()).await);
         }
-        Ok(app::render_reports(reports, self.cancel.is_cancelled()))
+        Ok(commands::sync::report(reports, self.cancel.is_cancelled()))
     }
 
     /// SIGHUP: a valid new config replaces the old one; pipelines that changed are restarted.
@@ -457,7 +440,7 @@ impl Daemon {
                 return;
             };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            crate::handoff::exit_now(Exit::Interrupted as i32);
+            crate::handoff::exit_now(Exit::Interrupted.code());
         });
         self.cancel.cancel();
         let mut sched = self.sched.clone();
@@ -482,10 +465,9 @@ impl Daemon {
     }
 }
 
-/// Closes a pipeline's writer (joining its thread, fsyncing the active file) once nothing else holds it.
+/// Closes a pipeline's writer (joining its thread, fsyncing the active file). Callers hold its run lock or
+/// have drained every run, so nothing writes after this; a task that still holds the pipeline gets "the
+/// pipeline writer has stopped" instead of leaving the writer unjoined.
 async fn close_slot(slot: Arc<Slot>) {
-    let Ok(slot) = Arc::try_unwrap(slot) else { return };
-    if let Ok(rt) = Arc::try_unwrap(slot.rt) {
-        rt.handoff.close().await;
-    }
+    slot.pipe.handoff.close().await;
 }

@@ -1,0 +1,51 @@
+//! `check`: what a valid config will do, without touching state, files or the network.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::config::{Config, ConversationRef};
+
+/// What `check` prints for a valid config.
+pub fn report(cfg: &Config) -> Report {
+    let mut out = String::new();
+    let _ = writeln!(out, "config {}: valid", cfg.path.display());
+    let _ = writeln!(
+        out,
+        "state_dir {} (max_concurrency {}, shutdown_timeout {:?})",
+        cfg.state_dir.display(),
+        cfg.max_concurrency,
+        cfg.shutdown_timeout
+    );
+    for p in &cfg.pipelines {
+        let key = match p.api_key.read(&p.name, "API key") {
+            Ok(_) => "present".to_string(),
+            Err(_) => "MISSING: sync would fail until it is set".to_string(),
+        };
+        let _ = writeln!(out, "pipeline {} ({}):", p.name, p.provider);
+        let _ = writeln!(out, "  base_url      {}", p.base_url);
+        let _ = writeln!(out, "  account       {}", p.account);
+        let _ = writeln!(out, "  api key       {} ({key})", p.api_key.describe());
+        let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();
+        let _ = writeln!(out, "  conversations {} [{}]", convs.len(), convs.join(", "));
+        let _ = writeln!(out, "  schedule      {}", p.schedule);
+        let _ = writeln!(out, "  output        {}", p.output_dir.join(&p.file_name).display());
+        let _ = writeln!(
+            out,
+            "  rotation      at {} bytes{}",
+            p.rotate_max_bytes,
+            p.rotate_max_age.map(|a| format!(" or {}", humantime::format_duration(a))).unwrap_or_default()
+        );
+        let limits = match (p.backfill, p.backfill_max_pages_per_run, p.max_credits_per_run) {
+            (false, _, _) => "off during sync (use the backfill command)".to_string(),
+            (true, 0, 0) => "full history, no per-run limit".to_string(),
+            (true, pages, credits) => {
+                format!("up to {pages} pages / {credits} credits per run (0 = no limit)")
+            }
+        };
+        let _ = writeln!(out, "  backfill      {limits}");
+        if p.redact_text {
+            let _ = writeln!(out, "  text          redacted from records");
+        }
+    }
+    Report { stdout: out, ..Report::default() }
+}

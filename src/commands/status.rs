@@ -1,0 +1,108 @@
+//! `status`: per pipeline and conversation, what the state says, as text or one JSON document. Reads the
+//! state only, so the daemon answers it from its own open store.
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::Report;
+use crate::config::{Config, ConversationRef};
+use crate::record::Conversation;
+use crate::state::Store;
+use crate::time::format_time;
+
+#[derive(serde::Serialize)]
+struct StatusConv {
+    conversation: String,
+    configured: String,
+    messages_written: u64,
+    newest_message_id: Option<String>,
+    backfill_done: bool,
+    last_sync: Option<String>,
+    last_error: Option<String>,
+    credits_total: u64,
+}
+
+#[derive(serde::Serialize)]
+struct StatusPipeline {
+    name: String,
+    provider: &'static str,
+    output_dir: String,
+    /// Credits spent today (UTC), against `max_credits_per_day` (0 = no limit).
+    credits_today: u64,
+    max_credits_per_day: u64,
+    /// Polling is paused until midnight UTC because the daily budget is spent.
+    paused: bool,
+    conversations: Vec<StatusConv>,
+}
+
+/// The `status` output, from an open store (the daemon's or our own).
+pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report> {
+    let mut doc = Vec::new();
+    for p in &cfg.pipelines {
+        let mut convs = Vec::new();
+        for c in &p.conversations {
+            let key = match c {
+                ConversationRef::Peer(id) => Some(id.clone()),
+                ConversationRef::ConversationId(id) => {
+                    Some(Conversation::from_conversation_id(id, Some(&p.account)).key().to_string())
+                }
+                ConversationRef::Username(u) => store.resolved_user(p.provider.name(), u)?,
+            };
+            let st = match &key {
+                Some(k) => store.conversation(&p.name, k)?,
+                None => Default::default(),
+            };
+            convs.push(StatusConv {
+                conversation: key.unwrap_or_else(|| c.to_string()),
+                configured: c.to_string(),
+                messages_written: st.messages_written,
+                newest_message_id: st.newest_id,
+                backfill_done: st.backfill_done,
+                last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+                last_error: st.last_error,
+                credits_total: st.credits_total,
+            });
+        }
+        let credits_today = store.credits_today(&p.name)?;
+        doc.push(StatusPipeline {
+            name: p.name.clone(),
+            provider: p.provider.name(),
+            output_dir: p.output_dir.display().to_string(),
+            credits_today,
+            max_credits_per_day: p.max_credits_per_day,
+            paused: p.max_credits_per_day > 0 && credits_today >= p.max_credits_per_day,
+            conversations: convs,
+        });
+    }
+    let mut out = String::new();
+    if json {
+        out = serde_json::to_string_pretty(&serde_json::json!({ "pipelines": doc }))?;
+        out.push('\n');
+        return Ok(Report { stdout: out, ..Report::default() });
+    }
+    for p in &doc {
+        writeln!(out, "pipeline {} ({}) -> {}", p.name, p.provider, p.output_dir)?;
+        let limit = if p.max_credits_per_day > 0 { format!(" of {}", p.max_credits_per_day) } else { String::new() };
+        let paused = if p.paused { "  PAUSED: daily credit budget spent, resumes at 00:00 UTC" } else { "" };
+        writeln!(out, "  credits today: {}{limit}{paused}", p.credits_today)?;
+        writeln!(
+            out,
+            "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error",
+            "conversation", "messages", "newest id", "backfill", "last sync", "credits"
+        )?;
+        for c in &p.conversations {
+            writeln!(
+                out,
+                "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  {}",
+                c.configured,
+                c.messages_written,
+                c.newest_message_id.as_deref().unwrap_or("-"),
+                if c.backfill_done { "done" } else { "pending" },
+                c.last_sync.as_deref().unwrap_or("never"),
+                c.credits_total,
+                c.last_error.as_deref().unwrap_or("-"),
+            )?;
+        }
+    }
+    Ok(Report { stdout: out, ..Report::default() })
+}

@@ -1,0 +1,237 @@
+//! From the raw file to the validated [`Config`] in one step: every check, every default resolved, every
+//! path made absolute. The only place that resolves paths.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::RawConfig;
+use super::{err, Config, ConfigError, ConversationRef, KeySource, Pipeline, ProviderKind, RetryPolicy};
+
+pub(super) fn parse_duration(key: &str, v: &str, what: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|_| {
+        ConfigError(format!("{what}: `{key} = \"{v}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\""))
+    })
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let file = path.display();
+    let resolve = |p: &Path| normalize(&base.join(p));
+    if raw.max_concurrency == 0 {
+        return err(format!("config {file}: max_concurrency must be at least 1"));
+    }
+    let shutdown_timeout = parse_duration("shutdown_timeout", &raw.shutdown_timeout, &format!("config {file}"))?;
+    if raw.pipelines.is_empty() {
+        return err(format!(
+            "config {file}: no [[pipelines]] defined; add at least one (see the annotated pipelines.toml)"
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut outputs = BTreeSet::new();
+    let mut pipelines = Vec::new();
+    for (i, rp) in raw.pipelines.into_iter().enumerate() {
+        let at = format!("config {file}: pipelines[{i}]");
+        let name = match rp.name {
+            Some(n) if is_name(&n) => n,
+            Some(n) => return err(format!("{at}: name `{n}` must be 1-64 letters, digits, `-` or `_`; rename it")),
+            None => return err(format!("{at}: missing key `name`; give the pipeline a unique name")),
+        };
+        let at = format!("config {file}: pipeline `{name}`");
+        if !names.insert(name.clone()) {
+            return err(format!("{at}: the name is used twice; pipeline names must be unique"));
+        }
+        let Some(provider) = rp.provider else {
+            return err(format!("{at}: missing key `provider`; set it to xquik, x-api-v2 or getxapi"));
+        };
+        let base_url = rp.base_url.unwrap_or_else(|| provider.default_base_url().to_string());
+        let base_url = base_url.trim_end_matches('/').to_string();
+        match reqwest::Url::parse(&base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return err(format!(
+                    "{at}: base_url `{base_url}` is not an http(s) URL; write it like \"https://xquik.com/api/v1\""
+                ))
+            }
+        }
+        let api_key = match (rp.api_key_env, rp.api_key_file) {
+            (Some(_), Some(_)) => {
+                return err(format!("{at}: set api_key_env or api_key_file, not both"));
+            }
+            (Some(v), None) if looks_like_secret(&v) => {
+                return err(format!(
+                    "{at}: api_key_env holds what looks like a key; put the key in an environment variable and name the variable here (like XQUIK_API_KEY)"
+                ))
+            }
+            (Some(v), None) if is_env_name(&v) => KeySource::Env(v),
+            (Some(v), None) => {
+                return err(format!("{at}: api_key_env must name an environment variable (like XQUIK_API_KEY), not `{v}`"))
+            }
+            (None, Some(p)) => KeySource::File(key_file(p, base)),
+            (None, None) => {
+                return err(format!(
+                    "{at}: missing key `api_key_env`; name the environment variable that holds the API key"
+                ))
+            }
+        };
+        let auth_token = match (provider, rp.auth_token_env, rp.auth_token_file) {
+            (ProviderKind::GetXApi, Some(v), None) if is_env_name(&v) => Some(KeySource::Env(v)),
+            (ProviderKind::GetXApi, None, Some(p)) => Some(KeySource::File(key_file(p, base))),
+            (ProviderKind::GetXApi, None, None) => {
+                return err(format!(
+                    "{at}: provider getxapi needs `auth_token_env` (or auth_token_file) naming the account's auth_token"
+                ))
+            }
+            (ProviderKind::GetXApi, _, _) => {
+                return err(format!(
+                    "{at}: set one of auth_token_env (an environment variable name) or auth_token_file"
+                ))
+            }
+            (_, None, None) => None,
+            (p, _, _) => return err(format!("{at}: auth_token_env/auth_token_file are only for getxapi, not {p}")),
+        };
+        let account = match rp.account {
+            Some(a) if !a.trim().is_empty() => a.trim().trim_start_matches('@').to_string(),
+            _ => {
+                return err(format!(
+                    "{at}: missing key `account`; set the connected sender account ({})",
+                    if provider == ProviderKind::Xquik { "its handle" } else { "its numeric user ID" }
+                ))
+            }
+        };
+        if provider != ProviderKind::Xquik && !account.chars().all(|c| c.is_ascii_digit()) {
+            return err(format!("{at}: provider {provider} needs `account` as the numeric user ID, not `{account}`"));
+        }
+        let mut conversations = Vec::new();
+        let mut seen = BTreeSet::new();
+        for c in &rp.conversations {
+            let conv =
+                ConversationRef::parse(c, provider).map_err(|m| ConfigError(format!("{at}: conversations: {m}")))?;
+            if !seen.insert(conv.to_string()) {
+                return err(format!("{at}: conversations lists `{conv}` twice; remove one"));
+            }
+            conversations.push(conv);
+        }
+        // Parsed by the same scheduler `run` uses, so `check` accepts exactly what the daemon can run.
+        let fields = rp.schedule.split_whitespace().count();
+        if !(6..=7).contains(&fields)
+            || tokio_cron_scheduler::Job::new_async(rp.schedule.as_str(), |_, _| Box::pin(async {})).is_err()
+        {
+            return err(format!(
+                "{at}: schedule `{}` must be cron with seconds (6 fields), like \"*/30 * * * * *\"",
+                rp.schedule
+            ));
+        }
+        let output_dir = resolve(&rp.output_dir.unwrap_or_else(|| PathBuf::from("out").join(&name)));
+        if !outputs.insert(output_dir.clone()) {
+            return err(format!(
+                "{at}: output_dir {} is already used by another pipeline; give each pipeline its own",
+                output_dir.display()
+            ));
+        }
+        if !rp.file_name.ends_with(".jsonl")
+            || rp.file_name.len() <= ".jsonl".len()
+            || rp.file_name.contains('/')
+            || rp.file_name[..rp.file_name.len() - 6].contains('.')
+        {
+            return err(format!(
+                "{at}: file_name `{}` must be a plain name ending in .jsonl with no other dot, like \"xquik-dm-handoff.jsonl\"",
+                rp.file_name
+            ));
+        }
+        if rp.rotate_max_bytes < 1024 {
+            return err(format!("{at}: rotate_max_bytes must be at least 1024"));
+        }
+        let rotate_max_age = match rp.rotate_max_age.trim() {
+            "0" | "" | "never" => None,
+            v => Some(parse_duration("rotate_max_age", v, &at)?),
+        };
+        let adaptive_poll_max = match rp.adaptive_poll_max.trim() {
+            "0" | "" | "off" => Duration::ZERO,
+            v => parse_duration("adaptive_poll_max", v, &at)?,
+        };
+        if rp.concurrency == 0 {
+            return err(format!("{at}: concurrency must be at least 1"));
+        }
+        let retry = RetryPolicy {
+            request_timeout: parse_duration("request_timeout", &rp.request_timeout, &at)?,
+            max_retries: rp.max_retries,
+            base: parse_duration("retry_base", &rp.retry_base, &at)?,
+            max: parse_duration("retry_max", &rp.retry_max, &at)?,
+        };
+        if retry.request_timeout.is_zero() {
+            return err(format!("{at}: request_timeout must be more than 0"));
+        }
+        pipelines.push(Pipeline {
+            name,
+            provider,
+            base_url,
+            api_key,
+            auth_token,
+            account,
+            conversations,
+            schedule: rp.schedule,
+            output_dir,
+            file_name: rp.file_name,
+            rotate_max_bytes: rp.rotate_max_bytes,
+            rotate_max_age,
+            backfill: rp.backfill,
+            backfill_max_pages_per_run: rp.backfill_max_pages_per_run,
+            max_credits_per_run: rp.max_credits_per_run,
+            max_credits_per_day: rp.max_credits_per_day,
+            adaptive_poll_max,
+            redact_text: rp.redact_text,
+            concurrency: rp.concurrency,
+            retry,
+        });
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        state_dir: resolve(&raw.state_dir),
+        state_cache_bytes: raw.state_cache_bytes,
+        seen_window: raw.seen_window,
+        max_concurrency: raw.max_concurrency,
+        shutdown_timeout,
+        pipelines,
+    })
+}
+
+fn key_file(p: PathBuf, base: &Path) -> PathBuf {
+    // Relative credential names stay relative when systemd provides a credentials folder; see KeySource::read.
+    if p.is_relative() && std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+        p
+    } else {
+        normalize(&base.join(p))
+    }
+}
+
+fn is_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Keys pasted where a variable name belongs must not be echoed back into logs or terminals.
+fn looks_like_secret(v: &str) -> bool {
+    v.starts_with("xq_") || v.starts_with("get-x-api") || v.len() > 40
+}
+
+fn is_env_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

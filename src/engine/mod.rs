@@ -1,0 +1,82 @@
+//! The engine: what an open pipeline does. Sync passes ([`sync`]), outbound DMs ([`outbound`]), X API v2
+//! deletes and group sends ([`manage`]), and the cost policies they consult ([`poll`]).
+//!
+//! Everything here works on an [`OpenPipeline`] the host has opened and will close; the engine never
+//! opens a state directory, reads the command line or decides an exit code. Its results are typed reports
+//! that the command layer renders.
+
+pub mod manage;
+pub mod outbound;
+pub mod poll;
+pub mod sync;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Pipeline;
+use crate::handoff::{Batch, Handoff, HandoffError};
+use crate::provider::{with_retry, Client, ErrorClass, ProviderError};
+use crate::state::{Commit, StateError, Store};
+
+/// One pipeline, open: its settings, its provider client, its writer (the only way its files and its part
+/// of the state change) and the shared state store. The daemon keeps it for its whole life; a one-shot
+/// command opens it, runs, and closes it.
+pub struct OpenPipeline {
+    pub config: Pipeline,
+    pub client: Client,
+    pub handoff: Handoff,
+    pub store: Arc<Store>,
+}
+
+/// Why a `@username` could not be turned into a user ID.
+#[derive(Debug)]
+pub enum UserError {
+    Provider(ProviderError),
+    /// The state or the writer failed.
+    Local(String),
+}
+
+impl From<StateError> for UserError {
+    fn from(e: StateError) -> Self {
+        UserError::Local(e.to_string())
+    }
+}
+
+impl From<HandoffError> for UserError {
+    fn from(e: HandoffError) -> Self {
+        UserError::Local(e.0)
+    }
+}
+
+impl OpenPipeline {
+    /// The numeric user ID of `@name` (without the `@`): from the state's cache, or one user lookup whose
+    /// answer is cached for every later run and command. Returns the ID and whether the provider was asked
+    /// (a lookup costs credits).
+    pub async fn user_id(&self, name: &str, cancel: &CancellationToken) -> Result<(String, bool), UserError> {
+        let provider = self.config.provider.name();
+        if let Some(id) = self.store.resolved_user(provider, name)? {
+            return Ok((id, false));
+        }
+        let user = with_retry(&self.config.retry, cancel, || self.client.lookup_user(name))
+            .await
+            .map_err(UserError::Provider)?;
+        if !crate::ids::is_numeric_id(&user.id) {
+            return Err(UserError::Provider(ProviderError::new(
+                ErrorClass::Malformed,
+                self.client.lookup_endpoint(),
+                Some(200),
+                "malformed_response",
+                "the user lookup returned a non-numeric ID",
+            )));
+        }
+        if user.can_dm == Some(false) {
+            // A hint only (the docs say so); the send's answer decides, and a refusal there costs nothing.
+            tracing::warn!(pipeline = %self.config.name, username = %name, user_id = %user.id, "user lookup says canDm=false");
+        }
+        tracing::info!(pipeline = %self.config.name, username = %name, user_id = %user.id, "resolved @username");
+        let commit = Commit { raw: vec![Store::user_entry(provider, name, &user.id)?], ..Commit::default() };
+        self.handoff.write(Batch { lines: Vec::new(), commit }).await?;
+        Ok((user.id, true))
+    }
+}

@@ -1,0 +1,572 @@
+//! One sync pass: per conversation, fetch a page, write its new records, fsync, commit; repeat.
+//!
+//! A conversation has two frontiers (see [`ConvState`]):
+//! - the **head**: a pass from the newest page down to the committed high-water mark (`hwm`). Its cursor is
+//!   committed after every page, so an interrupted pass resumes; `hwm` moves only when a pass completes,
+//!   so new messages that arrive during a pass are never skipped (guarantee 3, no gaps).
+//! - the **backfill**: older pages from a stored cursor until the provider says there are none.
+//!
+//! The very first page ever fetched sets up both: its newest ID becomes `hwm` and its `next_cursor`
+//! becomes the backfill cursor. Until some message has been seen (`hwm` is None), a head pass runs to the
+//! end of history, so an empty conversation that later fills up loses nothing.
+//!
+//! Every item is checked against the pipeline's seen set before it is written, so overlapping and
+//! shifting pages, retries and restarts never write a record twice (guarantee 1). Conversations run
+//! concurrently within a pipeline limit and a global limit; one failing does not stop the others, except
+//! that a [`ErrorClass::Fatal`] failure (bad key, billing) stops the rest of that pipeline's run.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::poll::{Budget, Spent};
+use super::{OpenPipeline, UserError};
+use crate::config::ConversationRef;
+use crate::handoff::Batch;
+use crate::provider::{with_retry, ErrorClass, Page, ProviderError};
+use crate::record::{id_cmp, message_record, Context, Conversation};
+use crate::state::{numeric_id, Commit, ConvState};
+use crate::time::{now_string, unix_ms};
+
+/// A conversation's seen set is folded after every this many records it writes, and at the end of its run.
+const FOLD_EVERY: u64 = 64;
+
+/// What a run should do beyond fetching new messages.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Fetch new messages (the head pass). `backfill` alone turns this off.
+    pub head: bool,
+    /// Walk older history; None = the pipeline's `backfill` setting.
+    pub backfill: Option<bool>,
+    /// Backfill pages per conversation this run; None = the pipeline's setting.
+    pub max_pages: Option<u64>,
+    /// Stop backfill of a conversation once a page reaches messages older than this.
+    pub since: Option<SystemTime>,
+    /// Only these conversations (as configured, or as resolved IDs); empty = all.
+    pub only: Vec<String>,
+    /// Set to the current Unix ms before every request and after every commit: the daemon's watchdog
+    /// pings systemd only while runs keep making progress.
+    pub heartbeat: Option<Arc<AtomicU64>>,
+    /// Live totals for a progress display: pages fetched and records written by this run so far.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl RunOptions {
+    /// What `sync` does: new messages, and backfill as each pipeline's own `backfill` setting says.
+    pub fn sync(only: Vec<String>) -> RunOptions {
+        RunOptions { head: true, backfill: None, only, ..Default::default() }
+    }
+
+    /// What `backfill` does: older history only, within the given limits.
+    pub fn backfill(only: Vec<String>, since: Option<SystemTime>, max_pages: Option<u64>) -> RunOptions {
+        RunOptions { head: false, backfill: Some(true), max_pages, since, only, ..Default::default() }
+    }
+}
+
+/// Counters a progress bar reads while a run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub pages: AtomicU64,
+    pub records: AtomicU64,
+}
+
+/// How one conversation's run went.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ConvReport {
+    pub conversation: String,
+    pub pages: u64,
+    pub written: u64,
+    /// Items the provider returned that were already in the files.
+    pub duplicates: u64,
+    pub credits: u64,
+    pub backfill_done: bool,
+    /// Why this run of the conversation stopped short, if it did. One line, no message text.
+    pub error: Option<String>,
+    /// Backfill stopped because of a page, credit or --since limit, not because history ended.
+    pub limited: bool,
+    /// The conversation as configured (`@name` stays `@name`; `conversation` is the resolved key).
+    pub configured: String,
+    /// Set when a credit budget stopped this conversation's run: the config key that did.
+    pub budget: Option<String>,
+}
+
+/// How one pipeline's run went.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PipelineReport {
+    pub pipeline: String,
+    pub conversations: Vec<ConvReport>,
+    /// Set when the whole pipeline stopped (401/402 and the like).
+    pub fatal: Option<String>,
+}
+
+impl PipelineReport {
+    pub fn failed(&self) -> usize {
+        self.conversations.iter().filter(|c| c.error.is_some()).count()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.conversations.iter().map(|c| c.written).sum()
+    }
+
+    pub fn credits(&self) -> u64 {
+        self.conversations.iter().map(|c| c.credits).sum()
+    }
+
+    /// The run in one line (`support: 3 conversations, 12 new records, 0 failed, 40 credits`): the summary
+    /// a command prints, the daemon's `STATUS=` and its status line all use this.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} conversations, {} new records, {} failed, {} credits",
+            self.pipeline,
+            self.conversations.len(),
+            self.written(),
+            self.failed(),
+            self.credits()
+        )
+    }
+}
+
+/// State shared by the conversations of one pipeline run.
+struct RunShared {
+    opts: RunOptions,
+    credits: AtomicU64,
+    /// Cancelled on shutdown or on a fatal provider error; conversations stop at a page boundary.
+    stop: CancellationToken,
+    fatal: std::sync::Mutex<Option<String>>,
+}
+
+impl RunShared {
+    fn beat(&self) {
+        if let Some(h) = &self.opts.heartbeat {
+            h.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs one pass over a pipeline's conversations. `global` bounds conversations across pipelines.
+pub async fn sync_pipeline(
+    pipe: Arc<OpenPipeline>,
+    opts: RunOptions,
+    global: Arc<Semaphore>,
+    cancel: CancellationToken,
+) -> PipelineReport {
+    let shared =
+        Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
+    let local = Arc::new(Semaphore::new(pipe.config.concurrency));
+    let mut set = JoinSet::new();
+    let mut reports = Vec::new();
+    let collect = |res: Result<ConvReport, tokio::task::JoinError>, reports: &mut Vec<ConvReport>| match res {
+        Ok(r) => reports.push(r),
+        Err(e) => reports.push(ConvReport {
+            conversation: "?".into(),
+            error: Some(format!("internal error: {e}")),
+            ..Default::default()
+        }),
+    };
+    for conv in pipe.config.conversations.clone() {
+        if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string()) {
+            continue;
+        }
+        // Take the permits before spawning, so a pipeline of 10,000 conversations holds `concurrency` tasks
+        // in memory, not 10,000. Permits are only closed by dropping the semaphore, which we hold.
+        let l = local.clone().acquire_owned().await.ok();
+        let g = global.clone().acquire_owned().await.ok();
+        while let Some(res) = set.try_join_next() {
+            collect(res, &mut reports);
+        }
+        let (pipe, shared) = (pipe.clone(), shared.clone());
+        set.spawn(async move {
+            let _permits = (l, g);
+            sync_conversation(&pipe, &conv, &shared).await
+        });
+    }
+    while let Some(res) = set.join_next().await {
+        collect(res, &mut reports);
+    }
+    reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
+    let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
+    PipelineReport { pipeline: pipe.config.name.clone(), conversations: reports, fatal }
+}
+
+/// Why a conversation's run stopped early.
+enum Stop {
+    /// A credit budget is spent: not an error, the run just ends here (cursors are committed).
+    Budget(Spent),
+    Provider(ProviderError),
+    Write(String),
+    Cancelled,
+}
+
+impl From<crate::handoff::HandoffError> for Stop {
+    fn from(e: crate::handoff::HandoffError) -> Self {
+        Stop::Write(e.0)
+    }
+}
+
+impl From<crate::state::StateError> for Stop {
+    fn from(e: crate::state::StateError) -> Self {
+        Stop::Write(e.to_string())
+    }
+}
+
+impl From<UserError> for Stop {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Provider(p) => Stop::Provider(p),
+            UserError::Local(m) => Stop::Write(m),
+        }
+    }
+}
+
+async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shared: &RunShared) -> ConvReport {
+    let mut report =
+        ConvReport { conversation: conv_ref.to_string(), configured: conv_ref.to_string(), ..Default::default() };
+    let p = &pipe.config;
+    let result = async {
+        let conv = resolve(pipe, conv_ref, shared).await?;
+        report.conversation = conv.key().to_string();
+        let st = pipe.store.conversation(&p.name, conv.key())?;
+        let mut pass = Pass { pipe, conv: &conv, st, shared, report: &mut report };
+        let outcome = pass.run().await;
+        let mut st = pass.st;
+        if matches!(outcome, Err(Stop::Write(_))) {
+            // A failed write may have been reconciled into the stored counters; start from those.
+            if let Ok(fresh) = pipe.store.conversation(&p.name, conv.key()) {
+                st = fresh;
+            }
+        }
+        // Record how the run ended, whatever happened; the cursors in `st` are the committed ones.
+        st.last_sync_ms = Some(unix_ms(SystemTime::now()));
+        st.last_error = match &outcome {
+            Ok(()) | Err(Stop::Cancelled) | Err(Stop::Budget(_)) => None,
+            Err(Stop::Provider(e)) => Some(e.to_string()),
+            Err(Stop::Write(e)) => Some(e.clone()),
+        };
+        report.backfill_done = st.backfill_done;
+        let mut commit =
+            Commit { conversations: vec![(p.name.clone(), conv.key().to_string(), st)], ..Default::default() };
+        if report.written > 0 {
+            // Whatever this run added since the last fold.
+            commit.folds.push((p.name.clone(), conv.key().to_string()));
+        }
+        // Best effort: if even this fails, the run's error is the more useful one to report.
+        let _ = pipe.handoff.write(Batch { lines: vec![], commit }).await;
+        outcome
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, duplicates = report.duplicates, credits = report.credits, backfill_done = report.backfill_done, "conversation synced");
+        }
+        Err(Stop::Budget(spent)) => {
+            let which = match spent {
+                Spent::Run => "max_credits_per_run",
+                Spent::Day => "max_credits_per_day",
+            };
+            report.limited = true;
+            report.budget = Some(which.to_string());
+            tracing::warn!(pipeline = %p.name, conversation = %report.conversation, budget = which, "credit budget spent; paused until the next run");
+        }
+        Err(Stop::Cancelled) => {
+            report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
+            tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, "conversation stopped at a page boundary");
+        }
+        Err(Stop::Provider(e)) => {
+            if e.class == ErrorClass::Fatal {
+                if let Ok(mut f) = shared.fatal.lock() {
+                    f.get_or_insert_with(|| e.to_string());
+                }
+                shared.stop.cancel();
+            }
+            tracing::error!(pipeline = %p.name, conversation = %report.conversation, status = e.status, code = %e.code, error = %e, "conversation failed");
+            report.error = Some(e.to_string());
+        }
+        Err(Stop::Write(e)) => {
+            tracing::error!(pipeline = %p.name, conversation = %report.conversation, error = %e, "conversation failed");
+            report.error = Some(e);
+        }
+    }
+    report
+}
+
+/// Turns a configured conversation into what the provider's history call needs.
+async fn resolve(pipe: &OpenPipeline, conv: &ConversationRef, shared: &RunShared) -> Result<Conversation, Stop> {
+    match conv {
+        ConversationRef::Peer(id) => Ok(Conversation::Peer { user_id: id.clone(), conversation_id: None }),
+        ConversationRef::ConversationId(id) => {
+            Ok(Conversation::from_conversation_id(id, pipe.client.account_user_id()))
+        }
+        ConversationRef::Username(name) => {
+            let (id, _) = pipe.user_id(name, &shared.stop).await?;
+            Ok(Conversation::Peer { user_id: id, conversation_id: None })
+        }
+    }
+}
+
+/// One conversation's run: its passes over history, the state as last committed, and the report.
+struct Pass<'a> {
+    pipe: &'a OpenPipeline,
+    conv: &'a Conversation,
+    /// The conversation's state as committed; becomes each page's `next` once that page is durable.
+    st: ConvState,
+    shared: &'a RunShared,
+    report: &'a mut ConvReport,
+}
+
+impl Pass<'_> {
+    async fn run(&mut self) -> Result<(), Stop> {
+        let opts = &self.shared.opts;
+        let do_backfill = opts.backfill.unwrap_or(self.pipe.config.backfill);
+        if opts.head || (do_backfill && !self.st.backfill_started) {
+            if !self.st.backfill_started {
+                self.first_page().await?;
+            } else {
+                // A pass resumed from a stored cursor only covers what was newest when it began; once it
+                // completes, one more pass from the newest page picks up what arrived since, so one sync
+                // after a crash is enough to bring the files up to date.
+                let resumed = self.st.head_cursor.is_some();
+                self.head_pass().await?;
+                if resumed {
+                    self.head_pass().await?;
+                }
+            }
+        }
+        if do_backfill && !self.st.backfill_done {
+            self.backfill().await?;
+        }
+        Ok(())
+    }
+
+    /// The first page ever: sets the high-water mark and the backfill frontier in one commit.
+    async fn first_page(&mut self) -> Result<(), Stop> {
+        let page = self.fetch(None).await?;
+        let mut next = self.st.clone();
+        next.hwm = newest(&page, None);
+        next.backfill_started = true;
+        next.backfill_done = page.next_cursor.is_none();
+        next.backfill_cursor = page.next_cursor.clone();
+        next.covered_from = lowest(&page, self.st.covered_from.as_deref());
+        self.write_page(&page, next).await
+    }
+
+    /// From the newest page down to the high-water mark (or to the end while nothing was ever seen).
+    async fn head_pass(&mut self) -> Result<(), Stop> {
+        loop {
+            if self.shared.stop.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            let cursor = self.st.head_cursor.clone();
+            let page = self.fetch(cursor.as_deref()).await?;
+            let mut next = self.st.clone();
+            next.head_newest = newest(&page, self.st.head_newest.as_deref());
+            if self.st.hwm.is_none() {
+                // Nothing seen yet, so this pass runs to the end of history: its pages reach down without a
+                // gap from what will become hwm.
+                next.covered_from = lowest(&page, self.st.covered_from.as_deref());
+            }
+            let reached = match &self.st.hwm {
+                Some(hwm) => page.items.iter().any(|i| id_cmp(&i.id, hwm).is_le()),
+                None => false,
+            };
+            let done = reached || page.next_cursor.is_none();
+            if done {
+                next.hwm = newest_of(next.hwm.as_deref(), next.head_newest.as_deref());
+                next.head_cursor = None;
+                next.head_newest = None;
+            } else {
+                next.head_cursor = page.next_cursor.clone();
+            }
+            self.write_page(&page, next).await?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Older pages from the stored cursor, within this run's page, credit and --since limits.
+    async fn backfill(&mut self) -> Result<(), Stop> {
+        let p = &self.pipe.config;
+        let max_pages =
+            self.shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
+        let mut pages = 0u64;
+        while !self.st.backfill_done {
+            if self.shared.stop.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            if max_pages.is_some_and(|m| pages >= m) {
+                self.report.limited = true;
+                tracing::info!(pipeline = %p.name, conversation = %self.conv.key(), pages, "backfill paused at this run's limit");
+                return Ok(());
+            }
+            let cursor = self.st.backfill_cursor.clone();
+            let page = self.fetch(cursor.as_deref()).await?;
+            pages += 1;
+            let mut next = self.st.clone();
+            next.backfill_done = page.next_cursor.is_none();
+            next.backfill_cursor = page.next_cursor.clone();
+            next.covered_from = lowest(&page, self.st.covered_from.as_deref());
+            let reached_since =
+                self.shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
+            self.write_page(&page, next).await?;
+            if reached_since && !self.st.backfill_done {
+                self.report.limited = true;
+                tracing::info!(pipeline = %p.name, conversation = %self.conv.key(), "backfill reached --since");
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, cursor: Option<&str>) -> Result<Page, Stop> {
+        let (pipe, shared) = (self.pipe, self.shared);
+        // Checked before every request: after a fatal error (a rejected key) or a stop signal, conversations
+        // still waiting for a permit must not send one more request.
+        if shared.stop.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let p = &pipe.config;
+        let budget = Budget { per_run: p.max_credits_per_run, per_day: p.max_credits_per_day };
+        let today = if budget.per_day > 0 { pipe.store.credits_today(&p.name)? } else { 0 };
+        budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
+        let page = with_retry(&p.retry, &shared.stop, || {
+            shared.beat();
+            pipe.client.history(self.conv, cursor)
+        })
+        .await
+        .map_err(|e| {
+            if shared.stop.is_cancelled() && e.class == ErrorClass::Transient {
+                Stop::Cancelled
+            } else {
+                Stop::Provider(e)
+            }
+        })?;
+        shared.credits.fetch_add(page.credits, Ordering::Relaxed);
+        tracing::debug!(pipeline = %p.name, conversation = %self.conv.key(), cursor = cursor.unwrap_or(""), items = page.items.len(), next_cursor = page.next_cursor.as_deref().unwrap_or(""), "page");
+        Ok(page)
+    }
+
+    /// Writes a page's unseen records and commits `next` with them; on success `st` becomes `next`.
+    async fn write_page(&mut self, page: &Page, mut next: ConvState) -> Result<(), Stop> {
+        let (pipe, conv) = (self.pipe, self.conv);
+        let p = &pipe.config;
+        let ctx = Context {
+            provider: p.provider.name(),
+            pipeline: &p.name,
+            account: &p.account,
+            account_user_id: pipe.client.account_user_id(),
+            redact_text: p.redact_text,
+            source_endpoint: pipe.client.history_endpoint(conv),
+        };
+        let synced_at = now_string();
+        let covered = pipe.store.covered(&p.name, conv.key())?;
+        let mut fresh = HashSet::new();
+        let mut records = Vec::new();
+        for item in &page.items {
+            let record = message_record(&ctx, conv, item, &synced_at);
+            let Some(key) = record.key() else { continue };
+            if fresh.contains(&key) || pipe.store.is_seen_with(&p.name, &key, covered)? {
+                self.report.duplicates += 1;
+                continue;
+            }
+            fresh.insert(key.clone());
+            records.push((key, record));
+        }
+        // Order within a page is undefined upstream; oldest first makes each file read chronologically per page.
+        records.sort_by(|a, b| id_cmp(&a.0.id, &b.0.id));
+        next.messages_written += records.len() as u64;
+        next.credits_total += page.credits;
+        if let Some((k, _)) = records.last() {
+            next.newest_id = newest_of(next.newest_id.as_deref(), Some(&k.id));
+        }
+        let written = records.len() as u64;
+        // Fold the seen set every FOLD_EVERY records, so a long backfill keeps it small as it goes.
+        let fold = (self.report.written + written) / FOLD_EVERY > self.report.written / FOLD_EVERY;
+        let mut commit = Commit {
+            conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())],
+            credits: if page.credits > 0 { vec![(p.name.clone(), page.credits)] } else { Vec::new() },
+            folds: if fold { vec![(p.name.clone(), conv.key().to_string())] } else { Vec::new() },
+            ..Default::default()
+        };
+        let mut lines = Vec::with_capacity(records.len());
+        for (key, record) in records {
+            lines.push(record.to_line());
+            commit.seen.push((p.name.clone(), key));
+        }
+        pipe.handoff.write(Batch { lines, commit }).await?;
+        self.shared.beat();
+        if let Some(progress) = &self.shared.opts.progress {
+            progress.pages.fetch_add(1, Ordering::Relaxed);
+            progress.records.fetch_add(written, Ordering::Relaxed);
+        }
+        self.st = next;
+        self.report.pages += 1;
+        self.report.written += written;
+        self.report.credits += page.credits;
+        Ok(())
+    }
+}
+
+fn newest(page: &Page, current: Option<&str>) -> Option<String> {
+    page.items
+        .iter()
+        .map(|i| i.id.as_str())
+        .fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(id)))
+}
+
+/// The lowest numeric item ID of a page, or `current` if that is lower. Non-numeric IDs are never folded,
+/// so they do not count.
+fn lowest(page: &Page, current: Option<&str>) -> Option<String> {
+    current
+        .into_iter()
+        .chain(page.items.iter().map(|i| i.id.as_str()))
+        .filter_map(|id| numeric_id(id).map(|n| (n, id)))
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, id)| id.to_string())
+}
+
+fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if id_cmp(a, b).is_ge() { a } else { b }.to_string()),
+        (a, b) => a.or(b).map(str::to_string),
+    }
+}
+
+fn oldest_time(page: &Page) -> Option<SystemTime> {
+    page.items.iter().filter_map(|i| i.created_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Item;
+
+    fn page(ids: &[&str], next: Option<&str>) -> Page {
+        Page {
+            items: ids.iter().map(|i| Item { id: i.to_string(), ..Item::default() }).collect(),
+            next_cursor: next.map(str::to_string),
+            credits: ids.len() as u64,
+        }
+    }
+
+    #[test]
+    fn newest_is_numeric_and_keeps_current() {
+        assert_eq!(newest(&page(&["9", "100", "11"], None), None).as_deref(), Some("100"));
+        assert_eq!(newest(&page(&["9"], None), Some("50")).as_deref(), Some("50"));
+        assert_eq!(newest(&page(&[], None), None), None);
+        assert_eq!(newest_of(None, Some("3")).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn lowest_is_numeric_ignores_other_ids_and_keeps_current() {
+        assert_eq!(lowest(&page(&["9", "100", "abc", "11"], None), None).as_deref(), Some("9"));
+        assert_eq!(lowest(&page(&["9"], None), Some("5")).as_deref(), Some("5"));
+        assert_eq!(lowest(&page(&["9"], None), Some("50")).as_deref(), Some("9"));
+        assert_eq!(lowest(&page(&["x", "007"], None), None), None);
+        assert_eq!(lowest(&page(&[], None), Some("4")).as_deref(), Some("4"));
+    }
+}

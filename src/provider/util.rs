@@ -1,0 +1,116 @@
+//! What the adapters share beyond errors and retries: the HTTP client they are built on, reading a 2xx body
+//! or handing the failure to the adapter's own classifier, headers that carry a secret, multipart parts,
+//! and IDs that arrive as strings or numbers. Nothing here knows a provider's routes or error codes.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+
+use super::error::{ErrorClass, ProviderError};
+use crate::config::Pipeline;
+
+/// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages.
+pub fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::Client, crate::config::ConfigError> {
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .user_agent(concat!("dm-handoff/", env!("CARGO_PKG_VERSION")))
+        .timeout(p.retry.request_timeout)
+        .connect_timeout(p.retry.request_timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))
+}
+
+/// Sends a request and returns the body of a 2xx; anything else goes to the provider's `classify`
+/// with the status, the body and the `Retry-After` header (seconds). A body cut short is a dropped
+/// connection: transient, never a half-parsed page.
+pub async fn send_classified(
+    req: reqwest::RequestBuilder,
+    endpoint: &'static str,
+    classify: fn(&'static str, u16, &[u8], Option<Duration>) -> ProviderError,
+) -> Result<bytes::Bytes, ProviderError> {
+    let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    let status = resp.status().as_u16();
+    let retry_after = retry_after_header(resp.headers());
+    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    Err(classify(endpoint, status, &body, retry_after))
+}
+
+/// A `Retry-After` header in seconds (the only form our providers send).
+pub fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Default headers carrying a pipeline's secret (`x-api-key: K` or `Authorization: Bearer K`), marked
+/// sensitive so Debug output redacts it and no log at any level can print it. `what` names the secret
+/// in the error, which never contains its value.
+pub fn secret_headers(
+    p: &Pipeline,
+    name: reqwest::header::HeaderName,
+    value: &str,
+    what: &str,
+) -> Result<reqwest::header::HeaderMap, crate::config::ConfigError> {
+    let mut v = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+        crate::config::ConfigError(format!(
+            "pipeline `{}`: the {what} in {} has characters an HTTP header cannot carry; check it",
+            p.name,
+            p.api_key.describe()
+        ))
+    })?;
+    v.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(name, v);
+    Ok(headers)
+}
+
+/// A file as a multipart part, for the uploads of providers that take the file itself.
+pub fn file_part(
+    endpoint: &'static str,
+    name: &str,
+    mime: &str,
+    bytes: &[u8],
+) -> Result<reqwest::multipart::Part, ProviderError> {
+    reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string()).mime_str(mime).map_err(|_| {
+        ProviderError::new(
+            ErrorClass::Conversation,
+            endpoint,
+            None,
+            "invalid_media_type",
+            "the media type cannot be sent",
+        )
+    })
+}
+
+/// An ID that may arrive as a JSON string or number; always kept as a string.
+#[derive(Debug)]
+pub struct Id(pub String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u64),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::S(s) => Id(s),
+            Raw::N(n) => Id(n.to_string()),
+        })
+    }
+}
+
+impl Id {
+    /// Whether the ID is one we can key records by (see [`crate::ids::is_safe_id`]).
+    pub fn is_safe(&self) -> bool {
+        crate::ids::is_safe_id(&self.0)
+    }
+}

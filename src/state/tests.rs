@@ -1,0 +1,229 @@
+//! Unit tests of the store: commits, the folded seen set, the layout upgrade, the lock.
+
+use super::keys::*;
+use super::*;
+
+fn opts() -> StoreOptions {
+    StoreOptions { cache_bytes: 1 << 20, seen_window: 2 }
+}
+
+fn k(conv: &str, id: &str) -> Key {
+    Key { kind: Kind::DmMessage, conversation: conv.into(), id: id.into() }
+}
+
+#[test]
+fn commit_is_visible_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), opts()).unwrap();
+        let st = ConvState { hwm: Some("10".into()), messages_written: 3, ..ConvState::default() };
+        s.commit(&Commit {
+            seen: vec![("p".into(), k("a", "1")), ("p".into(), k("a", "2"))],
+            conversations: vec![("p".into(), "a".into(), st)],
+            sink_points: vec![("p".into(), CommitPoint { seq: 2, offset: 99, active_since_ms: Some(5) })],
+            raw: vec![Store::user_entry("xquik", "Dana", "42").unwrap()],
+            credits: vec![("p".into(), 5), ("p".into(), 7)],
+            folds: vec![],
+        })
+        .unwrap();
+    }
+    let s = Store::open(dir.path(), opts()).unwrap();
+    assert!(s.is_seen("p", &k("a", "1")).unwrap());
+    assert!(!s.is_seen("p", &k("a", "3")).unwrap());
+    assert!(!s.is_seen("other", &k("a", "1")).unwrap(), "seen sets are per pipeline");
+    assert_eq!(s.conversation("p", "a").unwrap().hwm.as_deref(), Some("10"));
+    assert_eq!(s.conversation("p", "b").unwrap(), ConvState::default());
+    assert_eq!(s.commit_point("p").unwrap().offset, 99);
+    assert_eq!(s.resolved_user("xquik", "dana").unwrap().as_deref(), Some("42"));
+    assert_eq!(s.credits_today("p").unwrap(), 12);
+    assert_eq!(s.credits_today("q").unwrap(), 0);
+    assert_eq!(s.conversations("p").unwrap().len(), 1);
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
+    assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 0);
+}
+
+/// A snowflake-like ID `hours` hours after an arbitrary start, with some low bits set.
+fn sf(hours: u64) -> String {
+    (((1_000_000_000_000 + hours * 3_600_000) << 22) | 0x1234).to_string()
+}
+
+fn conv_state(covered_from: &str, hwm: &str) -> ConvState {
+    ConvState {
+        covered_from: Some(covered_from.into()),
+        hwm: Some(hwm.into()),
+        backfill_started: true,
+        ..ConvState::default()
+    }
+}
+
+/// Writes keys for `ids` in conversation `a` of pipeline `p` with the given state, then folds.
+fn write_and_fold(s: &Store, ids: &[String], st: ConvState) -> u64 {
+    s.commit(&Commit {
+        seen: ids.iter().map(|i| ("p".to_string(), k("a", i))).collect(),
+        conversations: vec![("p".into(), "a".into(), st)],
+        ..Commit::default()
+    })
+    .unwrap();
+    s.fold("p", "a").unwrap()
+}
+
+#[test]
+fn fold_keeps_the_window_and_the_last_hour_exact_and_still_knows_every_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    // Hourly messages 0..=10, and one more 10 minutes after message 10 (well within the last hour).
+    let mut ids: Vec<String> = (0..=10).map(sf).collect();
+    let late = (((1_000_000_000_000u64 + 10 * 3_600_000 + 600_000) << 22) | 7).to_string();
+    ids.push(late.clone());
+    let removed = write_and_fold(&s, &ids, conv_state(&sf(0), &late));
+    // Window 2 keeps `late` and sf(10); the age rule keeps nothing more (sf(10) is 10 min older).
+    assert_eq!(removed, 10);
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
+    let c = s.covered("p", "a").unwrap().unwrap();
+    assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(0), sf(9)));
+    for id in &ids {
+        assert!(s.is_seen("p", &k("a", id)).unwrap(), "{id} must still be seen");
+    }
+    // An ID never written: inside the folded range it counts as seen (the range says it was fetched);
+    // below it, and in the exact window, it does not.
+    assert!(s.is_seen("p", &k("a", &(sf(5).parse::<u64>().unwrap() + 1).to_string())).unwrap());
+    assert!(!s.is_seen("p", &k("a", &(sf(0).parse::<u64>().unwrap() - 1).to_string())).unwrap());
+    assert!(!s.is_seen("p", &k("a", &(sf(10).parse::<u64>().unwrap() + 1).to_string())).unwrap());
+    // Other conversations, kinds and pipelines are untouched by the range.
+    assert!(!s.is_seen("p", &k("b", &sf(5))).unwrap());
+    assert!(!s.is_seen("q", &k("a", &sf(5))).unwrap());
+    let send = Key { kind: Kind::DmSend, conversation: "a".into(), id: sf(5) };
+    assert!(!s.is_seen("p", &send).unwrap());
+    // And it survives a reopen.
+    drop(s);
+    let s = Store::open(dir.path(), opts()).unwrap();
+    assert!(ids.iter().all(|id| s.is_seen("p", &k("a", id)).unwrap()));
+    assert_eq!(s.covered("p", "a").unwrap(), Some(c));
+}
+
+#[test]
+fn fold_never_crosses_covered_from_and_skips_ids_it_cannot_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    let mut ids: Vec<String> = (0..10).map(sf).collect();
+    ids.push("abc".into());
+    ids.push("0042".into());
+    // Pages below sf(4) were written but not committed as gap-free: they must stay exact.
+    let removed = write_and_fold(&s, &ids, conv_state(&sf(4), &sf(9)));
+    assert_eq!(removed, 4, "sf(4)..=sf(7) folded; sf(8), sf(9) are the window");
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 8);
+    assert!(ids.iter().all(|id| s.is_seen("p", &k("a", id)).unwrap()));
+    assert!(!s.is_seen("p", &k("a", &(sf(2).parse::<u64>().unwrap() + 1).to_string())).unwrap());
+    // A second fold after the backfill went lower extends the same range downwards.
+    let more: Vec<String> = (10..14).map(sf).collect();
+    let removed = write_and_fold(&s, &more, conv_state(&sf(0), &sf(13)));
+    assert_eq!(removed, 8, "sf(0..4) and sf(8..12) folded; sf(12), sf(13) are the window");
+    let c = s.covered("p", "a").unwrap().unwrap();
+    assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(0), sf(11)));
+    assert!(ids.iter().chain(&more).all(|id| s.is_seen("p", &k("a", id)).unwrap()));
+}
+
+#[test]
+fn once_folded_older_pages_go_straight_into_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    let first: Vec<String> = (10..20).map(sf).collect();
+    write_and_fold(&s, &first, conv_state(&sf(10), &sf(19)));
+    let before = s.count_seen("p", None).unwrap();
+    // A backfill page below the range, committed with the covered_from it establishes: no exact keys.
+    // In the same commit, a key below that covered_from (not gap-free) and one above the range stay exact.
+    let page: Vec<String> = (5..10).map(sf).collect();
+    let mut seen: Vec<(String, Key)> = page.iter().map(|i| ("p".to_string(), k("a", i))).collect();
+    seen.push(("p".into(), k("a", &sf(1))));
+    seen.push(("p".into(), k("a", &sf(20))));
+    s.commit(&Commit {
+        seen,
+        conversations: vec![("p".into(), "a".into(), conv_state(&sf(5), &sf(19)))],
+        ..Commit::default()
+    })
+    .unwrap();
+    assert_eq!(s.count_seen("p", None).unwrap(), before + 2);
+    let c = s.covered("p", "a").unwrap().unwrap();
+    assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(5), sf(17)));
+    assert!(page.iter().chain(&first).all(|id| s.is_seen("p", &k("a", id)).unwrap()));
+    assert!(s.is_seen("p", &k("a", &sf(1))).unwrap() && s.is_seen("p", &k("a", &sf(20))).unwrap());
+    assert!(!s.is_seen("p", &k("a", &sf(2))).unwrap());
+}
+
+#[test]
+fn fold_does_nothing_without_a_gap_free_range_or_with_window_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..10).map(sf).collect();
+    {
+        let s = Store::open(dir.path(), opts()).unwrap();
+        let st = ConvState { hwm: Some(sf(9)), ..ConvState::default() };
+        assert_eq!(write_and_fold(&s, &ids, st), 0, "no covered_from yet");
+        assert_eq!(s.covered("p", "a").unwrap(), None);
+    }
+    let s = Store::open(dir.path(), StoreOptions { seen_window: 0, ..opts() }).unwrap();
+    assert_eq!(write_and_fold(&s, &ids, conv_state(&sf(0), &sf(9))), 0, "folding is off");
+    assert_eq!(s.count_seen("p", None).unwrap(), 10);
+}
+
+#[test]
+fn a_version_1_state_is_upgraded_and_folded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..10).map(sf).collect();
+    {
+        // Write the old layout by hand: unpadded IDs, no `v`, no covered_from.
+        let db = sled::open(dir.path().join("db")).unwrap();
+        for id in ids.iter().map(String::as_str).chain(["42", "x1"]) {
+            db.insert(key(b's', &["p", "a", "dm_message", id]), &[][..]).unwrap();
+        }
+        db.insert(key(b's', &["p", "a", "dm_send", "43"]), &[][..]).unwrap();
+        db.insert(key(b's', &["p", "b", "dm_message", "7"]), &[][..]).unwrap();
+        let done = ConvState { hwm: Some(sf(9)), backfill_started: true, backfill_done: true, ..ConvState::default() };
+        db.insert(key(b'c', &["p", "a"]), serde_json::to_vec(&done).unwrap()).unwrap();
+        let midway = ConvState { hwm: Some("7".into()), backfill_started: true, ..ConvState::default() };
+        db.insert(key(b'c', &["p", "b"]), serde_json::to_vec(&midway).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    let s = Store::open(dir.path(), opts()).unwrap();
+    for id in ids.iter().map(String::as_str).chain(["42", "x1"]) {
+        assert!(s.is_seen("p", &k("a", id)).unwrap(), "{id}");
+    }
+    assert!(s.is_seen("p", &Key { kind: Kind::DmSend, conversation: "a".into(), id: "43".into() }).unwrap());
+    assert!(s.is_seen("p", &k("b", "7")).unwrap());
+    assert_eq!(s.conversation("p", "a").unwrap().covered_from.as_deref(), Some("42"));
+    assert_eq!(s.conversation("p", "b").unwrap().covered_from, None, "backfill not done: left alone");
+    // a: 42, sf(0)..=sf(7) folded; sf(8), sf(9), x1 exact. Plus the send and b's message.
+    assert_eq!(s.count_seen("p", None).unwrap(), 5);
+    drop(s);
+    // Opening again finds version 2 and changes nothing.
+    let s = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(s.count_seen("p", None).unwrap(), 5);
+}
+
+#[test]
+fn numeric_ids_are_canonical_u64s_only() {
+    assert_eq!(numeric_id("0"), Some(0));
+    assert_eq!(numeric_id("18446744073709551615"), Some(u64::MAX));
+    for bad in ["", "007", "18446744073709551616", "1e5", "-1", " 1", "x"] {
+        assert_eq!(numeric_id(bad), None, "{bad:?}");
+    }
+    assert_eq!(stored_id("42"), "00000000000000000042");
+    assert_eq!(stored_id("042"), "042");
+}
+
+#[test]
+fn a_second_owner_is_refused_with_the_holders_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path(), opts()).unwrap();
+    let err = Store::open(dir.path(), opts()).err().expect("second open must fail");
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::Locked { .. }), "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+}
+
+#[test]
+fn state_dir_is_created_0750() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd = dir.path().join("new/state");
+    let _s = Store::open(&sd, opts()).unwrap();
+    assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o777, 0o750);
+}
