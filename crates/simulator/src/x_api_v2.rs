@@ -312,7 +312,7 @@ fn early(fault: Early, limit: Option<u32>) -> Response {
             let h = resp.headers_mut();
             h.insert("x-rate-limit-limit", HeaderValue::from(limit.unwrap_or(15)));
             h.insert("x-rate-limit-remaining", HeaderValue::from(0));
-            h.insert("x-rate-limit-reset", HeaderValue::from(now_ms() / 1_000 + retry_after.max(1)));
+            h.insert("x-rate-limit-reset", HeaderValue::from((now_ms() / 1_000).saturating_add(retry_after.max(1))));
             resp
         }
         Early::Unavailable { status, .. } => {

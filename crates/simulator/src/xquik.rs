@@ -279,7 +279,9 @@ fn write_err(status: u16, code: &str, message: &str, recovery: Recovery) -> Resp
         Recovery::RetryNewKey => (true, true, json!({ "type": "retry", "requiresNewIdempotencyKey": true })),
         Recovery::GiveUp => (false, false, Value::Null),
         Recovery::Retry { after_secs: None } => (true, true, json!({ "type": "retry" })),
-        Recovery::Retry { after_secs: Some(s) } => (true, true, json!({ "type": "retry", "afterMs": s * 1_000 })),
+        Recovery::Retry { after_secs: Some(s) } => {
+            (true, true, json!({ "type": "retry", "afterMs": s.saturating_mul(1_000) }))
+        }
         Recovery::Blocked => (false, true, Value::Null),
         Recovery::Verify => (false, false, json!({ "type": "verify_result" })),
     };
@@ -570,7 +572,7 @@ fn pending_response(body: &Value, retry_after: u64) -> Response {
 /// confirmed, not charged, no result.
 fn pending_record(done: &Value, retry_after: u64) -> Value {
     let mut v = done.clone();
-    let after_ms = retry_after * 1_000;
+    let after_ms = retry_after.saturating_mul(1_000);
     let status_url = done.get("statusUrl").cloned().unwrap_or(Value::Null);
     let planned = done.pointer("/billing/plannedCredits").cloned().unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {

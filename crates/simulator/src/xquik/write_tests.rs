@@ -458,3 +458,31 @@ async fn write_faults_and_writes_through_the_admin_api() {
     assert_eq!(r.status, 400);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn extreme_fault_values_do_not_panic() {
+    let h = spawn(SimConfig::default()).await;
+    let max = u64::MAX;
+    queue(
+        &h,
+        vec![
+            WriteFault::new(WriteFaultKind::Expired).polls(1).retry_after_secs(max),
+            WriteFault::new(WriteFaultKind::XDailyLimit).retry_after_secs(max),
+            WriteFault::new(WriteFaultKind::RateLimited).retry_after_secs(max).provider(SimProvider::XApiV2),
+        ],
+    );
+    let r = send_text(h.addr, "k1", "one").await.expect("answer");
+    assert_eq!((r.status, r.header("retry-after")), (202, Some(max.to_string().as_str())));
+    let r = send_text(h.addr, "k2", "two").await.expect("answer");
+    assert_eq!(r.status, 429);
+    let x = send(
+        h.addr,
+        "POST",
+        "/2/dm_conversations/with/783214/messages",
+        &[("Content-Type", "application/json")],
+        br#"{"text":"three"}"#,
+    )
+    .await;
+    assert_eq!(x.status, 429);
+    h.shutdown().await;
+}
