@@ -1,5 +1,6 @@
 //! The `/_sim/` control API, for tests that run the simulator as a separate process
-//! (`dm-handoff simulate`): read the books, change faults, add messages, read ground truth.
+//! (`dm-handoff simulate`): read the books, change faults (write faults included), add messages,
+//! read ground truth and the writes performed.
 //!
 //! No auth, no faults, not booked in the stats: it is the test's side channel, not part of any
 //! provider.
@@ -26,6 +27,7 @@ pub(crate) fn routes(sim: Simulator) -> Router {
     Router::new()
         .route("/stats", get(stats))
         .route("/faults", put(set_faults).get(get_faults))
+        .route("/writes", get(writes))
         .route("/conversations/{peer}/messages", get(messages).post(add_messages))
         .fallback(|| async { json(404, &json!({ "error": "not_found" })) })
         .with_state(sim)
@@ -37,6 +39,11 @@ fn bad(message: &str) -> Response {
 
 async fn stats(State(sim): State<Simulator>) -> Response {
     json(200, &sim.stats())
+}
+
+/// The writes performed so far ([`Simulator::writes`]).
+async fn writes(State(sim): State<Simulator>) -> Response {
+    json(200, &sim.writes())
 }
 
 async fn get_faults(State(sim): State<Simulator>) -> Response {

@@ -17,7 +17,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::content::mix2;
-use super::{lock, Faults};
+use super::writes::{self, WriteTarget};
+use super::{lock, Faults, WriteFault};
 
 /// A fault that replaces the whole answer before the route does any work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +142,12 @@ impl FaultEngine {
 
     pub(crate) fn dm_not_allowed(&self, peer: &str) -> bool {
         lock(&self.state).faults.dm_not_allowed_peers.iter().any(|p| p.trim() == peer)
+    }
+
+    /// Takes the first queued write fault that matches this write (see `writes`). Draws nothing
+    /// from the random stream: write faults are deterministic by design.
+    pub(crate) fn take_write(&self, w: &WriteTarget<'_>) -> Option<WriteFault> {
+        writes::take(&mut lock(&self.state).faults.write_faults, w)
     }
 }
 

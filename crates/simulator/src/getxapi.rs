@@ -6,7 +6,8 @@
 //! conversations named `"<smaller>-<larger>"`; `count`-sized pages newest first with `has_more` and a
 //! `next_cursor` that is `null` at the end; explicit `null`s for absent fields; provider extras on each
 //! message; and free-text errors `{"error": "…"}` with no machine code (a 429 says `retry_after` in the
-//! body only). Check order: API key (401), injected faults, then the route.
+//! body only). Check order: API key (401), injected faults, then the route; a send then takes a
+//! write fault (`write_faults`) before or after performing the write.
 
 // Helpers answer early with the error response itself; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
@@ -29,7 +30,11 @@ use super::faults::{self, Early, Malformed, Spoiled};
 use super::http::{json, RouteTag};
 use super::world::{parse_peer, Page, Sent, Start};
 use super::x_api_v2::groups::Kind;
-use super::{lock, Simulator};
+use super::{lock, SimProvider, SimWrite, SimWriteAction, Simulator};
+
+mod write_faults;
+#[cfg(test)]
+mod write_tests;
 
 const HISTORY: &str = "POST /twitter/dm/conversation";
 const SEND: &str = "POST /twitter/dm/send";
@@ -314,14 +319,26 @@ async fn send_dm(State(sim): State<Simulator>, body: Result<Bytes, BytesRejectio
     if sim.inner.faults.forbidden(&peer_s) || sim.inner.faults.dm_not_allowed(&peer_s) {
         return err(403, "You cannot send messages to this user");
     }
+    let fault = match write_faults::take(&sim, Some(&peer_s)) {
+        Ok(f) => f,
+        Err(refusal) => return refusal,
+    };
     let me = me(&sim);
     let conv = world.find_or_create(peer);
     let msg = world.append_sent(&conv, Sent { text: text.to_string(), media_url: None });
     world.note_account(&me.to_string());
     sim.inner.stats.sent(1);
-    json(
-        200,
-        &json!({
+    sim.log_write(SimWrite {
+        route: SEND.to_string(),
+        target: Some(peer_s.clone()),
+        text: Some(text.to_string()),
+        result_id: Some(msg.id.to_string()),
+        fault: fault.as_ref().map(|f| f.kind),
+        ..SimWrite::performed(SimProvider::GetXApi, SimWriteAction::Send)
+    });
+    write_faults::answer(
+        fault,
+        json!({
             "status": "success",
             "msg": "DM sent successfully",
             "data": {
@@ -334,6 +351,7 @@ async fn send_dm(State(sim): State<Simulator>, body: Result<Bytes, BytesRejectio
             },
         }),
     )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::content::mix2;
+use super::writes::NoAnswer;
 use super::{RequestLog, Simulator};
 
 /// Set by a provider on every response so the stats layer knows the route template (e.g.
@@ -38,12 +39,17 @@ pub(crate) async fn request_id(State(sim): State<Simulator>, req: Request, next:
     resp
 }
 
-/// Applies `slow_ms`, then books the request under the route its provider tagged it with.
+/// Applies `slow_ms` and `latency_ms`, then books the request under the route its provider
+/// tagged it with (status 0 for an answer a write fault never sent).
 pub(crate) async fn book(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
+    let _in_flight = sim.inner.stats.enter();
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     if let Some(delay) = sim.inner.faults.slow() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(delay) = sim.inner.pace.latency() {
         tokio::time::sleep(delay).await;
     }
     let resp = next.run(req).await;
@@ -51,8 +57,7 @@ pub(crate) async fn book(State(sim): State<Simulator>, req: Request, next: Next)
         Some(t) => (t.route.clone(), t.key_ok),
         None => (format!("{method} (unmatched)"), false),
     };
-    sim.inner
-        .stats
-        .record(route, RequestLog { method, path, query, status: resp.status().as_u16(), api_key_ok: key_ok });
+    let status = if resp.extensions().get::<NoAnswer>().is_some() { 0 } else { resp.status().as_u16() };
+    sim.inner.stats.record(route, RequestLog { method, path, query, status, api_key_ok: key_ok });
     resp
 }

@@ -12,7 +12,11 @@
 //! - `cursor`: the opaque, tamper-evident cursor codec.
 //! - `faults`: which requests fail, and the provider-neutral fault bodies.
 //! - `stats`: request and credit books.
-//! - `http`: request ids, slow-down and booking middleware shared by providers.
+//! - `http`: request ids, slow-down, latency and booking middleware shared by providers.
+//! - `pace`: speed realism: the `latency_ms` delay and Xquik's fixed rate-limit windows.
+//! - `writes`: write faults (writes that are performed and then lose their answer, or refused the
+//!   providers' ways) and the log of performed writes. Each provider words them in its own
+//!   `write_faults` submodule.
 //! - `xquik`: the Xquik routes under `/api/v1`. Another provider is another such module.
 //! - `x_api_v2`: the official X API v2 routes under `/2/` (rate-limit windows, a 30-day horizon,
 //!   problem+json errors) and the group conversations (`x_api_v2/groups`).
@@ -27,11 +31,14 @@ mod cursor;
 mod faults;
 mod getxapi;
 mod http;
+mod pace;
 mod stats;
 mod world;
+mod writes;
 mod x_api_v2;
 mod xquik;
 
+pub use writes::{SimProvider, SimWrite, SimWriteAction, WriteFault, WriteFaultKind};
 pub use x_api_v2::{SimEvent, SimGroup};
 
 /// A raw HTTP/1.1 client for tests that must see exactly what goes over the wire.
@@ -67,6 +74,17 @@ pub struct SimConfig {
     pub account: Option<String>,
     /// Initial faults; change them at run time with [`Simulator::set_faults`].
     pub faults: Faults,
+    // -- Speed toward the provider (SPEC 8.7).
+    /// `[min, max]`: every provider answer (not `/_sim/`) waits a uniform random time in this
+    /// range, in milliseconds, drawn from the seeded stream. `None` (the default): no delay.
+    pub latency_ms: Option<(u64, u64)>,
+    /// Xquik's read window per Xquik account (API key) as `[requests, window_secs]`: GET/HEAD
+    /// requests beyond it in one aligned fixed window get 429 `rate_limit_exceeded` with
+    /// `Retry-After` = seconds until the window resets. Default `[300, 1]`, the documented one;
+    /// `None` (`null`) turns it off.
+    pub xquik_rate_limit: Option<(u32, u64)>,
+    /// Xquik's write window (POST/PUT/PATCH), likewise. Default `[120, 60]`; `None` turns it off.
+    pub xquik_write_limit: Option<(u32, u64)>,
     /// New messages arriving during a pass.
     pub growth: Growth,
     /// Which send contract the DM and media routes answer with.
@@ -106,6 +124,9 @@ impl Default for SimConfig {
             api_key: None,
             account: None,
             faults: Faults::default(),
+            latency_ms: None,
+            xquik_rate_limit: Some((300, 1)),
+            xquik_write_limit: Some((120, 60)),
             growth: Growth::default(),
             send_style: SendStyle::default(),
             x_rate_limit: default_x_rate_limit(),
@@ -179,9 +200,12 @@ pub struct Faults {
     pub slow_ms: u64,
     /// The next `storm` requests all get 429; counts down.
     pub storm: u64,
-    /// History and sends for these peers get 403 `dm_not_permitted`.
+    /// History of these peers is refused (Xquik 403 `dm_not_permitted`, X API v2 403
+    /// not-authorized-for-resource, GetXAPI 403) and so are sends to them (Xquik 422
+    /// `x_dm_not_allowed`, as its send contract words it; X API v2 and GetXAPI 403).
     pub forbidden_peers: Vec<String>,
-    /// Sends to these peers get 422 `x_dm_not_allowed`.
+    /// Sends to these peers are refused (Xquik 422 `x_dm_not_allowed`, X API v2 and GetXAPI 403);
+    /// their history reads normally.
     pub dm_not_allowed_peers: Vec<String>,
     /// Probability that a write-action send answers 202 `pending_confirmation` (with `Location`
     /// and `Retry-After`) instead of a final 200; the client must poll the write action.
@@ -192,6 +216,10 @@ pub struct Faults {
     pub pending_polls: u32,
     /// Seconds in the `Retry-After` of a pending answer (0 lets tests poll at once).
     pub pending_retry_after_secs: u64,
+    /// Writes that fail the ways the providers' do (SPEC 8.8), in order: each upcoming write takes
+    /// the first entry it matches, which counts down its `times`. See [`WriteFault`] and
+    /// [`WriteFaultKind`].
+    pub write_faults: Vec<WriteFault>,
 }
 
 impl Default for Faults {
@@ -210,6 +238,7 @@ impl Default for Faults {
             pending_peers: Vec::new(),
             pending_polls: 1,
             pending_retry_after_secs: 1,
+            write_faults: Vec::new(),
         }
     }
 }
@@ -246,6 +275,7 @@ pub struct Stats {
     /// By route template, e.g. `GET /x/dm/{userId}/history`; unknown routes as
     /// `GET (unmatched)`.
     pub by_route: BTreeMap<String, u64>,
+    /// By status; 0 counts answers never sent (a `drop` write fault).
     pub by_status: BTreeMap<u16, u64>,
     /// 1 per history message returned, 1 per user lookup, 10 per send or upload.
     pub credits: u64,
@@ -254,6 +284,18 @@ pub struct Stats {
     pub uploads: u64,
     /// The most recent requests (at most 10,000), oldest first.
     pub log: Vec<RequestLog>,
+    /// 429s served because a rate-limit window was spent (Xquik's and X API v2's; injected
+    /// `storm` and `rate_limit` faults are not counted here).
+    pub rate_limited: u64,
+    /// The same by window family: `xquik_read`, `xquik_write`, `x_api_v2_dm_read`,
+    /// `x_api_v2_dm_write`, `x_api_v2_delete`, `x_api_v2_media`, `x_api_v2_users`.
+    pub rate_limited_by_family: BTreeMap<String, u64>,
+    /// Write faults injected, by [`WriteFaultKind`] name.
+    pub write_faults: BTreeMap<String, u64>,
+    /// The most provider requests in progress at once (latency included).
+    pub peak_in_flight: u64,
+    /// The most provider requests answered within one second (seconds aligned to the start).
+    pub peak_requests_per_second: u64,
 }
 
 /// One booked request.
@@ -263,6 +305,7 @@ pub struct RequestLog {
     pub path: String,
     /// The raw query string as received ("" when there is none).
     pub query: String,
+    /// 0 when no answer was sent at all (a `drop` write fault).
     pub status: u16,
     pub api_key_ok: bool,
 }
@@ -303,6 +346,8 @@ struct Inner {
     xquik: xquik::XquikState,
     x_api: x_api_v2::XState,
     getxapi: getxapi::GetXState,
+    pace: pace::Pace,
+    writes: writes::WriteLog,
     request_seq: AtomicU64,
 }
 
@@ -312,6 +357,7 @@ impl Simulator {
         let faults = faults::FaultEngine::new(cfg.seed, cfg.faults.clone());
         let xquik = xquik::XquikState::new(cfg.seed);
         let x_api = x_api_v2::XState::new(&cfg);
+        let pace = pace::Pace::new(&cfg);
         Simulator {
             inner: Arc::new(Inner {
                 cfg,
@@ -321,6 +367,8 @@ impl Simulator {
                 xquik,
                 x_api,
                 getxapi: getxapi::GetXState::default(),
+                pace,
+                writes: writes::WriteLog::default(),
                 request_seq: AtomicU64::new(0),
             }),
         }
@@ -395,6 +443,12 @@ impl Simulator {
             Some(peer) => self.inner.world.truth(peer, account),
             None => Vec::new(),
         }
+    }
+
+    /// The writes performed so far (the most recent 100,000), oldest first: what really reached
+    /// the world, whatever answer the client got. Also `GET /_sim/writes`.
+    pub fn writes(&self) -> Vec<SimWrite> {
+        self.inner.writes.snapshot()
     }
 
     /// The numeric X user id the simulator derives for an account handle.
@@ -490,6 +544,14 @@ mod tests {
         assert_eq!(partial.page_size, (18, 30));
         assert!(serde_json::from_str::<SimConfig>(r#"{"sede":3}"#).is_err());
         assert!(serde_json::from_str::<Faults>(r#"{"storm":2,"oops":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_example_scenario_loads() {
+        let cfg: SimConfig =
+            serde_json::from_str(include_str!("../../../examples/simulator-scenario.json")).expect("example scenario");
+        assert_eq!(cfg.xquik_rate_limit, Some((300, 1)));
+        assert_eq!(cfg.faults.write_faults.len(), 1);
     }
 
     #[test]

@@ -30,6 +30,20 @@ impl Raw {
 
 /// Sends one request with `Connection: close` and reads until the server closes.
 pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
+    try_send(addr, method, target, headers, body)
+        .await
+        .unwrap_or_else(|| panic!("{method} {target}: the connection closed without an answer"))
+}
+
+/// As [`send`], but `None` when the connection closed before a single byte of an answer came
+/// back (how a `drop` write fault answers).
+pub async fn try_send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Raw> {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -44,7 +58,7 @@ pub async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str
     let mut buf = Vec::new();
     // A reset after a partial body is how an aborted response may end: keep what arrived.
     let _ = stream.read_to_end(&mut buf).await;
-    parse(&buf)
+    (!buf.is_empty()).then(|| parse(&buf))
 }
 
 pub async fn get(addr: SocketAddr, target: &str) -> Raw {

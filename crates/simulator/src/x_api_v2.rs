@@ -9,12 +9,14 @@
 //! `errors[]` body for rate limits); `x-rate-limit-limit/remaining/reset` headers on every response and a
 //! 429 once a window is spent ([`SimConfig::x_rate_limit`]); an optional 30-day horizon
 //! ([`SimConfig::x_history_days`]); and an optional strict field list ([`SimConfig::x_strict_fields`]).
-//! Check order: token (401), rate-limit window (429), injected faults, then the route.
+//! Check order: token (401), rate-limit window (429), injected faults, then the route; write routes
+//! then take a write fault (`write_faults`) before or after performing the write.
 
 // Helpers answer early with the error response itself; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub(super) mod groups;
+mod write_faults;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +41,7 @@ use super::content::{self, account_id, hash_bytes, mix2, snowflake, BASE_END_MS}
 use super::faults::{self, Early, Malformed, Spoiled};
 use super::http::{json, RouteTag};
 use super::world::{parse_peer, Message, Sent, Start};
-use super::{lock, SimConfig, Simulator};
+use super::{lock, SimConfig, SimProvider, SimWrite, SimWriteAction, Simulator, WriteFault};
 
 const HISTORY_WITH: &str = "GET /2/dm_conversations/with/{participant_id}/dm_events";
 const HISTORY_CONV: &str = "GET /2/dm_conversations/{dm_conversation_id}/dm_events";
@@ -83,6 +85,19 @@ enum Bucket {
     Delete,
     Media,
     Users,
+}
+
+impl Bucket {
+    /// The name [`Stats::rate_limited_by_family`](super::Stats::rate_limited_by_family) books it under.
+    fn name(self) -> &'static str {
+        match self {
+            Bucket::DmRead => "x_api_v2_dm_read",
+            Bucket::DmWrite => "x_api_v2_dm_write",
+            Bucket::Delete => "x_api_v2_delete",
+            Bucket::Media => "x_api_v2_media",
+            Bucket::Users => "x_api_v2_users",
+        }
+    }
 }
 
 /// A route's template and family, per method (one path can carry two methods).
@@ -260,6 +275,7 @@ async fn guard(State((sim, specs)): State<(Simulator, &'static [Spec])>, req: Re
         let mut resp = match verdict {
             Some(v) if !v.allowed => {
                 tracing::debug!(route = spec.route, "simulator: X rate-limit window spent");
+                sim.inner.stats.rate_limited(spec.bucket.name());
                 problem(429, &format!("{PROBLEMS}rate-limit-exceeded"), "Too Many Requests", "Too Many Requests")
             }
             _ => match sim.inner.faults.early() {
@@ -296,7 +312,7 @@ fn early(fault: Early, limit: Option<u32>) -> Response {
             let h = resp.headers_mut();
             h.insert("x-rate-limit-limit", HeaderValue::from(limit.unwrap_or(15)));
             h.insert("x-rate-limit-remaining", HeaderValue::from(0));
-            h.insert("x-rate-limit-reset", HeaderValue::from(now_ms() / 1_000 + retry_after.max(1)));
+            h.insert("x-rate-limit-reset", HeaderValue::from((now_ms() / 1_000).saturating_add(retry_after.max(1))));
             resp
         }
         Early::Unavailable { status, .. } => {
@@ -308,8 +324,27 @@ fn early(fault: Early, limit: Option<u32>) -> Response {
 
 /// An RFC 7807 problem with X's field order.
 fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Response {
+    problem_about(status, kind, title, detail, None)
+}
+
+/// A problem about one resource: `resource_type` (required by the spec's resource-not-found and
+/// not-authorized-for-resource problems), `resource_id`, and the `parameter` and `value` that
+/// named it.
+struct About<'a> {
+    resource_type: &'a str,
+    parameter: &'a str,
+    id: &'a str,
+}
+
+fn problem_about(status: u16, kind: &str, title: &str, detail: &str, about: Option<About<'_>>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({ "title": title, "detail": detail, "type": kind, "status": status });
+    let mut body = json!({ "title": title, "detail": detail, "type": kind, "status": status });
+    if let (Some(a), Some(obj)) = (about, body.as_object_mut()) {
+        obj.insert("resource_type".into(), json!(a.resource_type));
+        obj.insert("resource_id".into(), json!(a.id));
+        obj.insert("parameter".into(), json!(a.parameter));
+        obj.insert("value".into(), json!(a.id));
+    }
     (code, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
@@ -317,16 +352,25 @@ fn invalid(detail: &str) -> Response {
     problem(400, &format!("{PROBLEMS}invalid-request"), "Invalid Request", detail)
 }
 
-fn forbidden(detail: &str) -> Response {
-    problem(403, "about:blank", "Forbidden", detail)
+/// 403 not-authorized-for-resource about the resource `parameter` named.
+fn forbidden(resource_type: &str, parameter: &str, id: &str, detail: &str) -> Response {
+    problem_about(
+        403,
+        &format!("{PROBLEMS}not-authorized-for-resource"),
+        "Forbidden",
+        detail,
+        Some(About { resource_type, parameter, id }),
+    )
 }
 
-fn not_found(kind: &str, id: &str) -> Response {
-    problem(
+/// 404 resource-not-found with every field the spec's problem schema lists.
+fn not_found(resource_type: &str, parameter: &str, id: &str) -> Response {
+    problem_about(
         404,
         &format!("{PROBLEMS}resource-not-found"),
         "Not Found Error",
-        &format!("Could not find {kind}: [{id}]."),
+        &format!("Could not find {resource_type} with {parameter}: [{id}]."),
+        Some(About { resource_type, parameter, id }),
     )
 }
 
@@ -655,10 +699,10 @@ fn conversation(sim: &Simulator, id: &str) -> Result<Target, Response> {
         Some((a, b)) => match (parse_id(a), parse_id(b)) {
             (Some(a), Some(b)) if a == me && b != me => Ok(Target::Peer(b)),
             (Some(a), Some(b)) if b == me && a != me => Ok(Target::Peer(a)),
-            (Some(_), Some(_)) => Err(problem(
-                403,
-                &format!("{PROBLEMS}not-authorized-for-resource"),
-                "Forbidden",
+            (Some(_), Some(_)) => Err(forbidden(
+                "dm_conversation",
+                "dm_conversation_id",
+                id,
                 "You are not a participant of this conversation.",
             )),
             _ => Err(invalid("The `id` path parameter value does not match the conversation ID pattern")),
@@ -696,10 +740,10 @@ fn history(sim: &Simulator, target: Target, query: Result<Query<HashMap<String, 
     };
     if let Target::Peer(peer) = &target {
         if sim.inner.faults.forbidden(&peer.to_string()) {
-            return problem(
-                403,
-                &format!("{PROBLEMS}not-authorized-for-resource"),
-                "Forbidden",
+            return forbidden(
+                "user",
+                "participant_id",
+                &peer.to_string(),
                 "You are not permitted to view this conversation.",
             );
         }
@@ -806,11 +850,16 @@ async fn delete_event(State(sim): State<Simulator>, path: Result<Path<String>, P
         return invalid("The `event_id` path parameter value does not match ^[0-9]{1,19}$");
     };
     if locate(&sim, id).is_none() {
-        return not_found("dm_event", &raw);
+        return not_found("dm_event", "event_id", &raw);
     }
+    let fault = match write_faults::take(&sim, SimWriteAction::Delete, Some(&raw)) {
+        Ok(f) => f,
+        Err(refusal) => return refusal,
+    };
     // Deleting again answers the same: the event is gone for the account either way.
     lock(&sim.inner.x_api.deleted).insert(id);
-    json(200, &json!({ "data": { "deleted": true } }))
+    log_write(&sim, DELETE, SimWriteAction::Delete, Some(raw.clone()), None, raw, fault.as_ref());
+    write_faults::answer(fault, 200, json!({ "data": { "deleted": true } })).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,27 +900,58 @@ fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Value, Response> {
     serde_json::from_slice::<Value>(&body).map_err(|_| invalid("The request body is not valid JSON"))
 }
 
-fn created(conversation_id: &str, event_id: u64) -> Response {
-    json(201, &json!({ "data": { "dm_conversation_id": conversation_id, "dm_event_id": event_id.to_string() } }))
+/// The 201 body of a send or a new group.
+fn created(conversation_id: &str, event_id: u64) -> Value {
+    json!({ "data": { "dm_conversation_id": conversation_id, "dm_event_id": event_id.to_string() } })
 }
 
-/// Sends into the 1:1 conversation with `peer`.
-fn send_to_peer(sim: &Simulator, peer: u64, text: String, media: Option<String>) -> Response {
+/// Books a performed write in the write log.
+fn log_write(
+    sim: &Simulator,
+    route: &str,
+    action: SimWriteAction,
+    target: Option<String>,
+    text: Option<String>,
+    result: String,
+    fault: Option<&WriteFault>,
+) {
+    sim.log_write(SimWrite {
+        route: route.to_string(),
+        target,
+        text,
+        result_id: Some(result),
+        fault: fault.map(|f| f.kind),
+        ..SimWrite::performed(SimProvider::XApiV2, action)
+    });
+}
+
+/// Sends into the 1:1 conversation with `peer` (through `route`).
+async fn send_to_peer(sim: &Simulator, route: &str, peer: u64, text: String, media: Option<String>) -> Response {
     let peer_s = peer.to_string();
     let me = x_user(sim);
     if peer == me {
         return invalid("You cannot send a Direct Message to yourself");
     }
     if sim.inner.faults.forbidden(&peer_s) || sim.inner.faults.dm_not_allowed(&peer_s) {
-        return forbidden("You are not permitted to send Direct Messages to this user.");
+        return forbidden(
+            "user",
+            "participant_id",
+            &peer_s,
+            "You are not permitted to send Direct Messages to this user.",
+        );
     }
+    let fault = match write_faults::take(sim, SimWriteAction::Send, Some(&peer_s)) {
+        Ok(f) => f,
+        Err(refusal) => return refusal,
+    };
     let world = &sim.inner.world;
     let conv = world.find_or_create(peer);
     let media_url = media.map(|m| sim.inner.x_api.media_url(&m));
-    let msg = world.append_sent(&conv, Sent { text, media_url });
+    let msg = world.append_sent(&conv, Sent { text: text.clone(), media_url });
     world.note_account(&me.to_string());
     sim.inner.stats.sent(1);
-    created(&one_to_one(me, peer), msg.id)
+    log_write(sim, route, SimWriteAction::Send, Some(peer_s), Some(text), msg.id.to_string(), fault.as_ref());
+    write_faults::answer(fault, 201, created(&one_to_one(me, peer), msg.id)).await
 }
 
 async fn send_with(
@@ -883,7 +963,7 @@ async fn send_with(
         return invalid("The `participant_id` path parameter value does not match ^[0-9]{1,19}$");
     };
     match body_json(body).and_then(|v| read_message(&v)) {
-        Ok((text, media)) => send_to_peer(&sim, peer, text, media),
+        Ok((text, media)) => send_to_peer(&sim, SEND_WITH, peer, text, media).await,
         Err(resp) => resp,
     }
 }
@@ -901,14 +981,30 @@ async fn send_conv(
         Err(resp) => return resp,
     };
     match conversation(&sim, &id) {
-        Ok(Target::Peer(peer)) => send_to_peer(&sim, peer, text, media),
+        Ok(Target::Peer(peer)) => send_to_peer(&sim, SEND_CONV, peer, text, media).await,
         Ok(Target::Group(g)) => {
+            let gid = g.id.to_string();
+            let fault = match write_faults::take(&sim, SimWriteAction::Send, Some(&gid)) {
+                Ok(f) => f,
+                Err(refusal) => return refusal,
+            };
             let media_url = media.map(|m| sim.inner.x_api.media_url(&m));
-            let e = g.append_message(text, media_url);
+            let e = g.append_message(text.clone(), media_url);
             sim.inner.stats.sent(1);
-            created(&g.id.to_string(), e.id)
+            log_write(
+                &sim,
+                SEND_CONV,
+                SimWriteAction::Send,
+                Some(gid.clone()),
+                Some(text),
+                e.id.to_string(),
+                fault.as_ref(),
+            );
+            write_faults::answer(fault, 201, created(&gid, e.id)).await
         }
-        Err(_) => not_found("dm_conversation", &id),
+        // A lookup answers a missing group with a 200 that carries the problem; a send cannot.
+        Err(resp) if resp.status() == StatusCode::OK => not_found("dm_conversation", "dm_conversation_id", &id),
+        Err(resp) => resp,
     }
 }
 
@@ -935,12 +1031,23 @@ async fn create_group(State(sim): State<Simulator>, body: Result<Bytes, BytesRej
         Err(resp) => return resp,
     };
     if let Some(p) = ids.iter().find(|p| sim.inner.faults.dm_not_allowed(&p.to_string())) {
-        return forbidden(&format!("User {p} cannot be added to a group by you."));
+        return forbidden(
+            "user",
+            "participant_ids",
+            &p.to_string(),
+            &format!("User {p} cannot be added to a group by you."),
+        );
     }
+    let fault = match write_faults::take(&sim, SimWriteAction::CreateGroup, None) {
+        Ok(f) => f,
+        Err(refusal) => return refusal,
+    };
     let media_url = media.map(|m| sim.inner.x_api.media_url(&m));
-    let (g, e) = sim.inner.x_api.groups.create(ids, text, media_url);
+    let (g, e) = sim.inner.x_api.groups.create(ids, text.clone(), media_url);
     sim.inner.stats.sent(1);
-    created(&g.id.to_string(), e.id)
+    let gid = g.id.to_string();
+    log_write(&sim, CREATE_GROUP, SimWriteAction::CreateGroup, None, Some(text), gid.clone(), fault.as_ref());
+    write_faults::answer(fault, 201, created(&gid, e.id)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -986,6 +1093,10 @@ async fn upload(State(sim): State<Simulator>, req: Request) -> Response {
     let Some(media) = media.filter(|m| !m.is_empty()) else {
         return invalid("`media` is required");
     };
+    let fault = match write_faults::take(&sim, SimWriteAction::Upload, None) {
+        Ok(f) => f,
+        Err(refusal) => return refusal,
+    };
     let x = &sim.inner.x_api;
     let n = x.uploads.fetch_add(1, Ordering::Relaxed) + 1;
     let id = snowflake(BASE_END_MS + 50 * DAY_MS + n * 1_000, mix2(x.seed ^ 0x006d_6564_6961, n)).to_string();
@@ -1001,7 +1112,8 @@ async fn upload(State(sim): State<Simulator>, req: Request) -> Response {
     if dir == "dm_video" {
         data["processing_info"] = json!({ "state": "succeeded", "progress_percent": 100 });
     }
-    json(200, &json!({ "data": data }))
+    log_write(&sim, UPLOAD, SimWriteAction::Upload, None, None, id, fault.as_ref());
+    write_faults::answer(fault, 200, json!({ "data": data })).await
 }
 
 async fn upload_status(
@@ -1015,7 +1127,7 @@ async fn upload_status(
         return invalid("`command=STATUS` and `media_id` are required");
     };
     if !lock(&sim.inner.x_api.media).contains_key(id) {
-        return not_found("media", id);
+        return not_found("media", "media_id", id);
     }
     json(200, &json!({ "data": { "id": id, "processing_info": { "state": "succeeded", "progress_percent": 100 } } }))
 }
@@ -1060,3 +1172,5 @@ async fn user_me(State(sim): State<Simulator>) -> Response {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;

@@ -4,9 +4,11 @@
 //!
 //! Conversations come from `world`; which requests fail comes from `faults`. This module owns
 //! only what is Xquik-specific: the wire shapes, the check order, and the idempotency records of
-//! writes. Check order on every route: auth (401), then storm / rate limit / server error, then
-//! the route's own validation, account and permission checks, then (history only) malformed and
-//! dropped bodies.
+//! writes. Check order on every route: auth (401), then Xquik's fixed window for the Xquik account
+//! (429, see `pace`), then storm / rate limit / server error, then the route's own validation,
+//! account and permission checks, then (history only) malformed and dropped bodies. Write routes
+//! then replay an `Idempotency-Key` they know, refuse forbidden peers, and take a write fault
+//! (`write_faults`) before or after performing the write.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,8 +28,9 @@ use super::content::{self, account_id, hash_bytes, hex64, mix2, normalize_handle
 use super::cursor::Position;
 use super::faults::{self, Early, Malformed, Spoiled};
 use super::http::{json, RouteTag};
+use super::pace::XquikFamily;
 use super::world::{parse_peer, Page, Sent, Start};
-use super::{lock, SendStyle, SimConfig, Simulator};
+use super::{lock, SendStyle, SimConfig, SimProvider, SimWrite, SimWriteAction, Simulator, WriteFaultKind};
 
 const HISTORY: &str = "GET /x/dm/{userId}/history";
 const SEND: &str = "POST /x/dm/{userId}";
@@ -113,18 +116,67 @@ fn key_ok(cfg: &SimConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && token.trim() == key)
 }
 
-/// Auth, then the early faults, then the route; tags the answer for the books.
+/// Auth, then Xquik's fixed rate-limit window, then the early faults, then the route; tags the
+/// answer for the books.
 async fn guard(State((sim, route)): State<(Simulator, &'static str)>, req: Request, next: Next) -> Response {
     let key_ok = key_ok(&sim.inner.cfg, req.headers());
+    let write_route = route == SEND || route == MEDIA;
+    let contract = contract_opt_in(req.headers());
+    let family = XquikFamily::of(req.method());
+    let window = match family {
+        Some(f) if key_ok => sim.inner.pace.xquik_take(&presented_key(req.headers()), f).err().map(|secs| (f, secs)),
+        _ => None,
+    };
     let mut resp = if !key_ok {
         unauthenticated()
+    } else if let Some((family, secs)) = window {
+        tracing::debug!(route, "simulator: Xquik rate-limit window spent");
+        sim.inner.stats.rate_limited(family.name());
+        rate_limit_exceeded(secs)
     } else if let Some(fault) = sim.inner.faults.early() {
         tracing::debug!(route, ?fault, "simulator: injecting a fault");
-        early(fault)
+        early(fault, write_route, contract)
     } else {
         next.run(req).await
     };
     resp.extensions_mut().insert(RouteTag { route: route.to_string(), key_ok });
+    resp
+}
+
+/// The key the caller presented, whichever header carried it: Xquik's windows count per Xquik
+/// account, and the key is what names the account.
+fn presented_key(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    header("x-api-key")
+        .or_else(|| header("xquik-api-key"))
+        .or_else(|| {
+            header("authorization")
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim())
+        })
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether the request opted in to the best-practice contract, under which dependency failures
+/// are 424 with a structured `error` instead of 502.
+fn contract_opt_in(headers: &HeaderMap) -> bool {
+    headers.get("xquik-api-contract").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "2026-04-29")
+}
+
+/// Xquik's own 429, from its windows or a storm: the wait in the header and the body.
+fn rate_limit_exceeded(secs: u64) -> Response {
+    let resp = json(
+        429,
+        &json!({
+            "error": "rate_limit_exceeded",
+            "message": "Too many requests. Try again later.",
+            "retryAfter": secs,
+        }),
+    );
+    let mut resp = resp;
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
@@ -136,35 +188,67 @@ fn unauthenticated() -> Response {
     resp
 }
 
-fn early(fault: Early) -> Response {
-    let (mut resp, retry_after) = match fault {
-        Early::RateLimited { retry_after } => (
-            json(
-                429,
-                &json!({
-                    "error": "rate_limit_exceeded",
-                    "message": "Too many requests. Try again later.",
-                    "retryAfter": retry_after,
-                }),
-            ),
-            Some(retry_after),
-        ),
-        Early::Unavailable { status: 502, retry_after: _ } => {
-            (err(502, "x_api_unavailable", "X API is temporarily unavailable. Try again later."), None)
-        }
+fn early(fault: Early, write_route: bool, contract: bool) -> Response {
+    match fault {
+        Early::RateLimited { retry_after } => rate_limit_exceeded(retry_after),
+        Early::Unavailable { status: 502, retry_after: _ } => dependency_failure(write_route, contract),
+        // A write route's 503 is the write-tracking outage, in the write-error shape.
+        Early::Unavailable { retry_after, .. } if write_route => write_tracking_unavailable(retry_after),
         Early::Unavailable { status, retry_after } => {
-            (err(status, "service_unavailable", "Service temporarily unavailable. Try again later."), Some(retry_after))
+            let mut resp = err(status, "service_unavailable", "Service temporarily unavailable. Try again later.");
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            resp
         }
-    };
-    if let Some(secs) = retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+}
+
+const X_API_UNAVAILABLE: &str = "X API is temporarily unavailable. Try again later.";
+
+/// X is unavailable: 502 `x_api_unavailable`, or 424 with a structured `error` under the opt-in
+/// contract. On a write route the body carries the write-error fields (nothing was sent).
+fn dependency_failure(write_route: bool, contract: bool) -> Response {
+    let mut resp = if write_route {
+        write_err(502, "x_api_unavailable", X_API_UNAVAILABLE, Recovery::Retry { after_secs: None })
+    } else {
+        err(502, "x_api_unavailable", X_API_UNAVAILABLE)
+    };
+    if contract {
+        let body = json!({ "message": X_API_UNAVAILABLE, "type": "dependency_error", "code": "x_api_unavailable" });
+        resp = restructure(resp, 424, body);
+    }
+    resp
+}
+
+/// Re-issues a JSON error response with another status and a structured `error` object, as the
+/// opt-in contract words errors.
+fn restructure(resp: Response, status: u16, error: Value) -> Response {
+    let mut body = resp.extensions().get::<ErrorBody>().map(|b| b.0.clone()).unwrap_or_else(|| json!({}));
+    body["error"] = error;
+    json(status, &body)
+}
+
+/// The JSON body of an error response, kept beside it so it can be re-shaped without parsing.
+#[derive(Clone)]
+struct ErrorBody(Value);
+
+/// 503 `write_tracking_unavailable` with `Retry-After`: nothing was dispatched.
+fn write_tracking_unavailable(retry_after: u64) -> Response {
+    let mut resp = write_err(
+        503,
+        "write_tracking_unavailable",
+        "Write tracking unavailable. Try again.",
+        Recovery::Retry { after_secs: None },
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
     resp
 }
 
 /// `{"error": code, "message": message}`.
 fn err(status: u16, code: &str, message: &str) -> Response {
-    json(status, &json!({ "error": code, "message": message }))
+    let body = json!({ "error": code, "message": message });
+    let mut resp = json(status, &body);
+    resp.extensions_mut().insert(ErrorBody(body));
+    resp
 }
 
 /// What a client of a write route should do after an error.
@@ -174,30 +258,46 @@ enum Recovery {
     FixRequest,
     /// Retry with a new Idempotency-Key.
     NewKey,
+    /// Nothing was dispatched and the action is filed as failed: a new attempt can succeed, with
+    /// a new Idempotency-Key.
+    RetryNewKey,
     /// Do not retry unchanged.
     GiveUp,
+    /// Nothing was dispatched and a later attempt can succeed: retry (after `after_secs`).
+    Retry { after_secs: Option<u64> },
+    /// Nothing was dispatched, but retrying will not help until the account or billing is fixed.
+    Blocked,
+    /// The write may have happened: check before doing anything else.
+    Verify,
 }
 
 /// The write-route error body: the legacy pair plus the charge and recovery fields.
 fn write_err(status: u16, code: &str, message: &str, recovery: Recovery) -> Response {
-    let (safe, next) = match recovery {
-        Recovery::FixRequest => (true, json!({ "type": "fix_request" })),
-        Recovery::NewKey => (true, json!({ "type": "retry", "requiresNewIdempotencyKey": true })),
-        Recovery::GiveUp => (false, Value::Null),
+    let (retryable, safe, next) = match recovery {
+        Recovery::FixRequest => (false, true, json!({ "type": "fix_request" })),
+        Recovery::NewKey => (false, true, json!({ "type": "retry", "requiresNewIdempotencyKey": true })),
+        Recovery::RetryNewKey => (true, true, json!({ "type": "retry", "requiresNewIdempotencyKey": true })),
+        Recovery::GiveUp => (false, false, Value::Null),
+        Recovery::Retry { after_secs: None } => (true, true, json!({ "type": "retry" })),
+        Recovery::Retry { after_secs: Some(s) } => {
+            (true, true, json!({ "type": "retry", "afterMs": s.saturating_mul(1_000) }))
+        }
+        Recovery::Blocked => (false, true, Value::Null),
+        Recovery::Verify => (false, false, json!({ "type": "verify_result" })),
     };
-    json(
-        status,
-        &json!({
-            "error": code,
-            "message": message,
-            "charged": false,
-            "chargedCredits": "0",
-            "retryable": false,
-            "safeToRetry": safe,
-            "success": false,
-            "nextAction": next,
-        }),
-    )
+    let body = json!({
+        "error": code,
+        "message": message,
+        "charged": false,
+        "chargedCredits": "0",
+        "retryable": retryable,
+        "safeToRetry": safe,
+        "success": false,
+        "nextAction": next,
+    });
+    let mut resp = json(status, &body);
+    resp.extensions_mut().insert(ErrorBody(body));
+    resp
 }
 
 fn invalid_input(message: &str) -> Response {
@@ -472,7 +572,7 @@ fn pending_response(body: &Value, retry_after: u64) -> Response {
 /// confirmed, not charged, no result.
 fn pending_record(done: &Value, retry_after: u64) -> Value {
     let mut v = done.clone();
-    let after_ms = retry_after * 1_000;
+    let after_ms = retry_after.saturating_mul(1_000);
     let status_url = done.get("statusUrl").cloned().unwrap_or(Value::Null);
     let planned = done.pointer("/billing/plannedCredits").cloned().unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {
@@ -625,83 +725,106 @@ async fn send_dm(
     }
     let peer_s = peer.to_string();
     let hash = request_hash(&["send_dm", &normalize_handle(account), &peer_s, text, media_id.as_deref().unwrap_or("")]);
-
-    let mut writes = lock(&sim.inner.xquik.writes);
-    if let Some(resp) = replay(&writes, key.as_deref(), &hash) {
-        return resp;
+    let mut payload = json!({ "text": text });
+    if let (Some(m), Some(obj)) = (&media_id, payload.as_object_mut()) {
+        obj.insert("media_ids".into(), json!([m]));
     }
-    if sim.inner.faults.forbidden(&peer_s) {
-        return write_err(
-            403,
-            "dm_not_permitted",
-            "X rejected the DM. The connected account cannot message this user.",
-            Recovery::GiveUp,
-        );
-    }
-    if sim.inner.faults.dm_not_allowed(&peer_s) {
-        return write_err(
-            422,
-            "x_dm_not_allowed",
-            "This user does not accept direct messages from this account.",
-            Recovery::GiveUp,
-        );
-    }
-    let media_url = media_id.as_ref().map(|m| {
-        writes.media.get(m).cloned().unwrap_or_else(|| format!("https://pbs.twimg.com/dm_media/{m}/upload.jpg"))
-    });
-    let world = &sim.inner.world;
-    let conv = world.find_or_create(peer);
-    let msg = world.append_sent(&conv, Sent { text: text.to_string(), media_url });
-    let message_id = msg.id.to_string();
-    writes.seq += 1;
-    let mut pending_after = None;
-    let body = match cfg.send_style {
-        SendStyle::Legacy => json!({ "messageId": message_id, "success": true }),
-        SendStyle::WriteAction => {
-            let id = (100_000 + writes.seq).to_string();
-            let mut payload = json!({ "text": text });
-            if let (Some(m), Some(obj)) = (&media_id, payload.as_object_mut()) {
-                obj.insert("media_ids".into(), json!([m]));
-            }
-            let rec = record(
-                &id,
-                Completed {
-                    action: "send_dm",
-                    hash: &hash,
-                    payload,
-                    account,
-                    target: Some(&peer_s),
-                    result: json!({ "type": "direct_message", "id": message_id }),
-                    at_ms: msg.ms,
-                    credits: SEND_CREDITS,
-                    compat: json!({ "messageId": message_id }),
-                },
-            );
-            // Dispatched either way (the message is in the world); a pending one is confirmed
-            // only after enough status polls.
-            let rec = match sim.inner.faults.pending(&peer_s) {
-                Some((polls, retry_after)) => {
-                    let pending = pending_record(&rec, retry_after);
-                    writes.pending.insert(id.clone(), PendingWrite { polls_left: polls, retry_after, done: rec });
-                    pending_after = Some(retry_after);
-                    pending
-                }
-                None => rec,
-            };
-            writes.by_id.insert(id, rec.clone());
-            if let Some(k) = key {
-                writes.by_key.insert(k, (hash, rec.clone()));
-            }
-            rec
-        }
+    let ctx = write_faults::Ctx {
+        style: cfg.send_style,
+        contract: contract_opt_in(&headers),
+        action: "send_dm",
+        hash: &hash,
+        payload,
+        account,
+        target: Some(&peer_s),
+        credits: SEND_CREDITS,
+        key: key.as_deref(),
     };
-    drop(writes);
+
+    // The lock is scoped to this block: nothing below may hold it across the await.
+    let world = &sim.inner.world;
+    let (status, body, normal, message_id, fault) = {
+        let mut writes = lock(&sim.inner.xquik.writes);
+        if let Some(resp) = replay(&writes, key.as_deref(), &hash) {
+            return resp;
+        }
+        // Xquik's send contract words every refusal by X of a DM this way; `dm_not_permitted` (403)
+        // is the history route's.
+        if sim.inner.faults.forbidden(&peer_s) || sim.inner.faults.dm_not_allowed(&peer_s) {
+            return write_err(
+                422,
+                "x_dm_not_allowed",
+                "This user does not accept direct messages from this account.",
+                Recovery::GiveUp,
+            );
+        }
+        let fault = sim.take_write_fault(SimProvider::Xquik, SimWriteAction::Send, Some(&peer_s));
+        if let Some(f) = fault.as_ref().filter(|f| !f.kind.performs()) {
+            tracing::debug!(kind = ?f.kind, "simulator: refusing an Xquik send");
+            return write_faults::refuse(&mut writes, f, ctx);
+        }
+        let media_url = media_id.as_ref().map(|m| {
+            writes.media.get(m).cloned().unwrap_or_else(|| format!("https://pbs.twimg.com/dm_media/{m}/upload.jpg"))
+        });
+        let conv = world.find_or_create(peer);
+        let msg = world.append_sent(&conv, Sent { text: text.to_string(), media_url });
+        let message_id = msg.id.to_string();
+        writes.seq += 1;
+        let (status, body, normal) = match cfg.send_style {
+            SendStyle::Legacy => {
+                let body = json!({ "messageId": message_id, "success": true });
+                let normal = write_faults::legacy_performed(fault.as_ref()).unwrap_or_else(|| json(200, &body));
+                (normal.status().as_u16(), body, normal)
+            }
+            SendStyle::WriteAction => {
+                let id = (100_000 + writes.seq).to_string();
+                let rec = record(
+                    &id,
+                    Completed {
+                        action: "send_dm",
+                        hash: &hash,
+                        payload: ctx.payload.clone(),
+                        account,
+                        target: Some(&peer_s),
+                        result: json!({ "type": "direct_message", "id": message_id }),
+                        at_ms: msg.ms,
+                        credits: SEND_CREDITS,
+                        compat: json!({ "messageId": message_id }),
+                    },
+                );
+                // Dispatched either way (the message is in the world); a pending one is confirmed
+                // only after enough status polls.
+                let filed = write_faults::file_performed(
+                    &mut writes,
+                    &id,
+                    rec,
+                    fault.as_ref(),
+                    || sim.inner.faults.pending(&peer_s),
+                    &ctx,
+                );
+                let (status, body) = write_faults::status_and_body(&filed);
+                let body = body.clone();
+                (status, body, write_faults::answer(filed))
+            }
+        };
+        (status, body, normal, message_id, fault)
+    };
     world.note_account(account);
-    sim.inner.stats.sent(SEND_CREDITS);
-    match pending_after {
-        Some(secs) => pending_response(&body, secs),
-        None => with_location(json(200, &body), &body),
-    }
+    sim.inner.stats.sent(if write_faults::charged(fault.as_ref()) { SEND_CREDITS } else { 0 });
+    sim.log_write(SimWrite {
+        route: SEND.to_string(),
+        target: Some(peer_s.clone()),
+        account: Some(normalize_handle(account)),
+        idempotency_key: key.clone(),
+        text: Some(text.to_string()),
+        result_id: Some(message_id),
+        fault: fault.as_ref().map(|f| f.kind),
+        ..SimWrite::performed(SimProvider::Xquik, SimWriteAction::Send)
+    });
+    super::writes::answer(fault.as_ref(), status, &body, normal, |kind| {
+        (kind == WriteFaultKind::NoData).then(write_faults::no_data)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -718,6 +841,7 @@ async fn upload(State(sim): State<Simulator>, req: Request) -> Response {
         Ok(k) => k,
         Err(problem) => return problem.response(),
     };
+    let contract = contract_opt_in(req.headers());
     let (account, source) = match read_upload(&sim, req).await {
         Ok(input) => input,
         Err(resp) => return resp,
@@ -738,46 +862,78 @@ async fn upload(State(sim): State<Simulator>, req: Request) -> Response {
         ),
     };
 
-    let mut writes = lock(&sim.inner.xquik.writes);
-    if let Some(resp) = replay(&writes, key.as_deref(), &hash) {
-        return resp;
-    }
-    writes.seq += 1;
-    let seq = writes.seq;
-    let at_ms = content::BASE_END_MS + 40 * 86_400_000 + seq * 1_000;
-    let media_id = snowflake(at_ms, mix2(sim.inner.xquik.seed, seq)).to_string();
-    let media_url = format!("https://media.xquik.com/uploads/{media_id}.{ext}");
-    writes.media.insert(media_id.clone(), media_url.clone());
-    let body = match cfg.send_style {
-        SendStyle::Legacy => {
-            json!({ "mediaId": media_id, "mediaUrl": media_url, "success": true })
-        }
-        SendStyle::WriteAction => {
-            let id = (100_000 + seq).to_string();
-            let rec = record(
-                &id,
-                Completed {
-                    action: "upload_media",
-                    hash: &hash,
-                    payload,
-                    account: &account,
-                    target: None,
-                    result: json!({ "type": "media", "id": media_id }),
-                    at_ms,
-                    credits: UPLOAD_CREDITS,
-                    compat: json!({ "mediaId": media_id, "mediaUrl": media_url }),
-                },
-            );
-            writes.by_id.insert(id, rec.clone());
-            if let Some(k) = key {
-                writes.by_key.insert(k, (hash, rec.clone()));
-            }
-            rec
-        }
+    let ctx = write_faults::Ctx {
+        style: cfg.send_style,
+        contract,
+        action: "upload_media",
+        hash: &hash,
+        payload,
+        account: &account,
+        target: None,
+        credits: UPLOAD_CREDITS,
+        key: key.as_deref(),
     };
-    drop(writes);
-    sim.inner.stats.uploaded(UPLOAD_CREDITS);
-    with_location(json(200, &body), &body)
+
+    // The lock is scoped to this block: nothing below may hold it across the await.
+    let (status, body, normal, media_id, fault) = {
+        let mut writes = lock(&sim.inner.xquik.writes);
+        if let Some(resp) = replay(&writes, key.as_deref(), &hash) {
+            return resp;
+        }
+        let fault = sim.take_write_fault(SimProvider::Xquik, SimWriteAction::Upload, None);
+        if let Some(f) = fault.as_ref().filter(|f| !f.kind.performs()) {
+            tracing::debug!(kind = ?f.kind, "simulator: refusing an Xquik upload");
+            return write_faults::refuse(&mut writes, f, ctx);
+        }
+        writes.seq += 1;
+        let seq = writes.seq;
+        let at_ms = content::BASE_END_MS + 40 * 86_400_000 + seq * 1_000;
+        let media_id = snowflake(at_ms, mix2(sim.inner.xquik.seed, seq)).to_string();
+        let media_url = format!("https://media.xquik.com/uploads/{media_id}.{ext}");
+        writes.media.insert(media_id.clone(), media_url.clone());
+        let (status, body, normal) = match cfg.send_style {
+            SendStyle::Legacy => {
+                let body = json!({ "mediaId": media_id, "mediaUrl": media_url, "success": true });
+                let normal = write_faults::legacy_performed(fault.as_ref()).unwrap_or_else(|| json(200, &body));
+                (normal.status().as_u16(), body, normal)
+            }
+            SendStyle::WriteAction => {
+                let id = (100_000 + seq).to_string();
+                let rec = record(
+                    &id,
+                    Completed {
+                        action: "upload_media",
+                        hash: &hash,
+                        payload: ctx.payload.clone(),
+                        account: &account,
+                        target: None,
+                        result: json!({ "type": "media", "id": media_id }),
+                        at_ms,
+                        credits: UPLOAD_CREDITS,
+                        compat: json!({ "mediaId": media_id, "mediaUrl": media_url }),
+                    },
+                );
+                let filed = write_faults::file_performed(&mut writes, &id, rec, fault.as_ref(), || None, &ctx);
+                let (status, body) = write_faults::status_and_body(&filed);
+                let body = body.clone();
+                (status, body, write_faults::answer(filed))
+            }
+        };
+        (status, body, normal, media_id, fault)
+    };
+    sim.inner.stats.uploaded(if write_faults::charged(fault.as_ref()) { UPLOAD_CREDITS } else { 0 });
+    sim.log_write(SimWrite {
+        route: MEDIA.to_string(),
+        account: Some(normalize_handle(&account)),
+        idempotency_key: key.clone(),
+        result_id: Some(media_id),
+        fault: fault.as_ref().map(|f| f.kind),
+        ..SimWrite::performed(SimProvider::Xquik, SimWriteAction::Upload)
+    });
+    super::writes::answer(fault.as_ref(), status, &body, normal, |kind| {
+        (kind == WriteFaultKind::NoData).then(write_faults::no_data)
+    })
+    .await
 }
 
 /// Reads either form of upload: multipart `account` + `file`, or JSON `{account, url}`.
@@ -904,5 +1060,9 @@ async fn write_action(State(sim): State<Simulator>, path: Result<Path<String>, P
     }
 }
 
+mod write_faults;
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;

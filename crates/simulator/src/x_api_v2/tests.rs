@@ -40,6 +40,8 @@ async fn windows_are_announced_and_enforced_with_a_429() {
     assert_eq!(r.status, 429);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.json()["type"], "https://api.x.com/2/problems/rate-limit-exceeded");
+    let s = h.sim.stats();
+    assert_eq!((s.rate_limited, s.rate_limited_by_family.get("x_api_v2_dm_read")), (1, Some(&1)));
     // Sends count in their own window.
     let body = br#"{"text":"hello"}"#;
     let r = send(

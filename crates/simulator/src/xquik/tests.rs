@@ -316,14 +316,17 @@ async fn forbidden_and_dm_not_allowed_peers() {
     let r = page(h.addr, "44196397", None).await;
     assert_eq!((r.status, r.json()["error"].clone()), (403, json!("dm_not_permitted")));
     let body = json!({ "account": "acme", "text": "hi" });
-    let r = post_json(h.addr, "/api/v1/x/dm/44196397", Some("k1"), &body).await;
-    assert_eq!(r.status, 403);
-    let r = post_json(h.addr, "/api/v1/x/dm/1234567890", Some("k2"), &body).await;
-    assert_eq!(r.status, 422);
-    let v = r.json();
-    assert_eq!(v["error"], "x_dm_not_allowed");
-    assert_eq!((&v["retryable"], &v["safeToRetry"], &v["success"]), (&json!(false), &json!(false), &json!(false)));
+    // The send route words both as Xquik's send contract does: 422 `x_dm_not_allowed`.
+    for (peer, key) in [("44196397", "k1"), ("1234567890", "k2")] {
+        let r = post_json(h.addr, &format!("/api/v1/x/dm/{peer}"), Some(key), &body).await;
+        assert_eq!(r.status, 422, "{peer}");
+        let v = r.json();
+        assert_eq!(v["error"], "x_dm_not_allowed");
+        assert_eq!((&v["retryable"], &v["safeToRetry"], &v["success"]), (&json!(false), &json!(false), &json!(false)));
+        assert_eq!((&v["charged"], &v["chargedCredits"]), (&json!(false), &json!("0")));
+    }
     assert_eq!(h.sim.stats().sends, 0);
+    assert!(h.sim.writes().is_empty());
     h.shutdown().await;
 }
 
