@@ -9,24 +9,29 @@
 //! - `mod.rs` (this file): configuration, the public [`Simulator`] handle, serving.
 //! - `world`: the conversations every provider serves; messages generated lazily.
 //! - `content`: deterministic hashing, snowflake ids, timestamps and message texts.
+//! - `clock`: dates everything added after start after everything else, so IDs grow account-wide.
+//! - `inbox`: all of the account's conversations, as the whole-inbox routes read them.
 //! - `cursor`: the opaque, tamper-evident cursor codec.
 //! - `faults`: which requests fail, and the provider-neutral fault bodies.
 //! - `stats`: request and credit books.
 //! - `http`: request ids, slow-down and booking middleware shared by providers.
 //! - `xquik`: the Xquik routes under `/api/v1`. Another provider is another such module.
 //! - `x_api_v2`: the official X API v2 routes under `/2/` (rate-limit windows, a 30-day horizon,
-//!   problem+json errors) and the group conversations (`x_api_v2/groups`).
+//!   problem+json errors), the group conversations (`x_api_v2/groups`) and the whole-inbox stream
+//!   `GET /2/dm_events` (`x_api_v2/inbox`).
 //! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`).
 //! - `admin`: the `/_sim/` control API for tests that run the simulator out of process.
 //!
 //! Invariant: nothing here panics on client input, and no lock is held across an `.await`.
 
 mod admin;
+mod clock;
 mod content;
 mod cursor;
 mod faults;
 mod getxapi;
 mod http;
+mod inbox;
 mod stats;
 mod world;
 mod x_api_v2;
@@ -311,7 +316,7 @@ impl Simulator {
         let world = world::World::new(&cfg);
         let faults = faults::FaultEngine::new(cfg.seed, cfg.faults.clone());
         let xquik = xquik::XquikState::new(cfg.seed);
-        let x_api = x_api_v2::XState::new(&cfg);
+        let x_api = x_api_v2::XState::new(&cfg, world.clock());
         Simulator {
             inner: Arc::new(Inner {
                 cfg,

@@ -1,6 +1,7 @@
 //! The official X API v2 DM routes under `/2/`, over the same world as the other providers:
-//! conversation events (1:1 and group, with join and leave events), user lookup, sends, new groups,
-//! one event's lookup and deletion, and media upload for DMs.
+//! conversation events (1:1 and group, with join and leave events), the account's whole event stream
+//! (`GET /2/dm_events`, in `inbox`), user lookup, sends, new groups, one event's lookup and deletion,
+//! and media upload for DMs.
 //!
 //! What makes it X rather than Xquik: a bearer token; pages of events newest first (at most `max_results`,
 //! and at most the conversation's page size, so every provider pages alike in tests) with
@@ -15,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 
 pub(super) mod groups;
+mod inbox;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,7 @@ use serde_json::{json, Map, Value};
 use groups::{Group, Groups, Kind};
 pub use groups::{SimEvent, SimGroup};
 
+use super::clock::EventClock;
 use super::content::{self, account_id, hash_bytes, mix2, snowflake, BASE_END_MS};
 use super::faults::{self, Early, Malformed, Spoiled};
 use super::http::{json, RouteTag};
@@ -122,10 +125,10 @@ struct Verdict {
 }
 
 impl XState {
-    pub(crate) fn new(cfg: &SimConfig) -> XState {
+    pub(crate) fn new(cfg: &SimConfig, clock: Arc<EventClock>) -> XState {
         XState {
             seed: cfg.seed,
-            groups: Groups::new(cfg.seed, &cfg.groups),
+            groups: Groups::new(cfg.seed, &cfg.groups, clock),
             windows: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashSet::new()),
             media: Mutex::new(HashMap::new()),
@@ -215,7 +218,9 @@ pub(crate) fn routes(sim: Simulator) -> Router {
     static USER_ID_S: [Spec; 1] = [spec("GET", USER_BY_ID, Bucket::Users)];
     static USER_NAME_S: [Spec; 1] = [spec("GET", USER_BY_NAME, Bucket::Users)];
     static USER_ME_S: [Spec; 1] = [spec("GET", USER_ME, Bucket::Users)];
+    static INBOX_S: [Spec; 1] = [spec("GET", inbox::ROUTE, Bucket::DmRead)];
     Router::new()
+        .route("/2/dm_events", get(inbox::dm_events).route_layer(guard(&INBOX_S)))
         .route(
             "/2/dm_conversations/with/{participant_id}/dm_events",
             get(history_with).route_layer(guard(&HISTORY_WITH_S)),
