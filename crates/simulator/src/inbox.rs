@@ -25,6 +25,14 @@ impl Thread {
         all
     }
 
+    /// How many events it has now.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Thread::Peer(c) => c.len(),
+            Thread::Group(g) => g.len(),
+        }
+    }
+
     /// How many events have an ID strictly below `bound` (they are indices `0..n`, oldest first).
     pub(crate) fn count_below(&self, bound: u64) -> usize {
         match self {
@@ -39,5 +47,10 @@ impl Thread {
             Thread::Peer(c) => c.id_at(i),
             Thread::Group(g) => g.id_at(i),
         }
+    }
+
+    /// The newest event ID below `bound`, if any.
+    pub(crate) fn newest_below(&self, bound: u64) -> Option<u64> {
+        self.count_below(bound).checked_sub(1).map(|i| self.id(i))
     }
 }

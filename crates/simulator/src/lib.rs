@@ -19,7 +19,8 @@
 //! - `x_api_v2`: the official X API v2 routes under `/2/` (rate-limit windows, a 30-day horizon,
 //!   problem+json errors), the group conversations (`x_api_v2/groups`) and the whole-inbox stream
 //!   `GET /2/dm_events` (`x_api_v2/inbox`).
-//! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`).
+//! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`), the inbox
+//!   `POST /twitter/dm/list` among them (`getxapi/inbox`).
 //! - `admin`: the `/_sim/` control API for tests that run the simulator out of process.
 //!
 //! Invariant: nothing here panics on client input, and no lock is held across an `.await`.
@@ -95,6 +96,15 @@ pub struct SimConfig {
     /// `Some(t)`: GetXAPI DM requests must carry this `auth_token` or get 401.
     #[serde(default)]
     pub getxapi_auth_token: Option<String>,
+
+    // OAuth 2.0 user tokens (SPEC 8.1) and the whole-inbox routes (SPEC 8.2).
+    /// Conversations GetXAPI's `dm/list` shows in the `requests` tab instead of `all`: 1:1
+    /// conversations by the peer's user ID or their `"<a>-<b>"` ID, groups by conversation ID.
+    #[serde(default)]
+    pub getxapi_request_conversations: Vec<String>,
+    /// Likewise for the `hidden` tab (a conversation in both lists is in `requests`).
+    #[serde(default)]
+    pub getxapi_hidden_conversations: Vec<String>,
 }
 
 fn default_x_rate_limit() -> Option<(u32, u64)> {
@@ -118,6 +128,8 @@ impl Default for SimConfig {
             x_strict_fields: false,
             groups: Vec::new(),
             getxapi_auth_token: None,
+            getxapi_request_conversations: Vec::new(),
+            getxapi_hidden_conversations: Vec::new(),
         }
     }
 }

@@ -161,6 +161,11 @@ impl Group {
         self.initial + lock(&self.extra).len()
     }
 
+    /// The other members when the group was made.
+    pub(crate) fn members(&self) -> &[u64] {
+        &self.members
+    }
+
     /// Event `i` (0 = oldest).
     pub(crate) fn event(&self, i: usize) -> Event {
         let (ms, id) = self.stamp(i);
