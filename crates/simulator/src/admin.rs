@@ -28,7 +28,8 @@ pub(crate) fn routes(sim: Simulator) -> Router {
         .route("/faults", put(set_faults).get(get_faults))
         .route("/conversations/{peer}/messages", get(messages).post(add_messages))
         .fallback(|| async { json(404, &json!({ "error": "not_found" })) })
-        .with_state(sim)
+        .with_state(sim.clone())
+        .merge(super::x_api_v2::oauth::admin_routes(sim))
 }
 
 fn bad(message: &str) -> Response {

@@ -17,8 +17,8 @@
 //! - `http`: request ids, slow-down and booking middleware shared by providers.
 //! - `xquik`: the Xquik routes under `/api/v1`. Another provider is another such module.
 //! - `x_api_v2`: the official X API v2 routes under `/2/` (rate-limit windows, a 30-day horizon,
-//!   problem+json errors), the group conversations (`x_api_v2/groups`) and the whole-inbox stream
-//!   `GET /2/dm_events` (`x_api_v2/inbox`).
+//!   problem+json errors), the group conversations (`x_api_v2/groups`), the whole-inbox stream
+//!   `GET /2/dm_events` (`x_api_v2/inbox`) and OAuth 2.0 with PKCE (`x_api_v2/oauth`).
 //! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`), the inbox
 //!   `POST /twitter/dm/list` among them (`getxapi/inbox`).
 //! - `admin`: the `/_sim/` control API for tests that run the simulator out of process.
@@ -38,7 +38,7 @@ mod world;
 mod x_api_v2;
 mod xquik;
 
-pub use x_api_v2::{SimEvent, SimGroup};
+pub use x_api_v2::{OAuthStats, OAuthTokens, SimEvent, SimGroup, SimOAuthClient};
 
 /// A raw HTTP/1.1 client for tests that must see exactly what goes over the wire.
 #[cfg(any(test, feature = "testkit"))]
@@ -98,6 +98,19 @@ pub struct SimConfig {
     pub getxapi_auth_token: Option<String>,
 
     // OAuth 2.0 user tokens (SPEC 8.1) and the whole-inbox routes (SPEC 8.2).
+    /// OAuth 2.0 apps the authorize and token endpoints know. Empty: any `client_id` is accepted,
+    /// with any absolute http(s) redirect URI, authenticating either as a public client or with
+    /// HTTP Basic and any secret (so the demo works without a registered app).
+    #[serde(default)]
+    pub oauth_clients: Vec<SimOAuthClient>,
+    /// `Some(n)`: access tokens live `n` seconds and the X API v2 routes accept only live tokens
+    /// from the token endpoint, not `api_key`. `None`: tokens say and live 7,200 s (X's two hours),
+    /// and `api_key` is accepted as before.
+    #[serde(default)]
+    pub x_token_lifetime_secs: Option<u64>,
+    /// How long an authorization code can be exchanged, in seconds (default 30).
+    #[serde(default = "default_code_lifetime")]
+    pub oauth_code_lifetime_secs: u64,
     /// Conversations GetXAPI's `dm/list` shows in the `requests` tab instead of `all`: 1:1
     /// conversations by the peer's user ID or their `"<a>-<b>"` ID, groups by conversation ID.
     #[serde(default)]
@@ -105,6 +118,10 @@ pub struct SimConfig {
     /// Likewise for the `hidden` tab (a conversation in both lists is in `requests`).
     #[serde(default)]
     pub getxapi_hidden_conversations: Vec<String>,
+}
+
+fn default_code_lifetime() -> u64 {
+    30
 }
 
 fn default_x_rate_limit() -> Option<(u32, u64)> {
@@ -128,6 +145,9 @@ impl Default for SimConfig {
             x_strict_fields: false,
             groups: Vec::new(),
             getxapi_auth_token: None,
+            oauth_clients: Vec::new(),
+            x_token_lifetime_secs: None,
+            oauth_code_lifetime_secs: default_code_lifetime(),
             getxapi_request_conversations: Vec::new(),
             getxapi_hidden_conversations: Vec::new(),
         }

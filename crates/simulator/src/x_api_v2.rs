@@ -1,7 +1,7 @@
 //! The official X API v2 DM routes under `/2/`, over the same world as the other providers:
 //! conversation events (1:1 and group, with join and leave events), the account's whole event stream
 //! (`GET /2/dm_events`, in `inbox`), user lookup, sends, new groups, one event's lookup and deletion,
-//! and media upload for DMs.
+//! media upload for DMs, and the OAuth 2.0 endpoints that issue the user tokens (in `oauth`).
 //!
 //! What makes it X rather than Xquik: a bearer token; pages of events newest first (at most `max_results`,
 //! and at most the conversation's page size, so every provider pages alike in tests) with
@@ -10,13 +10,15 @@
 //! `errors[]` body for rate limits); `x-rate-limit-limit/remaining/reset` headers on every response and a
 //! 429 once a window is spent ([`SimConfig::x_rate_limit`]); an optional 30-day horizon
 //! ([`SimConfig::x_history_days`]); and an optional strict field list ([`SimConfig::x_strict_fields`]).
-//! Check order: token (401), rate-limit window (429), injected faults, then the route.
+//! Check order: token (401, or 403 for an OAuth token without the route's scopes), rate-limit window
+//! (429), injected faults, then the route. The OAuth endpoints themselves are never faulted or limited.
 
 // Helpers answer early with the error response itself; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub(super) mod groups;
 mod inbox;
+pub(crate) mod oauth;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,7 @@ use serde_json::{json, Map, Value};
 
 use groups::{Group, Groups, Kind};
 pub use groups::{SimEvent, SimGroup};
+pub use oauth::{OAuthStats, OAuthTokens, SimOAuthClient};
 
 use super::clock::EventClock;
 use super::content::{self, account_id, hash_bytes, mix2, snowflake, BASE_END_MS};
@@ -107,6 +110,8 @@ pub(crate) struct XState {
     /// Uploaded media ID → the URL a DM that attaches it shows.
     media: Mutex<HashMap<String, String>>,
     uploads: AtomicU64,
+    /// The authorization server: codes, tokens, their checks.
+    oauth: oauth::OAuth,
 }
 
 struct Window {
@@ -133,6 +138,7 @@ impl XState {
             deleted: Mutex::new(HashSet::new()),
             media: Mutex::new(HashMap::new()),
             uploads: AtomicU64::new(0),
+            oauth: oauth::OAuth::new(cfg),
         }
     }
 
@@ -237,6 +243,7 @@ pub(crate) fn routes(sim: Simulator) -> Router {
         .route("/2/users/by/username/{username}", get(user_by_name).route_layer(guard(&USER_NAME_S)))
         .route("/2/users/me", get(user_me).route_layer(guard(&USER_ME_S)))
         .route("/2/users/{id}", get(user_by_id).route_layer(guard(&USER_ID_S)))
+        .merge(oauth::routes())
         .layer(from_fn_with_state(sim.clone(), super::http::book))
         .with_state(sim)
 }
@@ -257,11 +264,16 @@ async fn guard(State((sim, specs)): State<(Simulator, &'static [Spec])>, req: Re
     let spec = specs.iter().find(|s| s.method == req.method().as_str()).unwrap_or(&specs[0]);
     let cfg = &sim.inner.cfg;
     let token = bearer(req.headers()).unwrap_or_default();
-    let key_ok = cfg.api_key.as_deref().is_none_or(|k| k == token);
-    let resp = if !key_ok {
-        problem(401, "about:blank", "Unauthorized", "Unauthorized")
+    // The window a request counts against: the user's for an issued OAuth token, else the token's.
+    let (window, refusal) = match oauth::admit(&sim, &token, spec.bucket) {
+        Ok(window) => (window, None),
+        Err(resp) => (String::new(), Some(resp)),
+    };
+    let key_ok = refusal.is_none();
+    let resp = if let Some(refusal) = refusal {
+        refusal
     } else {
-        let verdict = sim.inner.x_api.take(&token, spec.bucket, cfg.x_rate_limit);
+        let verdict = sim.inner.x_api.take(&window, spec.bucket, cfg.x_rate_limit);
         let mut resp = match verdict {
             Some(v) if !v.allowed => {
                 tracing::debug!(route = spec.route, "simulator: X rate-limit window spent");

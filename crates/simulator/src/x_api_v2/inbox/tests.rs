@@ -278,6 +278,19 @@ async fn inbox_reads_share_the_dm_read_window_with_conversation_reads() {
     h.shutdown().await;
 }
 
+#[tokio::test]
+async fn only_live_oauth_tokens_read_the_inbox_when_a_lifetime_is_set() {
+    let h = Simulator::spawn(SimConfig { x_token_lifetime_secs: Some(60), ..cfg() }).await.unwrap();
+    assert_eq!(get_auth(&h, "/2/dm_events").await.status, 401, "the static key no longer works");
+    let t = h.sim.issue_oauth_tokens("app", "dm.read tweet.read users.read").access_token;
+    let r = send(h.addr, "GET", "/2/dm_events?max_results=2", &[("Authorization", &format!("Bearer {t}"))], b"").await;
+    assert_eq!(r.status, 200);
+    h.sim.expire_access_tokens();
+    let r = send(h.addr, "GET", "/2/dm_events?max_results=2", &[("Authorization", &format!("Bearer {t}"))], b"").await;
+    assert_eq!(r.status, 401);
+    h.shutdown().await;
+}
+
 #[test]
 fn inbox_tokens_are_base32hex_and_round_trip() {
     for id in [0u64, 1, 1_893_456_789_012_345_678, u64::MAX] {
