@@ -105,6 +105,11 @@ impl Timeline {
         Timeline { key, start_ms, gap_ms }
     }
 
+    /// The spacing of messages on this timeline.
+    pub(crate) fn gap_ms(&self) -> u64 {
+        self.gap_ms
+    }
+
     pub(crate) fn ms(&self, i: usize) -> u64 {
         let jitter = mix2(self.key ^ 0x7469_6d65, i as u64) % (self.gap_ms - 1);
         self.start_ms + (i as u64) * self.gap_ms + jitter

@@ -224,7 +224,7 @@ impl World {
         if conv.grows && self.growth.per_request > 0.0 {
             let arrives = st.rng.gen::<f64>() < self.growth.per_request;
             if arrives && self.take_growth_budget() {
-                st.extra.push(Extra { ms: self.clock.next(), sent: None });
+                st.extra.push(Extra { ms: self.clock.next(conv.timeline.gap_ms()), sent: None });
             }
         }
         let total = conv.initial + st.extra.len();
@@ -287,7 +287,7 @@ impl World {
     /// Appends a message the account sent; returns it as stored.
     pub(crate) fn append_sent(&self, conv: &Conversation, sent: Sent) -> Message {
         let mut st = lock(&conv.state);
-        st.extra.push(Extra { ms: self.clock.next(), sent: Some(Arc::new(sent)) });
+        st.extra.push(Extra { ms: self.clock.next(conv.timeline.gap_ms()), sent: Some(Arc::new(sent)) });
         let i = conv.initial + st.extra.len() - 1;
         conv.message(&st, i)
     }
@@ -296,7 +296,7 @@ impl World {
     pub(crate) fn append_generated(&self, conv: &Conversation, n: usize) -> Vec<u64> {
         let mut st = lock(&conv.state);
         let first = conv.initial + st.extra.len();
-        st.extra.extend((0..n).map(|_| Extra { ms: self.clock.next(), sent: None }));
+        st.extra.extend((0..n).map(|_| Extra { ms: self.clock.next(conv.timeline.gap_ms()), sent: None }));
         (first..first + n).map(|i| conv.id(&st, i)).collect()
     }
 

@@ -153,7 +153,7 @@ impl Group {
     /// Appends what a client added, dated now by the event clock; returns its index.
     fn push(&self, extra: Extra) -> usize {
         let mut list = lock(&self.extra);
-        list.push((self.clock.next(), extra));
+        list.push((self.clock.next(self.timeline.gap_ms()), extra));
         self.initial + list.len() - 1
     }
 
