@@ -14,6 +14,7 @@
 //! whether a test's messages were generated or added.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default)]
 pub(crate) struct EventClock {
@@ -31,6 +32,18 @@ impl EventClock {
         let step = step_ms.max(1);
         let prev = self.newest_ms.fetch_add(step, Ordering::SeqCst);
         prev.saturating_add(step)
+    }
+
+    /// The time of something a client wrote just now (a send, a new group): the wall clock, like the real
+    /// providers date it, unless the newest event so far is later (generated history can run ahead); at
+    /// least 1 ms after the newest, which it becomes. Clients that read a conversation back after a lost
+    /// answer look for a message created after they sent it, so a send must not be dated in the past.
+    pub(crate) fn written(&self, now_ms: u64) -> u64 {
+        let prev = self
+            .newest_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |prev| Some(prev.saturating_add(1).max(now_ms)))
+            .unwrap_or_else(|p| p);
+        prev.saturating_add(1).max(now_ms)
     }
 
     /// When the newest event of the account (any conversation) was sent, Unix ms; 0 before any.
@@ -54,5 +67,14 @@ mod tests {
         assert_eq!(c.next(86_400_000), 86_406_000);
         assert_eq!(c.next(0), 86_406_001);
         assert_eq!(c.newest(), 86_406_001);
+        // A write is dated by the wall clock when that is later, else just after the newest.
+        assert_eq!(c.written(90_000_000), 90_000_000);
+        assert_eq!(c.written(10), 90_000_001);
+        assert_eq!(c.newest(), 90_000_001);
     }
+}
+
+/// The wall clock, Unix ms.
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -287,7 +287,7 @@ impl World {
     /// Appends a message the account sent; returns it as stored.
     pub(crate) fn append_sent(&self, conv: &Conversation, sent: Sent) -> Message {
         let mut st = lock(&conv.state);
-        st.extra.push(Extra { ms: self.clock.next(conv.timeline.gap_ms()), sent: Some(Arc::new(sent)) });
+        st.extra.push(Extra { ms: self.clock.written(crate::clock::wall_ms()), sent: Some(Arc::new(sent)) });
         let i = conv.initial + st.extra.len() - 1;
         conv.message(&st, i)
     }

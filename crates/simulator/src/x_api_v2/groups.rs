@@ -150,10 +150,11 @@ impl Group {
         self.stamp(i).1
     }
 
-    /// Appends what a client added, dated now by the event clock; returns its index.
+    /// Appends what a client added, dated now (the wall clock, or just after the newest event when history
+    /// runs ahead of it); returns its index.
     fn push(&self, extra: Extra) -> usize {
         let mut list = lock(&self.extra);
-        list.push((self.clock.next(self.timeline.gap_ms()), extra));
+        list.push((self.clock.written(crate::clock::wall_ms()), extra));
         self.initial + list.len() - 1
     }
 
