@@ -113,7 +113,9 @@ async fn local(cfg: &Config, req: Request) -> anyhow::Result<Exit> {
         Request::Manage { request } => {
             let p = commands::manage::x_pipeline(cfg, Some(request.pipeline()), "this command")?;
             let opened = Opened::open(cfg, &[p])?;
-            let outcome = manage::execute(&opened.pipes[0], &request).await;
+            let cancel = CancellationToken::new();
+            stop_on_signal(cancel.clone(), "stopping after the request in flight");
+            let outcome = manage::execute(&opened.pipes[0], &request, &SendContext::new(cancel)).await;
             opened.close().await;
             Ok(commands::manage::report(&request, outcome).print())
         }
