@@ -113,6 +113,13 @@ pub async fn run(opts: Opts) -> anyhow::Result<i32> {
             let cfg = config::load(&opts.config)?;
             return manage(&cfg, crate::manage::prepare_group_send(&cfg, args)?).await;
         }
+        Command::Verify(args) => {
+            let (stdout, exit) = crate::verify::command(&config::load(&opts.config)?, &args.pipelines)?;
+            return Ok(emit(Response { exit, stdout, stderr: String::new() }));
+        }
+        Command::Schema => {
+            return Ok(emit(Response { exit: 0, stdout: crate::schema::text(), stderr: String::new() }));
+        }
     };
     Ok(exit as i32)
 }
@@ -192,6 +199,7 @@ pub fn sink_config(p: &Pipeline) -> SinkConfig {
         file_name: p.file_name.clone(),
         rotate_max_bytes: p.rotate_max_bytes,
         rotate_max_age: p.rotate_max_age,
+        compress: p.compress,
     }
 }
 

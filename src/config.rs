@@ -102,6 +102,8 @@ struct RawPipeline {
     rotate_max_bytes: u64,
     #[serde(default = "default_rotate_max_age")]
     rotate_max_age: String,
+    #[serde(default)]
+    compress: crate::sink::Compression,
     #[serde(default = "default_true")]
     backfill: bool,
     #[serde(default)]
@@ -341,6 +343,8 @@ pub struct Pipeline {
     pub file_name: String,
     pub rotate_max_bytes: u64,
     pub rotate_max_age: Option<Duration>,
+    /// How closed segments are stored: `none` (`.jsonl`), `zstd` (`.jsonl.zst`) or `gzip` (`.jsonl.gz`).
+    pub compress: crate::sink::Compression,
     /// Whether `sync` also walks older history (the `backfill` command always may).
     pub backfill: bool,
     /// 0 = no limit.
@@ -566,6 +570,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, ConfigEr
             file_name: rp.file_name,
             rotate_max_bytes: rp.rotate_max_bytes,
             rotate_max_age,
+            compress: rp.compress,
             backfill: rp.backfill,
             backfill_max_pages_per_run: rp.backfill_max_pages_per_run,
             max_credits_per_run: rp.max_credits_per_run,
@@ -709,6 +714,18 @@ rotate_max_bytes = 67108864
         assert!(check_err(&MINIMAL.replace("\"1234567890\"", "\"44196397\"")).contains("twice"));
         assert!(check_err(&MINIMAL.replace("http://127.0.0.1:8787/api/v1", "ftp://x")).contains("base_url"));
         assert!(check_err(&MINIMAL.replace("\"44196397\"", "\"conv:1-2\"")).contains("no conversation IDs"));
+    }
+
+    #[test]
+    fn compress_takes_zstd_gzip_or_none() {
+        use crate::sink::Compression;
+        assert_eq!(check(MINIMAL).unwrap().pipelines[0].compress, Compression::None);
+        for (value, want) in [("zstd", Compression::Zstd), ("gzip", Compression::Gzip), ("none", Compression::None)] {
+            let cfg = check(&format!("{MINIMAL}compress = \"{value}\"\n")).unwrap();
+            assert_eq!(cfg.pipelines[0].compress, want);
+        }
+        let e = check_err(&format!("{MINIMAL}compress = \"lz4\"\n"));
+        assert!(e.contains("lz4") && e.contains("zstd") && e.contains("line 14"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
 //! - [`manage`]: X API v2 `delete` and `group-send`, recorded as `dm_delete` / `dm_send` lines.
 //! - [`outbound`]: `send`, `lookup`, `upload-media`: idempotent send jobs, their ledger and `dm_send` records.
-//! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
+//! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines;
+//!   compression and manifests of closed segments.
 //! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
 //! - [`record`]: the normalized record schema, its exactly-once key, and time normalization.
+//! - [`schema`]: the JSON Schema (draft 2020-12) of every record kind, for `dm-handoff schema`.
+//! - [`verify`]: `dm-handoff verify`, the read-only audit of a pipeline's files and manifests.
 //! - [`poll`]: cost policies, pure: adaptive polling of quiet conversations and credit budgets.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
 //!
@@ -30,7 +33,8 @@ pub mod outbound;
 pub mod poll;
 pub mod provider;
 pub mod record;
-
+pub mod schema;
 pub mod sink;
 pub mod state;
 pub mod sync;
+pub mod verify;
