@@ -58,6 +58,19 @@ pub enum Command {
     /// Send into an existing conversation, or create a group with a first message (provider x-api-v2);
     /// recorded as a `dm_send` line.
     GroupSend(GroupSendArgs),
+    /// Audit the output files: every line one JSON record ending in a newline, no exactly-once key twice,
+    /// manifests that match their segments, none missing. Reads files only (safe while the daemon runs);
+    /// one line per problem, then a summary. Exit 0 clean, 1 problems.
+    Verify(VerifyArgs),
+    /// Print the JSON Schema (draft 2020-12) of every record kind.
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only this pipeline (repeatable; default all).
+    #[arg(long = "pipeline", value_name = "NAME")]
+    pub pipelines: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::record::{id_cmp, key_of_line, Kind};
-use crate::sink::{Sink, SinkConfig};
+use crate::sink::{Finisher, Sink, SinkConfig};
 use crate::state::{Commit, ConvState, Store};
 
 /// Held by a writer while it appends and commits, and by [`exit_now`]: an immediate exit (second
@@ -77,8 +77,15 @@ pub struct Handoff {
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
     pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
-        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None };
+        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None, finisher: None };
         let recovery = writer.ensure_open()?;
+        // Compression and manifests of closed segments run beside the writer, never in its way.
+        let finisher = Finisher::start(&writer.cfg, pipeline)
+            .map_err(|e| HandoffError(format!("cannot start the segment finishing thread: {e}")))?;
+        if let Some(sink) = &writer.sink {
+            finisher.committed(sink.position().seq);
+        }
+        writer.finisher = Some(finisher);
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name(format!("handoff-{pipeline}"))
@@ -125,6 +132,8 @@ struct Writer {
     cfg: SinkConfig,
     /// None after a failure: the next batch reopens it, which reconciles anything left uncommitted.
     sink: Option<Sink>,
+    /// Compresses and describes closed segments once a commit covers them; joined on close.
+    finisher: Option<Finisher>,
 }
 
 impl Writer {
@@ -168,6 +177,16 @@ impl Writer {
                 tracing::error!(pipeline = %self.pipeline, error = %e, "closing the active file");
             }
         }
+        if let Some(finisher) = self.finisher.take() {
+            finisher.close();
+        }
+    }
+
+    /// Tells the finisher that every generation before `seq` is now covered by committed state.
+    fn committed(&self, seq: u64) {
+        if let Some(f) = &self.finisher {
+            f.committed(seq);
+        }
     }
 
     fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
@@ -196,6 +215,7 @@ impl Writer {
             self.reopen_after_failure();
             return Err(HandoffError(e.to_string()));
         }
+        self.committed(point.seq);
         Ok(())
     }
 
@@ -230,6 +250,7 @@ impl Writer {
         }
         commit.sink_points.push((self.pipeline.clone(), sink.position()));
         self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
+        self.committed(sink.position().seq);
         self.sink = Some(sink);
         Ok(recovery)
     }

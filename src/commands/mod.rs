@@ -11,6 +11,7 @@ pub mod manage;
 pub mod send;
 pub mod status;
 pub mod sync;
+pub mod verify;
 
 use std::io::Write;
 use std::path::Path;

@@ -43,6 +43,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::Simulate(args) => return demo::simulate(args).await,
         Command::Lookup(args) => return lookup(&cfg()?, args).await,
         Command::UploadMedia(args) => return upload_media(&cfg()?, args).await,
+        // Files only, no lock: it may run beside the daemon, so it is never forwarded.
+        Command::Verify(args) => return Ok(commands::verify::report(&cfg()?, &args.pipelines)?.print()),
+        Command::Schema => return Ok(Report { stdout: crate::schema::text(), ..Report::default() }.print()),
         Command::Sync(args) => commands::sync::sync_request(args),
         Command::Backfill(args) => commands::sync::backfill_request(args),
         Command::Status(args) => Request::Status { json: args.json },
@@ -184,6 +187,7 @@ pub fn sink_config(p: &Pipeline) -> SinkConfig {
         file_name: p.file_name.clone(),
         rotate_max_bytes: p.rotate_max_bytes,
         rotate_max_age: p.rotate_max_age,
+        compress: p.compress,
     }
 }
 
