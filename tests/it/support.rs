@@ -951,3 +951,7 @@ pub fn style(i: usize) -> CursorStyle {
         CursorStyle::MaxId
     }
 }
+
+pub fn records_of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| str_field(r, "kind") == Some(kind)).collect()
+}

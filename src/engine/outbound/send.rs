@@ -70,14 +70,20 @@ pub async fn send_job(
         // with idempotency keys (Xquik) answers a repeated key with the original write instead, so an
         // interrupted attempt there simply asks again with the same key.
         Some(e) if e.stage == Stage::Unknown || (e.stage == Stage::Prepared && !pipe.client.idempotent_writes()) => {
-            if let Some(found) = job.read_back(&e).await? {
-                return job.record(e, found, History::Confirmed).await;
-            }
-            if !opts.resend_unknown {
-                return Err(JobError::unknown(
-                    &p.account,
-                    "an earlier run could not learn whether the provider sent it, and the conversation does not show it",
-                ));
+            let earlier = "an earlier run could not learn whether the provider sent it";
+            match job.read_back(&e).await {
+                Ok(Some(found)) => return job.record(e, found, History::Confirmed).await,
+                Ok(None) if opts.resend_unknown => {}
+                Ok(None) => {
+                    return Err(JobError::unknown(&p.account, &format!("{earlier}, and the conversation does not show it")))
+                }
+                // Without a look at the conversation even --resend-unknown could send it twice.
+                Err(cause) => {
+                    return Err(JobError::unknown(
+                        &p.account,
+                        &format!("{earlier}, and the conversation could not be read ({cause})"),
+                    ))
+                }
             }
             tracing::warn!(pipeline = %p.name, idempotency_key = %key, "sending a job whose earlier outcome is unknown again, as --resend-unknown asks");
             (e, true)
@@ -144,9 +150,19 @@ pub async fn send_job(
                     &format!("the media upload's answer was lost ({}); no DM was sent", e.cause()),
                 ));
             }
-            match job.read_back(&entry).await? {
-                Some(found) => job.record(entry, found, History::Confirmed).await,
-                None => Err(JobError::unknown(&p.account, &format!("the send's answer was lost ({})", e.cause()))),
+            match job.read_back(&entry).await {
+                Ok(Some(found)) => job.record(entry, found, History::Confirmed).await,
+                Ok(None) => Err(JobError::unknown(
+                    &p.account,
+                    &format!("the send's answer was lost ({}), and the conversation does not show it", e.cause()),
+                )),
+                Err(cause) => Err(JobError::unknown(
+                    &p.account,
+                    &format!(
+                        "the send's answer was lost ({}), and the conversation could not be read ({cause})",
+                        e.cause()
+                    ),
+                )),
             }
         }
     }
@@ -220,13 +236,12 @@ impl Attempt<'_> {
     }
 
     /// Reads the conversation once for this job's message: from the account, the same text, created since the
-    /// first attempt whose outcome is not known, and not already recorded for another job.
-    async fn read_back(&self, entry: &LedgerEntry) -> Result<Option<Found>, JobError> {
+    /// first attempt whose outcome is not known, and not already recorded for another job. `Err` says why the
+    /// conversation could not be read.
+    async fn read_back(&self, entry: &LedgerEntry) -> Result<Option<Found>, String> {
         let conv = Conversation::Peer { user_id: self.recipient.to_string(), conversation_id: None };
         let since_ms = entry.unknown_since_ms.or(entry.attempt_started_ms).unwrap_or(entry.prepared_at_ms);
-        let found = readback::find_sent(self.pipe, &conv, &self.job.text, since_ms)
-            .await
-            .map_err(|e| JobError::provider(&e, &self.pipe.config.account, self.key))?;
+        let found = readback::find_sent(self.pipe, &conv, &self.job.text, since_ms).await.map_err(|e| e.cause())?;
         Ok(found.map(|(message_id, sent_at)| Found { message_id, sent_at }))
     }
 
