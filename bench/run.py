@@ -2,7 +2,18 @@
 """Benchmark: a full backfill of N conversations x M messages from the simulator, then a quiet re-sync.
 
 Usage: python3 bench/run.py [--sizes 100x1000,1000x1000,10000x10] [--bin target/release/dm-handoff]
+                            [--latency MIN,MAX] [--window] [--default-config]
                             [--baseline 100x1000] [--steady 500x20 --ticks 60]
+
+Every backfill row is measured against the reference: `raw_fetch` (bench/raw_fetch.rs, built with
+`cargo build --release --example raw_fetch`), a plain loop that pages the same simulator with a fixed number of
+requests in flight, parses each page only for its cursor and writes nothing. It runs at several concurrencies
+in the same run, and the row reports `wall_ratio` (dm-handoff's wall time / the loop's best) and `cpu_ratio`
+(dm-handoff's CPU seconds / the loop's at that concurrency). `--latency MIN,MAX` delays every answer of the
+simulator by a uniform random time in [MIN, MAX] ms; `--window` keeps Xquik's 300-reads-per-second window on
+(off otherwise, so the no-latency rows measure our own CPU, not the provider's budget) and reports the window's
+floor (requests / 300 s) and the 429s drawn. `--default-config` syncs with dm-handoff's defaults (concurrency
+"auto"); otherwise with the fixed concurrency of earlier versions of this benchmark (32).
 
 --baseline runs bench/baseline.py (plain Python: urllib + sqlite3) on the same backfill for a ratio.
 --steady runs the daemon with a one-second schedule for --ticks ticks while new messages arrive in 2% of
@@ -73,15 +84,54 @@ def cpu_seconds(pid):
 
 STATE_CACHE = 16 * 1024 * 1024
 COMPRESS = "none"
+# The simulator's answer delay, [min, max] ms, or None.
+LATENCY = None
+# Xquik's read window in the simulator: on (the default, 300 per second) or off.
+WINDOW = False
+# Sync with dm-handoff's own defaults instead of the pinned concurrency of the older rows.
+DEFAULT_CONFIG = False
+RAW_CONCURRENCY = (1, 4, 16, 32, 64, 128)
+
+
+def raw_binary(binary):
+    return os.path.join(os.path.dirname(binary), "examples", "raw_fetch")
+
+
+def reference(binary, addr, peers, sim):
+    """The raw fetch loop at each concurrency against a fresh copy of the same world; returns the runs and
+    the best (fastest) one. A single conversation is one cursor chain: only concurrency 1 applies."""
+    raw = raw_binary(binary)
+    if not os.path.exists(raw):
+        sys.exit(f"{raw} not found: run `cargo build --release --example raw_fetch` first")
+    runs = []
+    for c in (RAW_CONCURRENCY if len(peers) > 1 else (1,)):
+        if c > len(peers):
+            break
+        out = subprocess.run([raw, f"http://{addr}/api/v1", "bench_account", str(c), "-"],
+                             input="\n".join(peers), capture_output=True, text=True,
+                             env=dict(os.environ, BENCH_KEY="xq_bench"))
+        if out.returncode != 0:
+            sys.exit(f"raw_fetch failed: {out.stderr[-2000:]}")
+        runs.append(json.loads(out.stdout))
+    best = min(runs, key=lambda r: r["wall_s"])
+    return runs, best
 
 
 def bench(binary, convs, msgs, workdir):
     scenario = scenario_of(convs, msgs)
+    # The reference first, against its own simulator (the same seeded world), so neither run warms the other.
+    ref_sim, ref_addr = start_sim(binary, scenario, workdir)
+    try:
+        _, best = reference(binary, ref_addr, [c["peer_id"] for c in scenario["conversations"]], ref_sim)
+    finally:
+        ref_sim.terminate()
+        ref_sim.wait()
     sim, addr = start_sim(binary, scenario, workdir)
     try:
         peers = [c["peer_id"] for c in scenario["conversations"]]
-        cfg = write_config(workdir, addr, peers, "0 * * * * *", f"state_cache_bytes = {STATE_CACHE}\n",
-                           f'compress = "{COMPRESS}"\n')
+        top = f"state_cache_bytes = {STATE_CACHE}\n" + ("" if DEFAULT_CONFIG else "max_concurrency = 32\n")
+        pipe = f'compress = "{COMPRESS}"\n' + ("" if DEFAULT_CONFIG else "concurrency = 32\n")
+        cfg = write_config(workdir, addr, peers, "0 * * * * *", top, pipe)
         env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
         sim_cpu0 = cpu_seconds(sim.pid)
         wall, rss, code, err, cpu = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
@@ -96,17 +146,26 @@ def bench(binary, convs, msgs, workdir):
         assert lines == total, f"expected {total} records, found {lines}"
         wall2, _, code2, _, _ = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
         stats2 = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
-        return {
+        row = {
             "size": f"{convs}x{msgs}",
+            "config": "default" if DEFAULT_CONFIG else "concurrency 32",
+            "latency_ms": LATENCY,
+            "window": WINDOW,
             "compress": COMPRESS,
             "messages": total,
             "wall_s": round(wall, 2),
+            "ref_wall_s": round(best["wall_s"], 2),
+            "ref_concurrency": best["concurrency"],
+            "wall_ratio": round(wall / best["wall_s"], 2),
+            "cpu_s": round(cpu, 2),
+            "ref_cpu_s": round(best["cpu_s"], 2),
+            "cpu_ratio": round(cpu / max(best["cpu_s"], 1e-3), 2),
             "msgs_per_s": int(total / wall),
             "peak_rss_mib": round(rss, 1),
             # Where the time went: both processes share the machine's cores.
-            "cpu_s": round(cpu, 1),
             "sim_cpu_s": round(sim_cpu, 1),
             "requests": stats["requests"],
+            "throttled_429": stats.get("rate_limited", 0),
             "credits": stats["credits"],
             "bytes_written": nbytes,
             "resync_wall_s": round(wall2, 2),
@@ -114,6 +173,13 @@ def bench(binary, convs, msgs, workdir):
             "resync_credits": stats2["credits"] - stats["credits"],
             "resync_exit": code2,
         }
+        if WINDOW:
+            # The provider's budget bounds any client: requests / 300 per second.
+            floor = stats["requests"] / 300.0
+            row["window_floor_s"] = round(floor, 2)
+            row["wall_per_floor"] = round(wall / floor, 3)
+            row["throttled_share"] = round(row["throttled_429"] / max(stats["requests"], 1), 4)
+        return row
     finally:
         sim.terminate()
         sim.wait()
@@ -135,7 +201,7 @@ def write_config(workdir, addr, peers, schedule, top_extra, pipeline_extra):
     conv_list = ", ".join(f'"{p}"' for p in peers)
     with open(cfg, "w") as f:
         f.write(f"""state_dir = "state"
-{top_extra}max_concurrency = 32
+{top_extra}
 [[pipelines]]
 name = "bench"
 provider = "xquik"
@@ -146,20 +212,24 @@ conversations = [{conv_list}]
 schedule = "{schedule}"
 output_dir = "out"
 rotate_max_bytes = 67108864
-concurrency = 32
 {pipeline_extra}""")
     return cfg
 
 
 def scenario_of(convs, msgs):
-    return {
+    sc = {
         "seed": 11,
         "page_size": [18, 30],
         "conversations": [
             {"peer_id": str(10_000_000 + i), "messages": msgs, "cursor_style": "offset" if i % 2 else "max_id"}
             for i in range(convs)
         ],
+        # Xquik's documented read window, on by default in the simulator.
+        "xquik_rate_limit": [300, 1] if WINDOW else None,
     }
+    if LATENCY:
+        sc["latency_ms"] = list(LATENCY)
+    return sc
 
 
 def count_lines(out):
@@ -207,8 +277,8 @@ def steady(binary, convs, msgs, ticks, adaptive, workdir):
     sim, addr = start_sim(binary, scenario, workdir)
     try:
         peers = [c["peer_id"] for c in scenario["conversations"]]
-        cfg = write_config(workdir, addr, peers, "* * * * * *", "",
-                           f"adaptive_poll_max = \"{'16s' if adaptive else '0'}\"\n")
+        cfg = write_config(workdir, addr, peers, "* * * * * *", "max_concurrency = 32\n",
+                           f"adaptive_poll_max = \"{'16s' if adaptive else '0'}\"\nconcurrency = 32\n")
         env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
         out = os.path.join(workdir, "out")
         # The initial backfill, so the steady state starts from a synced pipeline.
@@ -251,10 +321,16 @@ def main():
     ap.add_argument("--state-cache-mib", type=int, default=16, help="state_cache_bytes for the backfill runs")
     ap.add_argument("--compress", default="none", choices=["none", "zstd", "gzip"],
                     help="the pipeline's compress setting for the backfill runs")
+    ap.add_argument("--latency", default="", help="MIN,MAX ms the simulator delays every answer")
+    ap.add_argument("--window", action="store_true", help="keep Xquik's 300 reads/s window on in the simulator")
+    ap.add_argument("--default-config", action="store_true", help="sync with dm-handoff's default concurrency")
     args = ap.parse_args()
-    global STATE_CACHE, COMPRESS
+    global STATE_CACHE, COMPRESS, LATENCY, WINDOW, DEFAULT_CONFIG
     STATE_CACHE = args.state_cache_mib * 1024 * 1024
     COMPRESS = args.compress
+    LATENCY = tuple(int(x) for x in args.latency.split(",")) if args.latency else None
+    WINDOW = args.window
+    DEFAULT_CONFIG = args.default_config
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: run `cargo build --release` first")
     print(f"machine: {os.cpu_count()} cores; {open('/proc/meminfo').readline().split()[1]} kB memory")

@@ -49,6 +49,24 @@ pub struct Batch {
 #[error("{0}")]
 pub struct HandoffError(pub String);
 
+/// A batch in the writer's queue; await it for the outcome of its commit.
+#[must_use = "a queued batch is only known durable once awaited"]
+pub struct Queued {
+    rx: Option<oneshot::Receiver<Result<(), HandoffError>>>,
+}
+
+impl std::future::Future for Queued {
+    type Output = Result<(), HandoffError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let stopped = || HandoffError("the pipeline writer has stopped".into());
+        match self.rx.as_mut() {
+            None => std::task::Poll::Ready(Err(stopped())),
+            Some(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| r.unwrap_or_else(|_| Err(stopped()))),
+        }
+    }
+}
+
 /// What start-up recovery found and repaired.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
@@ -96,11 +114,16 @@ impl Handoff {
 
     /// Makes a batch durable; returns once its lines are fsynced and its state committed.
     pub async fn write(&self, batch: Batch) -> Result<(), HandoffError> {
+        self.enqueue(batch).await
+    }
+
+    /// Queues a batch and returns at once; the returned future resolves once its lines are fsynced and its state
+    /// committed. Batches are committed in the order they are queued, so a caller may ask for its next page
+    /// while this one is made durable, and still see its commits in order.
+    pub fn enqueue(&self, batch: Batch) -> Queued {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Write { batch, reply })
-            .map_err(|_| HandoffError("the pipeline writer has stopped".into()))?;
-        rx.await.map_err(|_| HandoffError("the pipeline writer has stopped".into()))?
+        let sent = self.tx.send(Request::Write { batch, reply }).is_ok();
+        Queued { rx: sent.then_some(rx) }
     }
 
     /// Lets the writer close the active file by age even when nothing new arrives.

@@ -224,6 +224,16 @@ impl fmt::Display for ConversationRef {
     }
 }
 
+/// How many of a pipeline's history requests may be in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// As many as fill the provider's documented budget without drawing 429s (`engine::pace`), bounded by
+    /// `max_concurrency`.
+    Auto,
+    /// Exactly this many at most, pinned.
+    Fixed(usize),
+}
+
 /// Retry and timeout policy toward a provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -272,7 +282,7 @@ pub struct Pipeline {
     /// Leave `text` out of records, for warehouses that must not hold DM bodies.
     pub redact_text: bool,
     /// Conversations of this pipeline synced at once.
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     pub retry: RetryPolicy,
 }
 

@@ -64,8 +64,8 @@ pub(super) struct RawPipeline {
     pub(super) adaptive_poll_max: String,
     #[serde(default)]
     pub(super) redact_text: bool,
-    #[serde(default = "default_concurrency")]
-    pub(super) concurrency: usize,
+    #[serde(default)]
+    pub(super) concurrency: RawConcurrency,
     #[serde(default = "default_request_timeout")]
     pub(super) request_timeout: String,
     #[serde(default = "default_max_retries")]
@@ -87,7 +87,9 @@ const fn default_seen_window() -> u64 {
     16
 }
 const fn default_max_concurrency() -> usize {
-    16
+    // Enough conversations in flight to fill Xquik's 300 reads per second at a few hundred milliseconds per
+    // answer; each holds one page at most, so memory stays small.
+    256
 }
 fn default_shutdown_timeout() -> String {
     "10s".into()
@@ -107,8 +109,15 @@ fn default_rotate_max_age() -> String {
 const fn default_true() -> bool {
     true
 }
-const fn default_concurrency() -> usize {
-    4
+/// `concurrency = "auto"` (the default) or a number of requests in flight.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawConcurrency {
+    #[default]
+    #[serde(skip)]
+    Default,
+    Number(i64),
+    Word(String),
 }
 fn default_adaptive_poll_max() -> String {
     "15m".into()

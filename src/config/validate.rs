@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::RawConfig;
-use super::{err, Config, ConfigError, ConversationRef, KeySource, Pipeline, ProviderKind, RetryPolicy};
+use super::raw::{RawConcurrency, RawConfig};
+use super::{err, Concurrency, Config, ConfigError, ConversationRef, KeySource, Pipeline, ProviderKind, RetryPolicy};
 
 pub(super) fn parse_duration(key: &str, v: &str, what: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(v).map_err(|_| {
@@ -165,9 +165,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             "0" | "" | "off" => Duration::ZERO,
             v => parse_duration("adaptive_poll_max", v, &at)?,
         };
-        if rp.concurrency == 0 {
-            return err(format!("{at}: concurrency must be at least 1"));
-        }
+        let concurrency = match rp.concurrency {
+            RawConcurrency::Default => Concurrency::Auto,
+            RawConcurrency::Word(w) if w == "auto" => Concurrency::Auto,
+            RawConcurrency::Number(n) if n >= 1 => Concurrency::Fixed(usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => return err(format!("{at}: concurrency must be \"auto\" or a number of at least 1")),
+        };
         let retry = RetryPolicy {
             request_timeout: parse_duration("request_timeout", &rp.request_timeout, &at)?,
             max_retries: rp.max_retries,
@@ -197,7 +200,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             max_credits_per_day: rp.max_credits_per_day,
             adaptive_poll_max,
             redact_text: rp.redact_text,
-            concurrency: rp.concurrency,
+            concurrency,
             retry,
         });
     }

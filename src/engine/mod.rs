@@ -7,6 +7,7 @@
 
 pub mod manage;
 pub mod outbound;
+pub mod pace;
 pub mod poll;
 pub mod sync;
 
@@ -14,19 +15,38 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Pipeline;
+use crate::config::{Concurrency, Pipeline};
 use crate::handoff::{Batch, Handoff, HandoffError};
 use crate::provider::{with_retry, Client, ErrorClass, ProviderError};
 use crate::state::{Commit, StateError, Store};
 
 /// One pipeline, open: its settings, its provider client, its writer (the only way its files and its part
-/// of the state change) and the shared state store. The daemon keeps it for its whole life; a one-shot
-/// command opens it, runs, and closes it.
+/// of the state change), the shared state store, and the pace of its provider account. The daemon keeps it
+/// for its whole life; a one-shot command opens it, runs, and closes it.
 pub struct OpenPipeline {
     pub config: Pipeline,
     pub client: Client,
     pub handoff: Handoff,
     pub store: Arc<Store>,
+    /// Shared with every pipeline of the same provider account.
+    pub pace: Arc<pace::Pace>,
+    /// Conversations synced at once: `max_concurrency`, or the pinned `concurrency`.
+    pub conversations_at_once: usize,
+}
+
+impl OpenPipeline {
+    /// Bundles an opened pipeline's parts; `max_concurrency` bounds its requests and conversations in flight.
+    pub fn new(config: Pipeline, client: Client, handoff: Handoff, store: Arc<Store>, max_concurrency: usize) -> Self {
+        let (max, pinned) = match config.concurrency {
+            Concurrency::Auto => (max_concurrency, false),
+            Concurrency::Fixed(n) => (n.min(max_concurrency), true),
+        };
+        // Pipelines that read as the same account share its budget.
+        let account =
+            format!("{}\u{0}{}\u{0}{}", config.provider.name(), config.base_url, config.account.to_ascii_lowercase());
+        let pace = pace::Pace::of(&account, client.read_budget(), max, pinned);
+        OpenPipeline { config, client, handoff, store, pace, conversations_at_once: max }
+    }
 }
 
 /// Why a `@username` could not be turned into a user ID.

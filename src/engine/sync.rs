@@ -24,11 +24,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::pace::Answer;
 use super::poll::{Budget, Spent};
 use super::{OpenPipeline, UserError};
 use crate::config::ConversationRef;
-use crate::handoff::Batch;
-use crate::provider::{with_retry, ErrorClass, Page, ProviderError};
+use crate::handoff::{Batch, Queued};
+use crate::provider::{with_retry, ErrorClass, Page, ProviderError, PACING};
 use crate::record::{id_cmp, message_record, Context, Conversation};
 use crate::state::{numeric_id, Commit, ConvState};
 use crate::time::{now_string, unix_ms};
@@ -157,7 +158,7 @@ pub async fn sync_pipeline(
 ) -> PipelineReport {
     let shared =
         Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
-    let local = Arc::new(Semaphore::new(pipe.config.concurrency));
+    let local = Arc::new(Semaphore::new(pipe.conversations_at_once));
     let mut set = JoinSet::new();
     let mut reports = Vec::new();
     let collect = |res: Result<ConvReport, tokio::task::JoinError>, reports: &mut Vec<ConvReport>| match res {
@@ -172,8 +173,8 @@ pub async fn sync_pipeline(
         if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string()) {
             continue;
         }
-        // Take the permits before spawning, so a pipeline of 10,000 conversations holds `concurrency` tasks
-        // in memory, not 10,000. Permits are only closed by dropping the semaphore, which we hold.
+        // Take the permits before spawning, so a pipeline of 10,000 conversations holds as many tasks as may run
+        // at once in memory, not 10,000. Permits are only closed by dropping the semaphore, which we hold.
         let l = local.clone().acquire_owned().await.ok();
         let g = global.clone().acquire_owned().await.ok();
         while let Some(res) = set.try_join_next() {
@@ -231,8 +232,9 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
         let conv = resolve(pipe, conv_ref, shared).await?;
         report.conversation = conv.key().to_string();
         let st = pipe.store.conversation(&p.name, conv.key())?;
-        let mut pass = Pass { pipe, conv: &conv, st, shared, report: &mut report };
+        let mut pass = Pass { pipe, conv: &conv, st, shared, report: &mut report, duplicates: AtomicU64::new(0) };
         let outcome = pass.run().await;
+        pass.report.duplicates += pass.duplicates.into_inner();
         let mut st = pass.st;
         if matches!(outcome, Err(Stop::Write(_))) {
             // A failed write may have been reconciled into the stored counters; start from those.
@@ -316,6 +318,28 @@ struct Pass<'a> {
     st: ConvState,
     shared: &'a RunShared,
     report: &'a mut ConvReport,
+    /// Items already in the files, counted while a page is built (added to the report at the end).
+    duplicates: AtomicU64,
+}
+
+/// A page whose batch is queued at the writer: the state it commits and what it adds to the report, applied
+/// once the commit is known.
+struct InFlight {
+    queued: Queued,
+    next: ConvState,
+    written: u64,
+    credits: u64,
+}
+
+/// Which frontier a walk moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Walk {
+    /// The very first page ever; it sets up both frontiers.
+    First,
+    /// From the newest page down to the high-water mark.
+    Head,
+    /// Older pages from the backfill cursor.
+    Backfill,
 }
 
 impl Pass<'_> {
@@ -324,102 +348,125 @@ impl Pass<'_> {
         let do_backfill = opts.backfill.unwrap_or(self.pipe.config.backfill);
         if opts.head || (do_backfill && !self.st.backfill_started) {
             if !self.st.backfill_started {
-                self.first_page().await?;
+                self.walk(Walk::First).await?;
             } else {
                 // A pass resumed from a stored cursor only covers what was newest when it began; once it
                 // completes, one more pass from the newest page picks up what arrived since, so one sync
                 // after a crash is enough to bring the files up to date.
                 let resumed = self.st.head_cursor.is_some();
-                self.head_pass().await?;
+                self.walk(Walk::Head).await?;
                 if resumed {
-                    self.head_pass().await?;
+                    self.walk(Walk::Head).await?;
                 }
             }
         }
         if do_backfill && !self.st.backfill_done {
-            self.backfill().await?;
+            self.walk(Walk::Backfill).await?;
         }
         Ok(())
     }
 
-    /// The first page ever: sets the high-water mark and the backfill frontier in one commit.
-    async fn first_page(&mut self) -> Result<(), Stop> {
-        let page = self.fetch(None).await?;
-        let mut next = self.st.clone();
-        next.hwm = newest(&page, None);
-        next.backfill_started = true;
-        next.backfill_done = page.next_cursor.is_none();
-        next.backfill_cursor = page.next_cursor.clone();
-        next.covered_from = lowest(&page, self.st.covered_from.as_deref());
-        self.write_page(&page, next).await
-    }
-
-    /// From the newest page down to the high-water mark (or to the end while nothing was ever seen).
-    async fn head_pass(&mut self) -> Result<(), Stop> {
-        loop {
-            if self.shared.stop.is_cancelled() {
-                return Err(Stop::Cancelled);
-            }
-            let cursor = self.st.head_cursor.clone();
-            let page = self.fetch(cursor.as_deref()).await?;
-            let mut next = self.st.clone();
-            next.head_newest = newest(&page, self.st.head_newest.as_deref());
-            if self.st.hwm.is_none() {
-                // Nothing seen yet, so this pass runs to the end of history: its pages reach down without a
-                // gap from what will become hwm.
-                next.covered_from = lowest(&page, self.st.covered_from.as_deref());
-            }
-            let reached = match &self.st.hwm {
-                Some(hwm) => page.items.iter().any(|i| id_cmp(&i.id, hwm).is_le()),
-                None => false,
-            };
-            let done = reached || page.next_cursor.is_none();
-            if done {
-                next.hwm = newest_of(next.hwm.as_deref(), next.head_newest.as_deref());
-                next.head_cursor = None;
-                next.head_newest = None;
-            } else {
-                next.head_cursor = page.next_cursor.clone();
-            }
-            self.write_page(&page, next).await?;
-            if done {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Older pages from the stored cursor, within this run's page, credit and --since limits.
-    async fn backfill(&mut self) -> Result<(), Stop> {
+    /// Walks one frontier page by page. Each page is asked for as soon as its cursor is known, while the
+    /// previous page's lines are written, fsynced and committed (SPEC 8.7); a page's records are checked
+    /// against the seen set only once the previous page is committed, and commits happen in page order, so
+    /// overlapping pages still never write a record twice, and a failed commit stops the walk before anything
+    /// after it is committed.
+    async fn walk(&mut self, walk: Walk) -> Result<(), Stop> {
         let p = &self.pipe.config;
         let max_pages =
             self.shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
         let mut pages = 0u64;
-        while !self.st.backfill_done {
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            // The state as it will be once the queued page is committed: what the next request depends on.
+            let ahead = in_flight.as_ref().map_or(&self.st, |f| &f.next);
+            let cursor = match walk {
+                Walk::First => None,
+                Walk::Head => ahead.head_cursor.clone(),
+                Walk::Backfill => {
+                    if ahead.backfill_done {
+                        break;
+                    }
+                    if max_pages.is_some_and(|m| pages >= m) {
+                        self.report.limited = true;
+                        tracing::info!(pipeline = %p.name, conversation = %self.conv.key(), pages, "backfill paused at this run's limit");
+                        break;
+                    }
+                    ahead.backfill_cursor.clone()
+                }
+            };
             if self.shared.stop.is_cancelled() {
+                self.settle(in_flight.take()).await?;
                 return Err(Stop::Cancelled);
             }
-            if max_pages.is_some_and(|m| pages >= m) {
-                self.report.limited = true;
-                tracing::info!(pipeline = %p.name, conversation = %self.conv.key(), pages, "backfill paused at this run's limit");
-                return Ok(());
-            }
-            let cursor = self.st.backfill_cursor.clone();
-            let page = self.fetch(cursor.as_deref()).await?;
+            let page = match in_flight.take() {
+                Some(InFlight { queued, next, written, credits }) => {
+                    let (page, committed) = tokio::join!(self.fetch(cursor.as_deref()), queued);
+                    committed?;
+                    self.apply(next, written, credits);
+                    page?
+                }
+                None => self.fetch(cursor.as_deref()).await?,
+            };
             pages += 1;
-            let mut next = self.st.clone();
-            next.backfill_done = page.next_cursor.is_none();
-            next.backfill_cursor = page.next_cursor.clone();
-            next.covered_from = lowest(&page, self.st.covered_from.as_deref());
-            let reached_since =
-                self.shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
-            self.write_page(&page, next).await?;
-            if reached_since && !self.st.backfill_done {
+            let (next, done) = self.advance(walk, &page);
+            let reached_since = walk == Walk::Backfill
+                && self.shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
+            in_flight = Some(self.queue_page(&page, next)?);
+            if done {
+                break;
+            }
+            if reached_since && in_flight.as_ref().is_some_and(|f| !f.next.backfill_done) {
                 self.report.limited = true;
                 tracing::info!(pipeline = %p.name, conversation = %self.conv.key(), "backfill reached --since");
-                return Ok(());
+                break;
             }
         }
-        Ok(())
+        self.settle(in_flight).await
+    }
+
+    /// The state after `page` (given the committed state before it), and whether the walk ends with it.
+    fn advance(&self, walk: Walk, page: &Page) -> (ConvState, bool) {
+        let st = &self.st;
+        let mut next = st.clone();
+        match walk {
+            Walk::First => {
+                next.hwm = newest(page, None);
+                next.backfill_started = true;
+                next.backfill_done = page.next_cursor.is_none();
+                next.backfill_cursor = page.next_cursor.clone();
+                next.covered_from = lowest(page, st.covered_from.as_deref());
+                (next, true)
+            }
+            Walk::Head => {
+                next.head_newest = newest(page, st.head_newest.as_deref());
+                if st.hwm.is_none() {
+                    // Nothing seen yet, so this pass runs to the end of history: its pages reach down without a
+                    // gap from what will become hwm.
+                    next.covered_from = lowest(page, st.covered_from.as_deref());
+                }
+                let reached = match &st.hwm {
+                    Some(hwm) => page.items.iter().any(|i| id_cmp(&i.id, hwm).is_le()),
+                    None => false,
+                };
+                let done = reached || page.next_cursor.is_none();
+                if done {
+                    next.hwm = newest_of(next.hwm.as_deref(), next.head_newest.as_deref());
+                    next.head_cursor = None;
+                    next.head_newest = None;
+                } else {
+                    next.head_cursor = page.next_cursor.clone();
+                }
+                (next, done)
+            }
+            Walk::Backfill => {
+                next.backfill_done = page.next_cursor.is_none();
+                next.backfill_cursor = page.next_cursor.clone();
+                next.covered_from = lowest(page, st.covered_from.as_deref());
+                let done = next.backfill_done;
+                (next, done)
+            }
+        }
     }
 
     async fn fetch(&self, cursor: Option<&str>) -> Result<Page, Stop> {
@@ -433,9 +480,18 @@ impl Pass<'_> {
         let budget = Budget { per_run: p.max_credits_per_run, per_day: p.max_credits_per_day };
         let today = if budget.per_day > 0 { pipe.store.credits_today(&p.name)? } else { 0 };
         budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
-        let page = with_retry(&p.retry, &shared.stop, || {
+        let page = with_retry(&p.retry, &shared.stop, || async {
+            // Every attempt waits for its place in the account's pace, and tells it how the provider answered.
+            let permit = pipe.pace.acquire().await;
             shared.beat();
-            pipe.client.history(self.conv, cursor)
+            let result = pipe.client.history(self.conv, cursor).await;
+            permit.done(match &result {
+                Err(e) if e.status == Some(429) || e.class == ErrorClass::Transient && e.code != PACING => {
+                    Answer::PushedBack
+                }
+                _ => Answer::Clean,
+            });
+            result
         })
         .await
         .map_err(|e| {
@@ -450,8 +506,10 @@ impl Pass<'_> {
         Ok(page)
     }
 
-    /// Writes a page's unseen records and commits `next` with them; on success `st` becomes `next`.
-    async fn write_page(&mut self, page: &Page, mut next: ConvState) -> Result<(), Stop> {
+    /// Builds a page's unseen records and queues them, with `next`, at the writer; the commit is only known
+    /// when [`Pass::settle`] awaits it. Call only once the previous page is settled: the seen set must hold its
+    /// keys.
+    fn queue_page(&self, page: &Page, mut next: ConvState) -> Result<InFlight, Stop> {
         let (pipe, conv) = (self.pipe, self.conv);
         let p = &pipe.config;
         let ctx = Context {
@@ -466,11 +524,12 @@ impl Pass<'_> {
         let covered = pipe.store.covered(&p.name, conv.key())?;
         let mut fresh = HashSet::new();
         let mut records = Vec::new();
+        let mut duplicates = 0;
         for item in &page.items {
             let record = message_record(&ctx, conv, item, &synced_at);
             let Some(key) = record.key() else { continue };
             if fresh.contains(&key) || pipe.store.is_seen_with(&p.name, &key, covered)? {
-                self.report.duplicates += 1;
+                duplicates += 1;
                 continue;
             }
             fresh.insert(key.clone());
@@ -497,7 +556,27 @@ impl Pass<'_> {
             lines.push(record.to_line());
             commit.seen.push((p.name.clone(), key));
         }
-        pipe.handoff.write(Batch { lines, commit }).await?;
+        // Counted now: the page was fetched and checked, whatever becomes of its commit.
+        self.count_duplicates(duplicates);
+        let queued = pipe.handoff.enqueue(Batch { lines, commit });
+        Ok(InFlight { queued, next, written, credits: page.credits })
+    }
+
+    fn count_duplicates(&self, n: u64) {
+        // `report` is behind `&mut self` elsewhere; duplicates are only counted here.
+        self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Awaits a queued page's commit; on success the conversation's state becomes what it committed.
+    async fn settle(&mut self, in_flight: Option<InFlight>) -> Result<(), Stop> {
+        let Some(f) = in_flight else { return Ok(()) };
+        f.queued.await?;
+        self.apply(f.next, f.written, f.credits);
+        Ok(())
+    }
+
+    /// A page is committed: its state is the conversation's now, and the report counts it.
+    fn apply(&mut self, next: ConvState, written: u64, credits: u64) {
         self.shared.beat();
         if let Some(progress) = &self.shared.opts.progress {
             progress.pages.fetch_add(1, Ordering::Relaxed);
@@ -506,8 +585,7 @@ impl Pass<'_> {
         self.st = next;
         self.report.pages += 1;
         self.report.written += written;
-        self.report.credits += page.credits;
-        Ok(())
+        self.report.credits += credits;
     }
 }
 

@@ -176,7 +176,8 @@ impl Daemon {
     async fn add_pipeline(self: &Arc<Self>, p: &Pipeline, client: Client) -> anyhow::Result<()> {
         // Read right after the client: a rotation in between is caught by the next reload.
         let secrets = crate::provider::secrets_digest(p).ok();
-        let pipe = open_pipeline(&self.store, p, client)?;
+        let max_concurrency = self.config.lock().unwrap_or_else(|e| e.into_inner()).max_concurrency;
+        let pipe = open_pipeline(&self.store, p, client, max_concurrency)?;
         let name = p.name.clone();
         let weak = Arc::downgrade(self);
         let job = Job::new_async(p.schedule.as_str(), move |_, _| {

@@ -160,7 +160,7 @@ impl Opened {
         let pipes = pipelines
             .iter()
             .zip(clients)
-            .map(|(p, client)| open_pipeline(&store, p, client))
+            .map(|(p, client)| open_pipeline(&store, p, client, cfg.max_concurrency))
             .collect::<anyhow::Result<_>>()?;
         Ok(Opened { pipes })
     }
@@ -174,10 +174,15 @@ impl Opened {
 }
 
 /// Opens one pipeline's writer (recovering its files) around a client and an open store.
-pub(crate) fn open_pipeline(store: &Arc<Store>, p: &Pipeline, client: Client) -> anyhow::Result<Arc<OpenPipeline>> {
+pub(crate) fn open_pipeline(
+    store: &Arc<Store>,
+    p: &Pipeline,
+    client: Client,
+    max_concurrency: usize,
+) -> anyhow::Result<Arc<OpenPipeline>> {
     let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p))
         .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
-    Ok(Arc::new(OpenPipeline { config: p.clone(), client, handoff, store: store.clone() }))
+    Ok(Arc::new(OpenPipeline::new(p.clone(), client, handoff, store.clone(), max_concurrency)))
 }
 
 /// The sink settings of a pipeline.

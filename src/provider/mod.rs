@@ -192,6 +192,13 @@ pub struct Dm<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// A provider's documented read budget per account: at most `requests` in any `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBudget {
+    pub requests: u32,
+    pub window: Duration,
+}
+
 /// At most `max` writes in any `window`, per account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteLimit {
@@ -237,6 +244,17 @@ impl Client {
             (Client::XApiV2(_), WriteKind::Media) => x_api_v2::MEDIA_STATUS,
             (Client::XApiV2(_), WriteKind::DirectMessage) => x_api_v2::SEND_WITH,
             (Client::GetXApi(_), _) => getxapi::SEND_DM,
+        }
+    }
+
+    /// The provider's documented budget for history reads per account, which the engine paces itself to. None
+    /// for X API v2, whose adapter paces every request by the `x-rate-limit-*` windows X announces (so a
+    /// changed limit is followed without a release), and for GetXAPI, which documents none: the engine then
+    /// goes by how the provider answers.
+    pub fn read_budget(&self) -> Option<ReadBudget> {
+        match self {
+            Client::Xquik(_) => Some(xquik::READ_BUDGET),
+            Client::XApiV2(_) | Client::GetXApi(_) => None,
         }
     }
 

@@ -12,12 +12,16 @@ use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
 use super::util::{http_client, Id};
-use super::{Dm, ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteLimit, WriteState};
+use super::{
+    Dm, ErrorClass, Page, ProviderError, ReadBudget, Upload, User, WriteDone, WriteKind, WriteLimit, WriteState,
+};
 use crate::config::Pipeline;
 use crate::record::{Conversation, Item};
 
 /// Route templates, as they appear in records and logs.
 pub const HISTORY: &str = "GET /x/dm/{userId}/history";
+/// Xquik's fixed window for reads (GET/HEAD/OPTIONS) per account: 300 in each second.
+pub const READ_BUDGET: ReadBudget = ReadBudget { requests: 300, window: Duration::from_secs(1) };
 pub const USER: &str = "GET /x/users/{id}";
 
 /// A configured Xquik client for one pipeline.
