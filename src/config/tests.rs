@@ -59,7 +59,7 @@ fn minimal_spec_form_is_accepted_with_paths_from_the_config_folder() {
     assert_eq!(cfg.state_dir, PathBuf::from("/etc/dm/state"));
     let p = &cfg.pipelines[0];
     assert_eq!(p.output_dir, PathBuf::from("/etc/dm/out/support"));
-    assert_eq!(p.api_key, KeySource::Env("XQUIK_API_KEY".into()));
+    assert_eq!(p.api_key, Some(KeySource::Env("XQUIK_API_KEY".into())));
     assert_eq!(
         p.conversations,
         vec![ConversationRef::Peer("44196397".into()), ConversationRef::Peer("1234567890".into())]

@@ -46,6 +46,13 @@ impl PollPlan {
         }
     }
 
+    /// The conversations a scheduled run at `now` leaves out: every known one that is not [`PollPlan::due`].
+    pub fn quiet(&self, now: Instant, tick: Duration) -> Vec<String> {
+        let mut quiet: Vec<String> = self.entries.keys().filter(|c| !self.due(c, now, tick)).cloned().collect();
+        quiet.sort();
+        quiet
+    }
+
     /// Records a finished poll: `new_records` > 0 snaps the conversation back to every tick; otherwise its
     /// interval doubles: after k quiet polls in a row the next poll is 2^(k−1) ticks later, capped at `max`.
     pub fn record(&mut self, conv: &str, now: Instant, tick: Duration, new_records: u64) {

@@ -6,6 +6,7 @@
 //! records land in the same files), else it is run here against pipelines opened for it. Either way the
 //! text comes from the command layer's renderers, so the output is the same.
 
+mod auth;
 pub mod control;
 pub mod daemon;
 mod demo;
@@ -43,6 +44,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::Simulate(args) => return demo::simulate(args).await,
         Command::Lookup(args) => return lookup(&cfg()?, args).await,
         Command::UploadMedia(args) => return upload_media(&cfg()?, args).await,
+        Command::Auth(args) => return auth::run(&cfg()?, commands::auth::prepare(&args)?).await,
         Command::Sync(args) => commands::sync::sync_request(args),
         Command::Backfill(args) => commands::sync::backfill_request(args),
         Command::Status(args) => Request::Status { json: args.json },
