@@ -11,6 +11,8 @@ mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod inbox;
+mod oauth;
 mod outbound;
 mod privacy;
 mod providers;
