@@ -52,6 +52,11 @@ impl EventClock {
     }
 }
 
+/// The wall clock, Unix ms.
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,9 +77,4 @@ mod tests {
         assert_eq!(c.written(10), 90_000_001);
         assert_eq!(c.newest(), 90_000_001);
     }
-}
-
-/// The wall clock, Unix ms.
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
