@@ -190,3 +190,75 @@ pub(super) fn inbox(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{from_str, ConfigError, KeySource};
+    use super::*;
+
+    const X: &str =
+        "state_dir = \"st\"\n[[pipelines]]\nname = \"x\"\nprovider = \"x-api-v2\"\naccount = \"987654321\"\n";
+
+    fn check(text: &str) -> Result<crate::config::Config, ConfigError> {
+        from_str(text, Path::new("/etc/dm/pipelines.toml"), Path::new("/etc/dm"))
+    }
+
+    fn err_of(text: &str) -> String {
+        check(text).expect_err("refused").0
+    }
+
+    #[test]
+    fn oauth_defaults_and_no_api_key_needed() {
+        let cfg = check(&format!("{X}oauth_client_id = \"abc123\"\ninbox = true\n")).unwrap();
+        let p = &cfg.pipelines[0];
+        assert_eq!(p.api_key, None);
+        assert!(p.inbox);
+        let o = p.oauth.as_ref().unwrap();
+        assert_eq!(o.redirect_uri, DEFAULT_REDIRECT_URI);
+        assert_eq!(o.authorize_url, DEFAULT_AUTHORIZE_URL);
+        assert_eq!(o.token_url, DEFAULT_TOKEN_URL);
+        assert_eq!(o.scopes, DEFAULT_SCOPES);
+        assert_eq!(o.client_secret, None);
+        assert_eq!(o.token_file, Path::new("/etc/dm/st/tokens/x.json"));
+        let secret = check(&format!("{X}oauth_client_id = \"abc\"\noauth_client_secret_env = \"X_SECRET\"\n")).unwrap();
+        assert_eq!(secret.pipelines[0].oauth.as_ref().unwrap().client_secret, Some(KeySource::Env("X_SECRET".into())));
+    }
+
+    #[test]
+    fn oauth_mistakes_are_explained() {
+        let both = err_of(&format!("{X}oauth_client_id = \"a\"\napi_key_env = \"X_TOKEN\"\n"));
+        assert!(both.contains("manages its own tokens"), "{both}");
+        let missing = err_of(X);
+        assert!(missing.contains("api_key_env") && missing.contains("oauth_client_id"), "{missing}");
+        let orphan = err_of(&format!("{X}api_key_env = \"T\"\noauth_scopes = \"dm.read\"\n"));
+        assert!(orphan.contains("need `oauth_client_id`"), "{orphan}");
+        let xquik =
+            err_of(&(X.replace("x-api-v2", "xquik").replace("987654321", "acme") + "oauth_client_id = \"a\"\n"));
+        assert!(xquik.contains("is for provider x-api-v2"), "{xquik}");
+        let remote = err_of(&format!("{X}oauth_client_id = \"a\"\noauth_redirect_uri = \"https://example.com/cb\"\n"));
+        assert!(remote.contains("loopback"), "{remote}");
+        let leaked =
+            err_of(&format!("{X}oauth_client_id = \"a\"\noauth_client_secret_env = \"s3cr3t-value-pasted\"\n"));
+        assert!(!leaked.contains("s3cr3t"), "a pasted secret is not echoed: {leaked}");
+        for ok in ["http://localhost:9000/cb", "http://[::1]:8976/callback", "http://127.0.0.1/callback"] {
+            assert!(loopback_callback(ok).is_ok(), "{ok}");
+        }
+        assert!(loopback_callback("http://10.0.0.1:8976/cb").is_err());
+    }
+
+    #[test]
+    fn inbox_is_refused_for_xquik_and_tabs_are_getxapi_only() {
+        let x = X.replace("x-api-v2", "xquik").replace("987654321", "acme") + "api_key_env = \"K\"\ninbox = true\n";
+        let e = err_of(&x);
+        assert!(e.contains("inbox = true") && e.contains("Xquik has no inbox route"), "{e}");
+        let tabs = err_of(&format!("{X}api_key_env = \"T\"\ninbox_tabs = [\"all\"]\n"));
+        assert!(tabs.contains("getxapi only"), "{tabs}");
+        let g = X.replace("x-api-v2", "getxapi") + "api_key_env = \"K\"\nauth_token_env = \"A\"\ninbox = true\n";
+        assert_eq!(check(&g).unwrap().pipelines[0].inbox_tabs, ["all"]);
+        let two = check(&format!("{g}inbox_tabs = [\"requests\", \"all\", \"requests\"]\n")).unwrap();
+        assert_eq!(two.pipelines[0].inbox_tabs, ["requests", "all"]);
+        assert!(err_of(&format!("{g}inbox_tabs = [\"spam\"]\n")).contains("not a tab"));
+    }
+}

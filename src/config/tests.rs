@@ -38,7 +38,7 @@ fn every_key_the_annotated_file_documents_is_a_real_key() {
             body.split_once(" = ").map(|(k, _)| k).filter(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         match key {
             // Alternatives to api_key_env: a pipeline takes one.
-            Some("api_key_file" | "auth_token_env") => text.push_str(line),
+            Some("api_key_file" | "auth_token_env" | "oauth_client_secret_file") => text.push_str(line),
             Some(k) if !k.is_empty() => {
                 documented += 1;
                 text.push_str(body);

@@ -278,7 +278,13 @@ struct Held {
     tokens: Tokens,
     /// Set after a refused refresh: the error every call returns until the token file holds another pair.
     dead: Option<ProviderError>,
+    /// After an early renewal failed transiently, the next one waits until this Unix ms (the token still
+    /// works meanwhile), so an unavailable token endpoint is not asked again before every request.
+    renew_not_before_ms: u64,
 }
+
+/// How long an early renewal that failed transiently waits before it is tried again.
+const RENEW_BACKOFF_MS: u64 = 5_000;
 
 /// The live access token of one pipeline, renewed before it expires and after a 401 (see the module docs).
 pub struct TokenSource {
@@ -306,7 +312,7 @@ impl TokenSource {
             client_id: cfg.client_id.clone(),
             file,
             client: TokenClient::new(p, cfg)?,
-            held: tokio::sync::Mutex::new(Held { tokens, dead: None }),
+            held: tokio::sync::Mutex::new(Held { tokens, dead: None, renew_not_before_ms: 0 }),
         })
     }
 
@@ -316,10 +322,12 @@ impl TokenSource {
         let mut held = self.held.lock().await;
         self.revive(&mut held)?;
         let now = now_ms();
-        if held.tokens.due_for_renewal(now) {
+        let expired = held.tokens.expired(now);
+        if held.tokens.due_for_renewal(now) && (expired || now >= held.renew_not_before_ms) {
             match self.renew(&mut held, None).await {
                 Ok(()) => {}
                 Err(e) if e.class == ErrorClass::Transient && !held.tokens.expired(now_ms()) => {
+                    held.renew_not_before_ms = now_ms().saturating_add(RENEW_BACKOFF_MS);
                     tracing::warn!(pipeline = %self.pipeline, code = %e.code, "renewing the access token failed for now; using the current one while it lasts");
                 }
                 Err(e) => return Err(e),

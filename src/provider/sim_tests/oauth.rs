@@ -213,3 +213,27 @@ async fn the_inbox_stream_routes_every_event_to_its_conversation() {
     assert_eq!(pages, seen.len().div_ceil(100), "100 events per request across conversations");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unavailable_token_endpoint_is_ridden_out() {
+    let h = Simulator::spawn(cfg(None)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(&h, dir.path(), "");
+    // Due for renewal but still valid: a failing token endpoint does not stop requests, nor is it asked
+    // before every one of them.
+    store(&p, &h, Duration::from_secs(100), Duration::from_secs(85));
+    let x = client(&p);
+    h.sim.fail_token_requests(100, 503);
+    for _ in 0..5 {
+        x.history(&peer("44196397"), None).await.expect("the current token still works");
+    }
+    assert_eq!(h.sim.oauth_stats().token_requests.get("refresh_token"), Some(&1), "asked once, then backed off");
+    // Expired at X: the request fails transiently until the endpoint answers, then goes through.
+    h.sim.fail_token_requests(2, 503);
+    h.sim.expire_access_tokens();
+    let cancel = CancellationToken::new();
+    let conv = peer("44196397");
+    with_retry(&p.retry, &cancel, || x.history(&conv, None)).await.expect("renewed once the endpoint is back");
+    assert_eq!(h.sim.oauth_stats().refreshes, 1);
+    h.shutdown().await;
+}
