@@ -12,7 +12,8 @@
 //! - [`engine`]: what an open pipeline does: sync passes, outbound DMs, X API v2 management, cost policies.
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
 //! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
-//! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
+//! - [`state`]: the sled database (the only module that names sled), the state-directory lock, and the
+//!   owner-only OAuth token files.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
 //! - [`record`]: the normalized record schema, every record builder, exactly-once keys, provider times.
 //! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
