@@ -168,6 +168,21 @@ mod tests {
         assert!(polled.iter().all(|p| p.len() == 2));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn quiet_lists_the_known_conversations_that_are_not_due_sorted() {
+        let mut plan = PollPlan::new(Duration::from_secs(3600));
+        let now = Instant::now();
+        for c in ["inbox", "conv:1-2", "busy"] {
+            plan.record(c, now, TICK, u64::from(c == "busy"));
+        }
+        plan.record("inbox", now, TICK, 0);
+        // One tick later: "conv:1-2" (one quiet poll) is due again, "inbox" (two) is not; "busy" is due.
+        let later = now + TICK;
+        assert_eq!(plan.quiet(later, TICK), vec!["inbox".to_string()]);
+        assert!(plan.quiet(later, TICK).iter().all(|c| !plan.due(c, later, TICK)));
+        assert!(plan.due("never-seen", later, TICK), "unknown conversations are never quiet");
+    }
+
     #[test]
     fn budgets() {
         let b = Budget { per_run: 100, per_day: 1000 };

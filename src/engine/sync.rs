@@ -185,12 +185,13 @@ pub async fn sync_pipeline(
         reports.extend(run.report);
         conversations.extend(run.extra);
     }
+    let quiet: HashSet<&str> = shared.opts.quiet.iter().map(String::as_str).collect();
     for conv in conversations {
         let name = conv.to_string();
         if !shared.opts.only.is_empty() && !shared.opts.only.contains(&name) {
             continue;
         }
-        if shared.opts.quiet.contains(&name) {
+        if quiet.contains(name.as_str()) {
             continue;
         }
         // Take the permits before spawning, so a pipeline of 10,000 conversations holds `concurrency` tasks

@@ -222,7 +222,8 @@ impl Daemon {
         let tick = slot.last_tick.lock().ok().and_then(|mut t| t.replace(now)).map(|t| now - t).unwrap_or_default();
         let all: Vec<String> = slot.pipe.config.conversations.iter().map(|c| c.to_string()).collect();
         let quiet: Vec<String> = slot.plan.lock().map(|plan| plan.quiet(now, tick)).unwrap_or_default();
-        let due = all.iter().filter(|c| !quiet.contains(c)).count();
+        // `quiet` is sorted.
+        let due = all.iter().filter(|c| quiet.binary_search(c).is_err()).count();
         // An inbox pipeline runs every tick: its inbox and the conversations it found are polled (or left out
         // as quiet) inside the run.
         if due == 0 && !slot.pipe.config.inbox {
