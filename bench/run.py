@@ -3,7 +3,7 @@
 
 Usage: python3 bench/run.py [--sizes 100x1000,1000x1000,10000x10] [--bin target/release/dm-handoff]
                             [--latency MIN,MAX] [--window] [--default-config]
-                            [--baseline 100x1000] [--steady 500x20 --ticks 60]
+                            [--baseline 100x1000] [--steady 500x20 --ticks 60] [--inbox 100x20 --ticks 30]
 
 Every backfill row is measured against the reference: `raw_fetch` (bench/raw_fetch.rs, built with
 `cargo build --release --example raw_fetch`), a plain loop that pages the same simulator with a fixed number of
@@ -19,6 +19,10 @@ floor (requests / 300 s) and the 429s drawn. `--default-config` syncs with dm-ha
 --steady runs the daemon with a one-second schedule for --ticks ticks while new messages arrive in 2% of
 the conversations per tick, once with adaptive polling and once without (same traffic), and reports
 credits spent per new message delivered.
+--inbox runs an X API v2 pipeline (the simulator's rate window off) as a daemon on a one-second schedule for
+--ticks ticks while 2 of the conversations get a message per tick, three ways: every conversation listed and
+polled every tick, listed with adaptive polling, and `inbox = true` with nothing listed (one GET /2/dm_events
+stream); it reports X API requests per tick (X allows 15 DM reads per 15 minutes per user).
 
 Builds nothing: run `cargo build --release` first. Starts `dm-handoff simulate` on a free loopback port
 (separate process, so its CPU is visible but not in our RSS), writes a config, runs `dm-handoff sync`,
@@ -311,6 +315,68 @@ def steady(binary, convs, msgs, ticks, adaptive, workdir):
         sim.wait()
 
 
+def inbox_bench(binary, convs, msgs, ticks, mode, workdir):
+    """X API v2 requests per daemon tick: `listed`, `listed-adaptive` or `inbox` (SPEC 8.2)."""
+    import random
+    import signal
+    scenario = scenario_of(convs, msgs)
+    scenario.update({"account": "987654321", "x_rate_limit": None})
+    sim, addr = start_sim(binary, scenario, workdir)
+    try:
+        peers = [c["peer_id"] for c in scenario["conversations"]]
+        listed = [] if mode == "inbox" else peers
+        conv_list = ", ".join(f'"{p}"' for p in listed)
+        cfg = os.path.join(workdir, "pipelines.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""state_dir = "state"
+max_concurrency = 32
+[[pipelines]]
+name = "bench"
+provider = "x-api-v2"
+base_url = "http://{addr}"
+api_key_env = "BENCH_KEY"
+account = "987654321"
+conversations = [{conv_list}]
+schedule = "* * * * * *"
+output_dir = "out"
+concurrency = 32
+adaptive_poll_max = "{'16s' if mode == 'listed-adaptive' else '0'}"
+{'inbox = true' if mode == 'inbox' else ''}
+""")
+        env = dict(os.environ, BENCH_KEY="x-bench-token", RUST_LOG="warn")
+        out = os.path.join(workdir, "out")
+        backfill = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))["requests"]
+        subprocess.run([binary, "sync", "--config", cfg], env=env, capture_output=True, check=True)
+        backfill = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))["requests"] - backfill
+        assert count_lines(out) == convs * msgs, "the initial sync wrote every message"
+        before_lines = count_lines(out)
+        daemon = subprocess.Popen([binary, "run", "--config", cfg], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        base = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        rng = random.Random(5)
+        added = 0
+        for _ in range(ticks):
+            for peer in rng.sample(peers, 2):
+                req = urllib.request.Request(f"http://{addr}/_sim/conversations/{peer}/messages",
+                                             data=b'{"count":1}', headers={"content-type": "application/json"})
+                urllib.request.urlopen(req).read()
+                added += 1
+            time.sleep(1.0)
+        stats = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        time.sleep(2.0)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait()
+        delivered = count_lines(out) - before_lines
+        reqs = stats["requests"] - base["requests"]
+        return {"inbox_bench": f"{convs}x{msgs}", "mode": mode, "ticks": ticks, "initial_sync_requests": backfill,
+                "requests": reqs, "requests_per_tick": round(reqs / ticks, 1), "new_messages": added,
+                "delivered": delivered}
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100x1000,1000x1000,10000x10")
@@ -318,6 +384,7 @@ def main():
     ap.add_argument("--baseline", default="")
     ap.add_argument("--steady", default="")
     ap.add_argument("--ticks", type=int, default=60)
+    ap.add_argument("--inbox", default="", help="X API v2 requests per tick, inbox vs listed, e.g. 100x20")
     ap.add_argument("--state-cache-mib", type=int, default=16, help="state_cache_bytes for the backfill runs")
     ap.add_argument("--compress", default="none", choices=["none", "zstd", "gzip"],
                     help="the pipeline's compress setting for the backfill runs")
@@ -347,6 +414,15 @@ def main():
             work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
             try:
                 print(json.dumps(steady(args.bin, convs, msgs, args.ticks, adaptive, work)))
+                sys.stdout.flush()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    for size in [x for x in args.inbox.split(",") if x]:
+        convs, msgs = (int(x) for x in size.lower().split("x"))
+        for mode in ("listed", "listed-adaptive", "inbox"):
+            work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
+            try:
+                print(json.dumps(inbox_bench(args.bin, convs, msgs, args.ticks, mode, work)))
                 sys.stdout.flush()
             finally:
                 shutil.rmtree(work, ignore_errors=True)

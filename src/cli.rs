@@ -64,6 +64,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print the JSON Schema (draft 2020-12) of every record kind.
     Schema,
+    /// Authorize an x-api-v2 pipeline with `oauth_client_id` once (OAuth 2.0 with PKCE): prints the URL to open,
+    /// waits for X's redirect on `oauth_redirect_uri`, and stores tokens that then renew themselves.
+    Auth(AuthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +74,20 @@ pub struct VerifyArgs {
     /// Only this pipeline (repeatable; default all).
     #[arg(long = "pipeline", value_name = "NAME")]
     pub pipelines: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// The x-api-v2 pipeline to authorize (default: the only one configured).
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// How long to wait for the browser's redirect.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub timeout: String,
+    /// Import a refresh token obtained elsewhere instead (`-`: standard input); it is exchanged once at once,
+    /// so a bad one fails here. Never pass a token on the command line.
+    #[arg(long, value_name = "PATH|-")]
+    pub refresh_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,8 @@
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
 //! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines;
 //!   compression and manifests of closed segments.
-//! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
+//! - [`state`]: the sled database (the only module that names sled), the state-directory lock, and the
+//!   owner-only OAuth token files.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
 //! - [`record`]: the normalized record schema, every record builder, exactly-once keys, provider times.
 //! - [`schema`]: the JSON Schema (draft 2020-12) of every record kind, kept beside the records and tested

@@ -17,14 +17,28 @@ pub fn report(cfg: &Config) -> Report {
         cfg.shutdown_timeout
     );
     for p in &cfg.pipelines {
-        let key = match p.api_key.read(&p.name, "API key") {
-            Ok(_) => "present".to_string(),
-            Err(_) => "MISSING: sync would fail until it is set".to_string(),
-        };
         let _ = writeln!(out, "pipeline {} ({}):", p.name, p.provider);
         let _ = writeln!(out, "  base_url      {}", p.base_url);
         let _ = writeln!(out, "  account       {}", p.account);
-        let _ = writeln!(out, "  api key       {} ({key})", p.api_key.describe());
+        if let Some(source) = &p.api_key {
+            let key = match source.read(&p.name, "API key") {
+                Ok(_) => "present".to_string(),
+                Err(_) => "MISSING: sync would fail until it is set".to_string(),
+            };
+            let _ = writeln!(out, "  api key       {} ({key})", source.describe());
+        }
+        if let Some(o) = &p.oauth {
+            out.push_str(&super::auth::check_lines(p, o));
+        }
+        if p.inbox {
+            let how = match p.provider {
+                crate::config::ProviderKind::GetXApi => {
+                    format!("conversations discovered from tabs {}", p.inbox_tabs.join(", "))
+                }
+                _ => "the account's whole event stream, every conversation".to_string(),
+            };
+            let _ = writeln!(out, "  inbox         {how}");
+        }
         let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();
         let _ = writeln!(out, "  conversations {} [{}]", convs.len(), convs.join(", "));
         let _ = writeln!(out, "  schedule      {}", p.schedule);

@@ -6,6 +6,7 @@
 //!
 //! Nothing here opens a state directory or a pipeline: that is the host's.
 
+pub mod auth;
 pub mod check;
 pub mod manage;
 pub mod send;

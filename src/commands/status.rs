@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::Report;
 use crate::config::{Config, ConversationRef};
 use crate::record::Conversation;
-use crate::state::Store;
+use crate::state::{Store, INBOX_STREAM};
 use crate::time::format_time;
 
 #[derive(serde::Serialize)]
@@ -20,6 +20,21 @@ struct StatusConv {
     last_sync: Option<String>,
     last_error: Option<String>,
     credits_total: u64,
+    /// Found by the whole-inbox sync rather than listed in `conversations`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    discovered: bool,
+}
+
+/// The whole-inbox sync of a pipeline (`inbox = true`).
+#[derive(serde::Serialize)]
+struct StatusInbox {
+    conversations_discovered: usize,
+    /// Records the X API v2 stream wrote, across conversations.
+    messages_written: u64,
+    newest_message_id: Option<String>,
+    backfill_done: bool,
+    last_sync: Option<String>,
+    last_error: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -32,6 +47,11 @@ struct StatusPipeline {
     max_credits_per_day: u64,
     /// Polling is paused until midnight UTC because the daily budget is spent.
     paused: bool,
+    /// OAuth 2.0 pipelines: when the access token expires and whether a refresh token is held (never a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oauth: Option<super::auth::TokenStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbox: Option<StatusInbox>,
     conversations: Vec<StatusConv>,
 }
 
@@ -61,8 +81,43 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
                 last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
                 last_error: st.last_error,
                 credits_total: st.credits_total,
+                discovered: false,
             });
         }
+        let inbox = if p.inbox {
+            let discovered = store.discovered(&p.name)?;
+            let stream = store.conversation(&p.name, INBOX_STREAM)?;
+            for d in &discovered {
+                let key = Conversation::from_conversation_id(&d.conversation_id, Some(&p.account)).key().to_string();
+                if convs.iter().any(|c| c.conversation == key) {
+                    continue;
+                }
+                let st = store.conversation(&p.name, &key)?;
+                convs.push(StatusConv {
+                    conversation: key,
+                    configured: format!("conv:{}", d.conversation_id),
+                    messages_written: st.messages_written,
+                    newest_message_id: st.newest_id,
+                    // A conversation only the stream reaches has the stream's backfill.
+                    backfill_done: if st.backfill_started { st.backfill_done } else { stream.backfill_done },
+                    last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+                    last_error: st.last_error,
+                    credits_total: st.credits_total,
+                    discovered: true,
+                });
+            }
+            let st = stream;
+            Some(StatusInbox {
+                conversations_discovered: discovered.len(),
+                messages_written: st.messages_written,
+                newest_message_id: st.newest_id,
+                backfill_done: st.backfill_done,
+                last_sync: st.last_sync_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+                last_error: st.last_error,
+            })
+        } else {
+            None
+        };
         let credits_today = store.credits_today(&p.name)?;
         doc.push(StatusPipeline {
             name: p.name.clone(),
@@ -71,6 +126,8 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
             credits_today,
             max_credits_per_day: p.max_credits_per_day,
             paused: p.max_credits_per_day > 0 && credits_today >= p.max_credits_per_day,
+            oauth: p.oauth.as_ref().map(super::auth::token_status),
+            inbox,
             conversations: convs,
         });
     }
@@ -85,6 +142,19 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
         let limit = if p.max_credits_per_day > 0 { format!(" of {}", p.max_credits_per_day) } else { String::new() };
         let paused = if p.paused { "  PAUSED: daily credit budget spent, resumes at 00:00 UTC" } else { "" };
         writeln!(out, "  credits today: {}{limit}{paused}", p.credits_today)?;
+        if let (Some(t), Some(pipe)) = (&p.oauth, cfg.pipelines.iter().find(|c| c.name == p.name)) {
+            writeln!(out, "  token: {}", super::auth::describe(pipe, t))?;
+        }
+        if let Some(i) = &p.inbox {
+            writeln!(
+                out,
+                "  inbox: {} conversations discovered; stream {} records, last sync {}{}",
+                i.conversations_discovered,
+                i.messages_written,
+                i.last_sync.as_deref().unwrap_or("never"),
+                i.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+            )?;
+        }
         writeln!(
             out,
             "  {:<22} {:>9} {:<20} {:<9} {:<24} {:>8}  last error",

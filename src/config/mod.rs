@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod oauth;
 mod raw;
 mod validate;
+
+pub use oauth::{loopback_callback, token_file, OAuthConfig, DEFAULT_SCOPES};
 
 use raw::RawConfig;
 
@@ -255,7 +258,9 @@ pub struct Pipeline {
     pub provider: ProviderKind,
     /// Without a trailing slash.
     pub base_url: String,
-    pub api_key: KeySource,
+    /// Where the API key (or X API v2 access token) is; None when the pipeline manages its own OAuth 2.0
+    /// tokens (`oauth`).
+    pub api_key: Option<KeySource>,
     /// GetXAPI's account `auth_token`; required there, refused elsewhere.
     pub auth_token: Option<KeySource>,
     pub account: String,
@@ -284,6 +289,22 @@ pub struct Pipeline {
     /// Conversations of this pipeline synced at once.
     pub concurrency: Concurrency,
     pub retry: RetryPolicy,
+    /// X API v2 user tokens that renew themselves (SPEC 8.1); None: a static key in `api_key`.
+    pub oauth: Option<OAuthConfig>,
+    /// Sync every conversation of the account, not only `conversations` (SPEC 8.2).
+    pub inbox: bool,
+    /// GetXAPI: the `dm/list` tabs the inbox walks (`["all"]` unless `inbox_tabs` says otherwise).
+    pub inbox_tabs: Vec<String>,
+}
+
+impl Pipeline {
+    /// The API key's source, or the error a command that needs one reports (a pipeline with `oauth` has
+    /// tokens instead).
+    pub fn key_source(&self) -> Result<&KeySource, ConfigError> {
+        self.api_key.as_ref().ok_or_else(|| {
+            ConfigError(format!("pipeline `{}`: no api_key_env or api_key_file is set; set one", self.name))
+        })
+    }
 }
 
 /// Reads and validates a config file. Relative paths inside it are taken from the file's folder.

@@ -74,6 +74,17 @@ pub(super) struct RawPipeline {
     pub(super) retry_base: String,
     #[serde(default = "default_retry_max")]
     pub(super) retry_max: String,
+    // SPEC 8.1 and 8.2 (validated in `oauth.rs`).
+    pub(super) oauth_client_id: Option<String>,
+    pub(super) oauth_client_secret_env: Option<String>,
+    pub(super) oauth_client_secret_file: Option<PathBuf>,
+    pub(super) oauth_redirect_uri: Option<String>,
+    pub(super) oauth_authorize_url: Option<String>,
+    pub(super) oauth_token_url: Option<String>,
+    pub(super) oauth_scopes: Option<String>,
+    #[serde(default)]
+    pub(super) inbox: bool,
+    pub(super) inbox_tabs: Option<Vec<String>>,
 }
 
 fn default_state_dir() -> PathBuf {

@@ -38,7 +38,7 @@ fn every_key_the_annotated_file_documents_is_a_real_key() {
             body.split_once(" = ").map(|(k, _)| k).filter(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         match key {
             // Alternatives to api_key_env: a pipeline takes one.
-            Some("api_key_file" | "auth_token_env") => text.push_str(line),
+            Some("api_key_file" | "auth_token_env" | "oauth_client_secret_file") => text.push_str(line),
             Some(k) if !k.is_empty() => {
                 documented += 1;
                 text.push_str(body);
@@ -59,7 +59,7 @@ fn minimal_spec_form_is_accepted_with_paths_from_the_config_folder() {
     assert_eq!(cfg.state_dir, PathBuf::from("/etc/dm/state"));
     let p = &cfg.pipelines[0];
     assert_eq!(p.output_dir, PathBuf::from("/etc/dm/out/support"));
-    assert_eq!(p.api_key, KeySource::Env("XQUIK_API_KEY".into()));
+    assert_eq!(p.api_key, Some(KeySource::Env("XQUIK_API_KEY".into())));
     assert_eq!(
         p.conversations,
         vec![ConversationRef::Peer("44196397".into()), ConversationRef::Peer("1234567890".into())]

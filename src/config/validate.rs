@@ -42,6 +42,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             "config {file}: no [[pipelines]] defined; add at least one (see the annotated pipelines.toml)"
         ));
     }
+    let state_dir = resolve(&raw.state_dir);
     let mut names = BTreeSet::new();
     let mut outputs = BTreeSet::new();
     let mut pipelines = Vec::new();
@@ -69,7 +70,24 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
                 ))
             }
         }
+        let raw_oauth = super::oauth::RawOAuth {
+            client_id: rp.oauth_client_id,
+            client_secret_env: rp.oauth_client_secret_env,
+            client_secret_file: rp.oauth_client_secret_file,
+            redirect_uri: rp.oauth_redirect_uri,
+            authorize_url: rp.oauth_authorize_url,
+            token_url: rp.oauth_token_url,
+            scopes: rp.oauth_scopes,
+        };
+        let oauth = super::oauth::validate(raw_oauth, provider, &name, &state_dir, &at, |p| key_file(p, base))?;
+        let inbox_tabs = super::oauth::inbox(provider, rp.inbox, rp.inbox_tabs, &at)?;
         let api_key = match (rp.api_key_env, rp.api_key_file) {
+            (Some(_), _) | (_, Some(_)) if oauth.is_some() => {
+                return err(format!(
+                    "{at}: with oauth_client_id the pipeline manages its own tokens; remove api_key_env / api_key_file"
+                ));
+            }
+            (None, None) if oauth.is_some() => None,
             (Some(_), Some(_)) => {
                 return err(format!("{at}: set api_key_env or api_key_file, not both"));
             }
@@ -78,14 +96,19 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
                     "{at}: api_key_env holds what looks like a key; put the key in an environment variable and name the variable here (like XQUIK_API_KEY)"
                 ))
             }
-            (Some(v), None) if is_env_name(&v) => KeySource::Env(v),
+            (Some(v), None) if is_env_name(&v) => Some(KeySource::Env(v)),
             (Some(v), None) => {
                 return err(format!("{at}: api_key_env must name an environment variable (like XQUIK_API_KEY), not `{v}`"))
             }
-            (None, Some(p)) => KeySource::File(key_file(p, base)),
+            (None, Some(p)) => Some(KeySource::File(key_file(p, base))),
             (None, None) => {
                 return err(format!(
-                    "{at}: missing key `api_key_env`; name the environment variable that holds the API key"
+                    "{at}: missing key `api_key_env`; name the environment variable that holds the API key{}",
+                    if provider == ProviderKind::XApiV2 {
+                        " (or set oauth_client_id to let the pipeline manage its own tokens)"
+                    } else {
+                        ""
+                    }
                 ))
             }
         };
@@ -202,11 +225,14 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             redact_text: rp.redact_text,
             concurrency,
             retry,
+            oauth,
+            inbox: rp.inbox,
+            inbox_tabs,
         });
     }
     Ok(Config {
         path: path.to_path_buf(),
-        state_dir: resolve(&raw.state_dir),
+        state_dir,
         state_cache_bytes: raw.state_cache_bytes,
         seen_window: raw.seen_window,
         max_concurrency: raw.max_concurrency,
@@ -233,7 +259,7 @@ fn looks_like_secret(v: &str) -> bool {
     v.starts_with("xq_") || v.starts_with("get-x-api") || v.len() > 40
 }
 
-fn is_env_name(n: &str) -> bool {
+pub(super) fn is_env_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
         && !n.starts_with(|c: char| c.is_ascii_digit())

@@ -46,6 +46,13 @@ impl PollPlan {
         }
     }
 
+    /// The conversations a scheduled run at `now` leaves out: every known one that is not [`PollPlan::due`].
+    pub fn quiet(&self, now: Instant, tick: Duration) -> Vec<String> {
+        let mut quiet: Vec<String> = self.entries.keys().filter(|c| !self.due(c, now, tick)).cloned().collect();
+        quiet.sort();
+        quiet
+    }
+
     /// Records a finished poll: `new_records` > 0 snaps the conversation back to every tick; otherwise its
     /// interval doubles: after k quiet polls in a row the next poll is 2^(k−1) ticks later, capped at `max`.
     pub fn record(&mut self, conv: &str, now: Instant, tick: Duration, new_records: u64) {
@@ -159,6 +166,21 @@ mod tests {
         let mut plan = PollPlan::new(Duration::ZERO);
         let polled = simulate(&mut plan, 10, |_, _| 0).await;
         assert!(polled.iter().all(|p| p.len() == 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_lists_the_known_conversations_that_are_not_due_sorted() {
+        let mut plan = PollPlan::new(Duration::from_secs(3600));
+        let now = Instant::now();
+        for c in ["inbox", "conv:1-2", "busy"] {
+            plan.record(c, now, TICK, u64::from(c == "busy"));
+        }
+        plan.record("inbox", now, TICK, 0);
+        // One tick later: "conv:1-2" (one quiet poll) is due again, "inbox" (two) is not; "busy" is due.
+        let later = now + TICK;
+        assert_eq!(plan.quiet(later, TICK), vec!["inbox".to_string()]);
+        assert!(plan.quiet(later, TICK).iter().all(|c| !plan.due(c, later, TICK)));
+        assert!(plan.due("never-seen", later, TICK), "unknown conversations are never quiet");
     }
 
     #[test]

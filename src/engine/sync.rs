@@ -24,6 +24,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod inbox;
+
+pub use inbox::INBOX_NAME;
+
 use super::pace::Answer;
 use super::poll::{Budget, Spent};
 use super::{OpenPipeline, UserError};
@@ -48,8 +52,12 @@ pub struct RunOptions {
     pub max_pages: Option<u64>,
     /// Stop backfill of a conversation once a page reaches messages older than this.
     pub since: Option<SystemTime>,
-    /// Only these conversations (as configured, or as resolved IDs); empty = all.
+    /// Only these conversations (as configured, or as resolved IDs); empty = all. A run that names
+    /// conversations leaves the inbox out.
     pub only: Vec<String>,
+    /// Conversations (as configured, `conv:<id>` for discovered ones, [`INBOX_NAME`] for the inbox) that
+    /// adaptive polling leaves out of this run; conversations not named here, new ones included, are polled.
+    pub quiet: Vec<String>,
     /// Set to the current Unix ms before every request and after every commit: the daemon's watchdog
     /// pings systemd only while runs keep making progress.
     pub heartbeat: Option<Arc<AtomicU64>>,
@@ -169,8 +177,22 @@ pub async fn sync_pipeline(
             ..Default::default()
         }),
     };
-    for conv in pipe.config.conversations.clone() {
-        if !shared.opts.only.is_empty() && !shared.opts.only.iter().any(|o| o == &conv.to_string()) {
+    let mut conversations = pipe.config.conversations.clone();
+    if pipe.config.inbox {
+        // First and alone: it also updates the counters of conversations the passes below write.
+        let g = global.clone().acquire_owned().await.ok();
+        let run = inbox::run(&pipe, &shared).await;
+        drop(g);
+        reports.extend(run.report);
+        conversations.extend(run.extra);
+    }
+    let quiet: HashSet<&str> = shared.opts.quiet.iter().map(String::as_str).collect();
+    for conv in conversations {
+        let name = conv.to_string();
+        if !shared.opts.only.is_empty() && !shared.opts.only.contains(&name) {
+            continue;
+        }
+        if quiet.contains(name.as_str()) {
             continue;
         }
         // Take the permits before spawning, so a pipeline of 10,000 conversations holds as many tasks as may run

@@ -222,20 +222,19 @@ impl Daemon {
         let now = Instant::now();
         let tick = slot.last_tick.lock().ok().and_then(|mut t| t.replace(now)).map(|t| now - t).unwrap_or_default();
         let all: Vec<String> = slot.pipe.config.conversations.iter().map(|c| c.to_string()).collect();
-        let due: Vec<String> = match slot.plan.lock() {
-            Ok(plan) => all.iter().filter(|c| plan.due(c, now, tick)).cloned().collect(),
-            Err(_) => all.clone(),
-        };
-        if due.is_empty() {
+        let quiet: Vec<String> = slot.plan.lock().map(|plan| plan.quiet(now, tick)).unwrap_or_default();
+        // `quiet` is sorted.
+        let due = all.iter().filter(|c| quiet.binary_search(c).is_err()).count();
+        // An inbox pipeline runs every tick: its inbox and the conversations it found are polled (or left out
+        // as quiet) inside the run.
+        if due == 0 && !slot.pipe.config.inbox {
             tracing::debug!(pipeline = %name, "every conversation is quiet; nothing due this tick");
             return;
         }
-        tracing::debug!(pipeline = %name, due = due.len(), of = all.len(), "tick");
-        // An empty filter means every conversation.
-        let only = if due.len() == all.len() { Vec::new() } else { due };
+        tracing::debug!(pipeline = %name, due, of = all.len(), quiet = quiet.len(), "tick");
         let d = self.clone();
         self.spawn(async move {
-            let report = d.run_slot(&slot, RunOptions::sync(only)).await;
+            let report = d.run_slot(&slot, RunOptions { quiet, ..RunOptions::sync(Vec::new()) }).await;
             if let Ok(mut plan) = slot.plan.lock() {
                 for c in &report.conversations {
                     match (&c.error, &c.budget) {

@@ -6,6 +6,7 @@
 //! records land in the same files), else it is run here against pipelines opened for it. Either way the
 //! text comes from the command layer's renderers, so the output is the same.
 
+mod auth;
 pub mod control;
 pub mod daemon;
 mod demo;
@@ -46,6 +47,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         // Files only, no lock: it may run beside the daemon, so it is never forwarded.
         Command::Verify(args) => return Ok(commands::verify::report(&cfg()?, &args.pipelines)?.print()),
         Command::Schema => return Ok(Report { stdout: crate::schema::text(), ..Report::default() }.print()),
+        Command::Auth(args) => return auth::run(&cfg()?, commands::auth::prepare(&args)?).await,
         Command::Sync(args) => commands::sync::sync_request(args),
         Command::Backfill(args) => commands::sync::backfill_request(args),
         Command::Status(args) => Request::Status { json: args.json },

@@ -18,6 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod inbox;
+
+pub use inbox::LIST;
+
 use super::util::{http_client, Id};
 use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
 use crate::config::Pipeline;
@@ -176,7 +180,8 @@ impl GetXApi {
         // The docs show `data.id`; the MCP server describes `message_id`. Either is the DM's ID.
         let d = b.data.unwrap_or_default();
         match d.id.or(d.message_id).or(b.message_id) {
-            Some(id) if is_safe_id(&id.0) => Ok(WriteState::Done(WriteDone { id: id.0, url: None, at: d.created_at })),
+            // `createdAt` is when X dated the message, not when we sent it: the record's `sent_at` is ours.
+            Some(id) if is_safe_id(&id.0) => Ok(WriteState::Done(WriteDone { id: id.0, url: None, at: None })),
             _ => Err(ProviderError::malformed(SEND_DM, "a send answer without a message ID")),
         }
     }
@@ -340,8 +345,6 @@ struct SendData {
     id: Option<Id>,
     #[serde(default, alias = "messageId")]
     message_id: Option<Id>,
-    #[serde(default, rename = "createdAt", alias = "created_at")]
-    created_at: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod error;
 pub mod getxapi;
+pub mod oauth;
 mod retry;
 pub mod util;
 pub mod x_api_v2;
@@ -50,7 +51,13 @@ pub struct User {
 pub fn secrets_digest(p: &Pipeline) -> Result<u64, crate::config::ConfigError> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.api_key.read(&p.name, "API key")?.hash(&mut h);
+    if let Some(key) = &p.api_key {
+        key.read(&p.name, "API key")?.hash(&mut h);
+    }
+    // OAuth tokens are not part of it: they change with every renewal, which must not restart the pipeline.
+    if let Some(secret) = p.oauth.as_ref().and_then(|o| o.client_secret.as_ref()) {
+        secret.read(&p.name, "OAuth client secret")?.hash(&mut h);
+    }
     if let Some(token) = &p.auth_token {
         token.read(&p.name, "auth_token")?.hash(&mut h);
     }
@@ -69,15 +76,21 @@ impl Client {
     pub fn new(p: &Pipeline) -> Result<Client, crate::config::ConfigError> {
         match p.provider {
             ProviderKind::Xquik => {
-                let key = p.api_key.read(&p.name, "API key")?;
+                let key = p.key_source()?.read(&p.name, "API key")?;
                 Ok(Client::Xquik(xquik::Xquik::new(p, &key)?))
             }
-            ProviderKind::XApiV2 => {
-                let token = p.api_key.read(&p.name, "access token")?;
-                Ok(Client::XApiV2(x_api_v2::XApiV2::new(p, &token)?))
-            }
+            ProviderKind::XApiV2 => match &p.oauth {
+                Some(cfg) => {
+                    let tokens = oauth::TokenSource::open(p, cfg)?;
+                    Ok(Client::XApiV2(x_api_v2::XApiV2::with_tokens(p, tokens)?))
+                }
+                None => {
+                    let token = p.key_source()?.read(&p.name, "access token")?;
+                    Ok(Client::XApiV2(x_api_v2::XApiV2::new(p, &token)?))
+                }
+            },
             ProviderKind::GetXApi => {
-                let key = p.api_key.read(&p.name, "API key")?;
+                let key = p.key_source()?.read(&p.name, "API key")?;
                 let source = p.auth_token.as_ref().ok_or_else(|| {
                     crate::config::ConfigError(format!("pipeline `{}`: provider getxapi needs auth_token_env", p.name))
                 })?;
@@ -133,6 +146,77 @@ impl Client {
             Client::GetXApi(c) => Some(c.account()),
         }
     }
+}
+
+/// How a provider reaches every conversation of the account (`inbox = true`, SPEC 8.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboxRoute {
+    /// One stream of every conversation's events, newest first ([`Client::inbox_stream`]; X API v2).
+    Stream,
+    /// A list of the account's conversations, each then read like a listed one
+    /// ([`Client::list_conversations`]; GetXAPI).
+    Discovery,
+    /// No inbox route (Xquik; the config refuses `inbox = true` there).
+    None,
+}
+
+/// One page of an inbox stream: each item with the conversation it belongs to, normalized as the
+/// per-conversation route would normalize it.
+#[derive(Clone, Debug, Default)]
+pub struct InboxPage {
+    pub items: Vec<(Conversation, Item)>,
+    /// The next (older) page's cursor, exactly as received; None at the end.
+    pub next_cursor: Option<String>,
+    pub credits: u64,
+}
+
+/// One page of the account's conversations, by provider conversation ID.
+#[derive(Clone, Debug, Default)]
+pub struct ConversationList {
+    pub conversation_ids: Vec<String>,
+    pub next_cursor: Option<String>,
+    pub credits: u64,
+}
+
+/// The whole-inbox routes (no retries; wrap in [`with_retry`]).
+impl Client {
+    /// Which inbox route the provider has.
+    pub fn inbox_route(&self) -> InboxRoute {
+        match self {
+            Client::Xquik(_) => InboxRoute::None,
+            Client::XApiV2(_) => InboxRoute::Stream,
+            Client::GetXApi(_) => InboxRoute::Discovery,
+        }
+    }
+
+    /// The route template of the inbox route, for records (a stream's `source_endpoint`) and reports.
+    pub fn inbox_endpoint(&self) -> &'static str {
+        match self {
+            Client::Xquik(_) => "(no inbox route)",
+            Client::XApiV2(_) => x_api_v2::INBOX,
+            Client::GetXApi(_) => getxapi::LIST,
+        }
+    }
+
+    /// One page of the account's whole event stream, newest first.
+    pub async fn inbox_stream(&self, cursor: Option<&str>) -> Result<InboxPage, ProviderError> {
+        match self {
+            Client::XApiV2(c) => c.inbox(cursor).await,
+            _ => Err(no_inbox(self.inbox_endpoint())),
+        }
+    }
+
+    /// One page of a tab (`all`, `requests`, `hidden`) of the account's conversations.
+    pub async fn list_conversations(&self, tab: &str, cursor: Option<&str>) -> Result<ConversationList, ProviderError> {
+        match self {
+            Client::GetXApi(c) => c.list_conversations(tab, cursor).await,
+            _ => Err(no_inbox(self.inbox_endpoint())),
+        }
+    }
+}
+
+fn no_inbox(endpoint: &'static str) -> ProviderError {
+    ProviderError::new(ErrorClass::Fatal, endpoint, None, "unsupported", "this provider has no such inbox route")
 }
 
 /// What a write (a DM send or a media upload) has come to, as far as the provider says.

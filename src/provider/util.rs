@@ -62,7 +62,7 @@ pub fn secret_headers(
         crate::config::ConfigError(format!(
             "pipeline `{}`: the {what} in {} has characters an HTTP header cannot carry; check it",
             p.name,
-            p.api_key.describe()
+            p.api_key.as_ref().map(|k| k.describe()).unwrap_or_else(|| "the token file".into())
         ))
     })?;
     v.set_sensitive(true);

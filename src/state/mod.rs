@@ -12,6 +12,7 @@
 //! | `u`    | provider, username                     | a resolved `@username` → user ID |
 //! | `x`    | pipeline, idempotency key              | a send-ledger entry (outbound sends) |
 //! | `d`    | pipeline                               | [`DayCredits`]: credits spent this UTC day, for the daily budget |
+//! | `i`    | pipeline, conversation ID              | [`Discovered`]: a conversation the whole-inbox sync found |
 //! | `v`    |                                        | the layout version, [`FORMAT`] |
 //!
 //! Key parts are joined with a NUL byte, which no part can contain (names and IDs are validated). A numeric
@@ -45,8 +46,12 @@ use serde::{Deserialize, Serialize};
 use crate::record::{Key, Kind};
 use crate::sink::CommitPoint;
 
+mod inbox;
 mod keys;
+pub mod tokens;
 mod upgrade;
+
+pub use inbox::{Discovered, INBOX_STREAM};
 
 pub use keys::numeric_id;
 use keys::{is_history, key, padded, padded_id, seen_key, HISTORY_KINDS};

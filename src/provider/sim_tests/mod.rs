@@ -1,6 +1,7 @@
 //! The adapters against the built-in simulator (`dm-handoff-simulator`) on loopback.
 
 mod getxapi;
+mod oauth;
 mod x_api_v2;
 
 use dm_handoff_simulator::{SimHandle, Simulator};

@@ -26,9 +26,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
+mod auth;
 mod errors;
+mod inbox;
 mod limits;
 mod wire;
+
+use auth::Auth;
+pub use inbox::INBOX;
 
 use errors::UNKNOWN_FIELD;
 use limits::{Bucket, Limits};
@@ -71,6 +76,8 @@ static RETENTION_NOTE: Once = Once::new();
 /// A configured X API v2 client for one pipeline (one user token).
 pub struct XApiV2 {
     http: reqwest::Client,
+    /// Where each request's bearer token comes from: a fixed key, or OAuth tokens that renew themselves.
+    auth: Auth,
     /// Without a trailing slash, e.g. `https://api.x.com`.
     base: String,
     /// The authenticated user's numeric ID (config `account`): decides direction and the peer of a 1:1.
@@ -83,12 +90,27 @@ pub struct XApiV2 {
 }
 
 impl XApiV2 {
+    /// A client that sends a fixed access token (`api_key_env` / `api_key_file`).
     pub fn new(p: &Pipeline, token: &str) -> Result<XApiV2, crate::config::ConfigError> {
         let bearer = format!("Bearer {token}");
         let headers =
             crate::provider::util::secret_headers(p, reqwest::header::AUTHORIZATION, &bearer, "access token")?;
+        let header = headers.get(reqwest::header::AUTHORIZATION).cloned();
+        XApiV2::build(p, Auth::Static(header))
+    }
+
+    /// A client whose access token comes from `tokens` and renews itself (`oauth_client_id`, SPEC 8.1).
+    pub fn with_tokens(
+        p: &Pipeline,
+        tokens: crate::provider::oauth::TokenSource,
+    ) -> Result<XApiV2, crate::config::ConfigError> {
+        XApiV2::build(p, Auth::OAuth(Box::new(tokens)))
+    }
+
+    fn build(p: &Pipeline, auth: Auth) -> Result<XApiV2, crate::config::ConfigError> {
         Ok(XApiV2 {
-            http: http_client(p, headers)?,
+            http: http_client(p, reqwest::header::HeaderMap::new())?,
+            auth,
             base: p.base_url.clone(),
             account: p.account.clone(),
             limits: Box::default(),
@@ -143,15 +165,18 @@ impl XApiV2 {
             let reduced = self.reduced_fields.load(Ordering::Relaxed);
             let (fields, expansions) =
                 if reduced { (REDUCED_FIELDS, REDUCED_EXPANSIONS) } else { (FIELDS, EXPANSIONS) };
-            let mut req = self.http.get(url).query(query).query(&[
-                ("dm_event.fields", fields),
-                ("expansions", expansions),
-                ("media.fields", MEDIA_FIELDS),
-            ]);
-            if let Some(c) = cursor {
-                req = req.query(&[c]);
-            }
-            match self.limits.exchange(Bucket::DmRead, endpoint, req).await {
+            let build = || {
+                let req = self.http.get(url).query(query).query(&[
+                    ("dm_event.fields", fields),
+                    ("expansions", expansions),
+                    ("media.fields", MEDIA_FIELDS),
+                ]);
+                match cursor {
+                    Some(c) => req.query(&[c]),
+                    None => req,
+                }
+            };
+            match self.call(Bucket::DmRead, endpoint, build).await {
                 Err(e) if e.code == UNKNOWN_FIELD && !reduced => {
                     self.reduced_fields.store(true, Ordering::Relaxed);
                     FIELDS_WARNING.call_once(|| {
@@ -220,7 +245,7 @@ impl XApiV2 {
                 "not a valid username",
             ));
         };
-        let body = self.limits.exchange(Bucket::Users, endpoint, self.http.get(url)).await?;
+        let body = self.call(Bucket::Users, endpoint, || self.http.get(&url)).await?;
         let b: DataBody<WireUser> = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(endpoint, &e))?;
         match b.data {
             Some(u) if is_safe_id(&u.id.0) => Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: None }),
@@ -260,7 +285,7 @@ impl XApiV2 {
     pub async fn delete_event(&self, event_id: &str) -> Result<(), ProviderError> {
         check_numeric(DELETE_EVENT, event_id)?;
         let url = format!("{}/2/dm_events/{event_id}", self.base);
-        let body = self.limits.exchange(Bucket::Delete, DELETE_EVENT, self.http.delete(url)).await?;
+        let body = self.call(Bucket::Delete, DELETE_EVENT, || self.http.delete(&url)).await?;
         // The spec says 200 `{"data":{"deleted":true}}`; generic docs say 204 with no body. Both are success.
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
@@ -339,7 +364,7 @@ impl XApiV2 {
         url: String,
         body: serde_json::Value,
     ) -> Result<Sent, ProviderError> {
-        let answer = self.limits.exchange(Bucket::DmWrite, endpoint, self.http.post(url).json(&body)).await?;
+        let answer = self.call(Bucket::DmWrite, endpoint, || self.http.post(&url).json(&body)).await?;
         let b: DataBody<WireSent> =
             serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(endpoint, &e))?;
         match b.data {
@@ -373,10 +398,18 @@ impl XApiV2 {
                 "X API v2 uploads the file itself; download the media and give its path",
             ));
         };
-        let part = crate::provider::util::file_part(UPLOAD_MEDIA, name, mime, bytes)?;
-        let form = reqwest::multipart::Form::new().text("media_category", media_category(mime)).part("media", part);
+        // Checked once up front; the form is built again for a request sent once more after a 401.
+        crate::provider::util::file_part(UPLOAD_MEDIA, name, mime, &[])?;
         let url = format!("{}/2/media/upload", self.base);
-        let body = self.limits.exchange(Bucket::Media, UPLOAD_MEDIA, self.http.post(url).multipart(form)).await?;
+        let build = || {
+            let form = reqwest::multipart::Form::new().text("media_category", media_category(mime));
+            match crate::provider::util::file_part(UPLOAD_MEDIA, name, mime, bytes) {
+                Ok(part) => self.http.post(&url).multipart(form.part("media", part)),
+                // Not reached (checked above); an empty request would be refused by X, not sent wrong.
+                Err(_) => self.http.post(&url),
+            }
+        };
+        let body = self.call(Bucket::Media, UPLOAD_MEDIA, build).await?;
         media_state(UPLOAD_MEDIA, &body)
     }
 
@@ -394,8 +427,8 @@ impl XApiV2 {
         }
         check_numeric(MEDIA_STATUS, action)?;
         let url = format!("{}/2/media/upload", self.base);
-        let req = self.http.get(url).query(&[("command", "STATUS"), ("media_id", action)]);
-        let body = self.limits.exchange(Bucket::Media, MEDIA_STATUS, req).await?;
+        let build = || self.http.get(&url).query(&[("command", "STATUS"), ("media_id", action)]);
+        let body = self.call(Bucket::Media, MEDIA_STATUS, build).await?;
         media_state(MEDIA_STATUS, &body)
     }
 }
