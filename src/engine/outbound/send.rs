@@ -134,8 +134,8 @@ async fn deliver(
     tracing::info!(pipeline = %p.name, recipient, idempotency_key = %key, media_id = ?entry.media_id, "sending DM");
     let dm = Dm { to: recipient, text: &job.text, media_id: entry.media_id.as_deref(), idempotency_key: key };
     let done = write(&pipe.client, p, ctx, WriteKind::DirectMessage, credits, || pipe.client.send_dm(&dm))
-    .await
-    .map_err(fail)?;
+        .await
+        .map_err(fail)?;
     #[cfg(debug_assertions)]
     if std::env::var_os(super::CRASH_AFTER_SEND_ENV).is_some_and(|v| v == "1") {
         // Test-only (see CRASH_AFTER_SEND_ENV): the provider has answered; nothing of it is written yet.
