@@ -7,6 +7,11 @@
 //! write, one fsync and one sled flush, so many conversations cost one fsync, not one each. A caller is
 //! answered only after its batch is durable.
 //!
+//! The metrics that say what was delivered move here too, and only here: after a group's state commit has
+//! succeeded, the writer adds its records by kind, its credits and the segments it closed, and sets the
+//! freshness gauges from the [`Freshness`] it committed. A failed group moves nothing, so a metric never
+//! counts a record the files and the state do not both hold.
+//!
 //! Recovery lives here too: opening a sink hands back the lines that reached the disk after the last
 //! commit, and [`reconcile`] folds their keys into the seen set before anything new is written. After
 //! any write or commit error the sink is dropped and reopened on the next batch, so a partial failure
@@ -18,9 +23,10 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{id_cmp, key_of_line, Kind};
-use crate::sink::{Sink, SinkConfig};
-use crate::state::{Commit, ConvState, Store};
+use crate::metrics::PipelineMetrics;
+use crate::record::{id_cmp, kind_of_line, Kind, Record};
+use crate::sink::{CommitPoint, Sink, SinkConfig};
+use crate::state::{Commit, ConvState, Freshness, Store};
 
 /// Held by a writer while it appends and commits, and by [`exit_now`]: an immediate exit (second
 /// Ctrl-C) waits for the append in progress, so even then no line is left torn.
@@ -77,7 +83,12 @@ pub struct Handoff {
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
     pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
-        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None };
+        let freshness = store.freshness(pipeline).map_err(|e| HandoffError(e.to_string()))?;
+        let metrics = crate::metrics::global().pipeline(pipeline);
+        // The gauges start from what the state remembers, so a restarted daemon does not look stale.
+        show_freshness(&metrics, &freshness);
+        let mut writer =
+            Writer { store, pipeline: pipeline.to_string(), cfg, sink: None, metrics, freshness, committed_seq: None };
         let recovery = writer.ensure_open()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -125,6 +136,12 @@ struct Writer {
     cfg: SinkConfig,
     /// None after a failure: the next batch reopens it, which reconciles anything left uncommitted.
     sink: Option<Sink>,
+    metrics: PipelineMetrics,
+    /// The pipeline's freshness as committed (the gauges show it).
+    freshness: Freshness,
+    /// The sink generation of the last commit: a later commit's generation minus this is the number of
+    /// segments it closed. None until the first commit of this writer.
+    committed_seq: Option<u64>,
 }
 
 impl Writer {
@@ -196,7 +213,43 @@ impl Writer {
             self.reopen_after_failure();
             return Err(HandoffError(e.to_string()));
         }
+        self.delivered(&lines, &commit, point);
         Ok(())
+    }
+
+    /// Moves the metrics by what a successful commit made durable: per group, not per line, apart from
+    /// reading each line's kind from its first bytes.
+    fn delivered(&mut self, lines: &[String], commit: &Commit, point: CommitPoint) {
+        // A group holds a kind or two; a short list beats a map.
+        let mut kinds: Vec<(&str, u64)> = Vec::new();
+        for line in lines {
+            let kind = kind_of_line(line);
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        for (kind, n) in kinds {
+            self.metrics.records(kind, n);
+        }
+        let mine = |p: &String| *p == self.pipeline;
+        self.metrics.credits(commit.credits.iter().filter(|(p, _)| mine(p)).map(|(_, n)| n).sum());
+        self.committed(commit, point);
+    }
+
+    /// What every successful commit of this writer, recovery's included, moves: segments closed since the
+    /// previous commit, and the freshness gauges.
+    fn committed(&mut self, commit: &Commit, point: CommitPoint) {
+        if let Some(before) = self.committed_seq.replace(point.seq) {
+            self.metrics.segments_closed(point.seq.saturating_sub(before));
+        }
+        let before = self.freshness.clone();
+        for (_, f) in commit.freshness.iter().filter(|(p, _)| *p == self.pipeline) {
+            self.freshness.merge(f);
+        }
+        if self.freshness != before {
+            show_freshness(&self.metrics, &self.freshness);
+        }
     }
 
     /// Drops the sink and reopens it at once, reconciling whatever the failed group left on disk, so the
@@ -228,10 +281,22 @@ impl Writer {
                 "recovered output left by an interrupted run"
             );
         }
-        commit.sink_points.push((self.pipeline.clone(), sink.position()));
+        let point = sink.position();
+        commit.sink_points.push((self.pipeline.clone(), point));
         self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
+        self.committed(&commit, point);
         self.sink = Some(sink);
         Ok(recovery)
+    }
+}
+
+/// Sets the freshness gauges from the state's facts (a fact not known yet leaves its gauge absent).
+fn show_freshness(metrics: &PipelineMetrics, f: &Freshness) {
+    if let Some(ms) = f.last_success_ms {
+        metrics.last_run_success(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    }
+    if let Some(at) = f.newest_created_at.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok()) {
+        metrics.newest_record_created(at);
     }
 }
 
@@ -240,8 +305,10 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
     let mut commit = Commit::default();
     let mut fresh = HashSet::new();
     let mut convs: BTreeMap<String, ConvState> = BTreeMap::new();
+    let mut newest_created: Option<String> = None;
     for line in lines {
-        let Some(key) = key_of_line(line) else {
+        let record = serde_json::from_str::<Record>(line).ok();
+        let Some(key) = record.as_ref().and_then(Record::key) else {
             tracing::warn!(pipeline, "a recovered line is not a dm-handoff record; left as it is");
             continue;
         };
@@ -249,6 +316,11 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
             continue;
         }
         if matches!(key.kind, Kind::DmMessage | Kind::DmEvent) {
+            // The line is in the files now, so it counts for the freshness `status` and the metrics show.
+            let created = record.and_then(|r| r.created_at);
+            if created > newest_created {
+                newest_created = created;
+            }
             let st = match convs.get_mut(&key.conversation) {
                 Some(st) => st,
                 None => {
@@ -264,5 +336,10 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
         commit.seen.push((pipeline.to_string(), key));
     }
     commit.conversations = convs.into_iter().map(|(c, st)| (pipeline.to_string(), c, st)).collect();
+    if newest_created.is_some() {
+        commit
+            .freshness
+            .push((pipeline.to_string(), Freshness { newest_created_at: newest_created, ..Freshness::default() }));
+    }
     Ok(commit)
 }

@@ -227,6 +227,8 @@ impl fmt::Display for ConversationRef {
 /// Retry and timeout policy toward a provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// The pipeline whose requests these are: `provider::with_retry` counts its retries under this name.
+    pub pipeline: String,
     /// One request's whole time, connect to last byte.
     pub request_timeout: Duration,
     /// Attempts after the first, for transient failures only.

@@ -169,6 +169,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             return err(format!("{at}: concurrency must be at least 1"));
         }
         let retry = RetryPolicy {
+            pipeline: name.clone(),
             request_timeout: parse_duration("request_timeout", &rp.request_timeout, &at)?,
             max_retries: rp.max_retries,
             base: parse_duration("retry_base", &rp.retry_base, &at)?,
