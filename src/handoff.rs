@@ -343,3 +343,80 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
     }
     Ok(commit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StoreOptions;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The metrics move by what a commit delivered, and the freshness gauges come back from the state when
+    /// the pipeline is opened again (a restarted daemon).
+    #[tokio::test]
+    async fn a_commit_moves_the_metrics_and_a_reopen_restores_the_freshness_gauges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state"), StoreOptions::default()).unwrap());
+        let pipeline = "handoff-metrics-test";
+        let cfg = SinkConfig {
+            dir: dir.path().join("out"),
+            file_name: "xquik-dm-handoff.jsonl".into(),
+            rotate_max_bytes: 1024,
+            rotate_max_age: None,
+        };
+        let line = |kind: Kind, id: u32| {
+            let r = Record {
+                kind: Some(kind),
+                pipeline: pipeline.into(),
+                conversation_user_id: Some("44196397".into()),
+                message_id: Some(format!("1893456789012{id:06}")),
+                text: Some("x".repeat(300)),
+                ..Record::default()
+            };
+            r.to_line()
+        };
+        let (handoff, _) = Handoff::open(store.clone(), pipeline, cfg.clone()).unwrap();
+        let fresh = |at: &str, ok: Option<u64>| {
+            vec![(pipeline.to_string(), Freshness { newest_created_at: Some(at.into()), last_success_ms: ok })]
+        };
+        let batch = Batch {
+            lines: (0..6).map(|i| line(Kind::DmMessage, i)).chain([line(Kind::DmSend, 99)]).collect(),
+            commit: Commit {
+                credits: vec![(pipeline.to_string(), 6)],
+                freshness: fresh("2026-02-24T10:00:00.500Z", Some(1_771_927_300_000)),
+                ..Commit::default()
+            },
+        };
+        handoff.write(batch).await.unwrap();
+        // An older created_at never moves the gauge back.
+        let commit = Commit { freshness: fresh("2020-01-01T00:00:00.000Z", None), ..Commit::default() };
+        handoff.write(Batch { lines: vec![], commit }).await.unwrap();
+        handoff.close().await;
+        let segments = std::fs::read_dir(&cfg.dir).unwrap().count() as f64 - 1.0;
+        assert!(segments >= 2.0, "7 lines of about 400 bytes under a 1,024-byte limit rotate");
+
+        let text = crate::metrics::global().encode_text();
+        let at = |s: &str| sample(&text, &s.replace("P", pipeline)).unwrap_or_else(|| panic!("no {s}:\n{text}"));
+        assert_eq!(at(r#"dm_handoff_records_written_total{pipeline="P",kind="dm_message"}"#), 6.0);
+        assert_eq!(at(r#"dm_handoff_records_written_total{pipeline="P",kind="dm_send"}"#), 1.0);
+        assert_eq!(at(r#"dm_handoff_credits_spent_total{pipeline="P"}"#), 6.0);
+        assert_eq!(at(r#"dm_handoff_segments_closed_total{pipeline="P"}"#), segments);
+        assert_eq!(at(r#"dm_handoff_newest_record_created_timestamp_seconds{pipeline="P"}"#), 1_771_927_200.5);
+        assert_eq!(at(r#"dm_handoff_last_run_success_timestamp_seconds{pipeline="P"}"#), 1_771_927_300.0);
+
+        // Gone (a reload removed it), then opened again: the gauges come back from the state.
+        crate::metrics::global().forget_pipeline(pipeline);
+        assert!(!crate::metrics::global()
+            .encode_text()
+            .contains("newest_record_created_timestamp_seconds{pipeline=\"handoff-metrics-test\"}"));
+        let (handoff, _) = Handoff::open(store, pipeline, cfg).unwrap();
+        handoff.close().await;
+        let text = crate::metrics::global().encode_text();
+        let at = |s: &str| sample(&text, &s.replace("P", pipeline));
+        assert_eq!(at(r#"dm_handoff_newest_record_created_timestamp_seconds{pipeline="P"}"#), Some(1_771_927_200.5));
+        assert_eq!(at(r#"dm_handoff_last_run_success_timestamp_seconds{pipeline="P"}"#), Some(1_771_927_300.0));
+        assert_eq!(at(r#"dm_handoff_records_written_total{pipeline="P",kind="dm_message"}"#), Some(6.0));
+    }
+}

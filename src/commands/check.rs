@@ -16,6 +16,10 @@ pub fn report(cfg: &Config) -> Report {
         cfg.max_concurrency,
         cfg.shutdown_timeout
     );
+    let _ = match cfg.metrics_listen {
+        Some(addr) => writeln!(out, "metrics: `run` serves http://{addr}/metrics and /healthz"),
+        None => writeln!(out, "metrics: not served (set metrics_listen to serve them)"),
+    };
     for p in &cfg.pipelines {
         let key = match p.api_key.read(&p.name, "API key") {
             Ok(_) => "present".to_string(),

@@ -84,6 +84,8 @@ pub struct Config {
     pub max_concurrency: usize,
     /// The bound on a clean stop of `run`.
     pub shutdown_timeout: Duration,
+    /// Where `run` serves Prometheus metrics (`GET /metrics`) and `GET /healthz`; None = off (the default).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub pipelines: Vec<Pipeline>,
 }
 
