@@ -9,6 +9,7 @@
 pub mod control;
 pub mod daemon;
 mod demo;
+mod metrics;
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod metrics;
 mod outbound;
 mod privacy;
 mod providers;
