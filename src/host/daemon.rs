@@ -10,7 +10,7 @@
 //! page committed within the watchdog interval, or nothing running); `STOPPING=1` on shutdown.
 //!
 //! Metrics (`metrics_listen`): the endpoint is bound before `READY=1` and served until shutdown
-//! ([`super::metrics`]). The daemon tells it which pipelines' last run stopped on an account-level error
+//! (`host::metrics`). The daemon tells it which pipelines' last run stopped on an account-level error
 //! (`/healthz`) and refreshes the conversation gauges from the state at each scrape.
 //!
 //! Shutdown (SIGTERM/SIGINT): stop the scheduler, cancel runs, wait up to `shutdown_timeout`, abort what
