@@ -72,6 +72,7 @@ def cpu_seconds(pid):
 
 
 STATE_CACHE = 16 * 1024 * 1024
+COMPRESS = "none"
 
 
 def bench(binary, convs, msgs, workdir):
@@ -79,7 +80,8 @@ def bench(binary, convs, msgs, workdir):
     sim, addr = start_sim(binary, scenario, workdir)
     try:
         peers = [c["peer_id"] for c in scenario["conversations"]]
-        cfg = write_config(workdir, addr, peers, "0 * * * * *", f"state_cache_bytes = {STATE_CACHE}\n", "")
+        cfg = write_config(workdir, addr, peers, "0 * * * * *", f"state_cache_bytes = {STATE_CACHE}\n",
+                           f'compress = "{COMPRESS}"\n')
         env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
         sim_cpu0 = cpu_seconds(sim.pid)
         wall, rss, code, err, cpu = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
@@ -96,6 +98,7 @@ def bench(binary, convs, msgs, workdir):
         stats2 = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
         return {
             "size": f"{convs}x{msgs}",
+            "compress": COMPRESS,
             "messages": total,
             "wall_s": round(wall, 2),
             "msgs_per_s": int(total / wall),
@@ -160,10 +163,19 @@ def scenario_of(convs, msgs):
 
 
 def count_lines(out):
+    """Records in an output folder: the lines of its .jsonl files, and for a compressed closed segment the
+    count its manifest gives (manifests themselves hold no records)."""
     n = 0
     for name in os.listdir(out):
-        with open(os.path.join(out, name), "rb") as fh:
-            n += fh.read().count(b"\n")
+        path = os.path.join(out, name)
+        if name.endswith(".jsonl"):
+            with open(path, "rb") as fh:
+                n += fh.read().count(b"\n")
+        elif name.endswith(".manifest.json"):
+            with open(path) as fh:
+                m = json.load(fh)
+            if not m["segment"].endswith(".jsonl"):
+                n += m["records"]
     return n
 
 
@@ -237,9 +249,12 @@ def main():
     ap.add_argument("--steady", default="")
     ap.add_argument("--ticks", type=int, default=60)
     ap.add_argument("--state-cache-mib", type=int, default=16, help="state_cache_bytes for the backfill runs")
+    ap.add_argument("--compress", default="none", choices=["none", "zstd", "gzip"],
+                    help="the pipeline's compress setting for the backfill runs")
     args = ap.parse_args()
-    global STATE_CACHE
+    global STATE_CACHE, COMPRESS
     STATE_CACHE = args.state_cache_mib * 1024 * 1024
+    COMPRESS = args.compress
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: run `cargo build --release` first")
     print(f"machine: {os.cpu_count()} cores; {open('/proc/meminfo').readline().split()[1]} kB memory")

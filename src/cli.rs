@@ -58,6 +58,19 @@ pub enum Command {
     /// Send into an existing conversation, or create a group with a first message (provider x-api-v2);
     /// recorded as a `dm_send` line.
     GroupSend(GroupSendArgs),
+    /// Audit the output files: every line one JSON record ending in a newline, no exactly-once key twice,
+    /// manifests that match their segments, none missing. Reads files only (safe while the daemon runs);
+    /// one line per problem, then a summary. Exit 0 clean, 1 problems.
+    Verify(VerifyArgs),
+    /// Print the JSON Schema (draft 2020-12) of every record kind.
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only this pipeline (repeatable; default all).
+    #[arg(long = "pipeline", value_name = "NAME")]
+    pub pipelines: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +154,10 @@ pub struct SendArgs {
     /// recipient, text and media, so running the same send again never sends twice.
     #[arg(long, value_name = "KEY", conflicts_with = "jobs")]
     pub idempotency_key: Option<String>,
+    /// Send again a job whose earlier outcome is unknown (its answer was lost and the conversation does not
+    /// show it). Without it such a job is only looked for, never sent twice.
+    #[arg(long)]
+    pub resend_unknown: bool,
     /// Send a batch: a JSONL file with one job per line, {"to", "text", "media"?, "idempotency_key"?};
     /// relative media paths are taken from the file's folder. Prints one result line per job and a summary.
     #[arg(long, value_name = "FILE")]
@@ -157,6 +174,7 @@ impl std::fmt::Debug for SendArgs {
             .field("text_file", &self.text_file)
             .field("media", &self.media)
             .field("idempotency_key", &self.idempotency_key)
+            .field("resend_unknown", &self.resend_unknown)
             .field("jobs", &self.jobs)
             .finish()
     }
@@ -225,6 +243,9 @@ pub struct GroupSendArgs {
     /// Read the message text from this file (`-`: standard input); one trailing newline is dropped.
     #[arg(long, value_name = "PATH")]
     pub text_file: Option<PathBuf>,
+    /// Send again when an earlier run of the same group send could not learn whether X sent it.
+    #[arg(long)]
+    pub resend_unknown: bool,
 }
 
 impl std::fmt::Debug for GroupSendArgs {
@@ -236,6 +257,7 @@ impl std::fmt::Debug for GroupSendArgs {
             .field("participants", &self.participants)
             .field("text", &self.text.as_ref().map(|_| "<redacted>"))
             .field("text_file", &self.text_file)
+            .field("resend_unknown", &self.resend_unknown)
             .finish()
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::PipelineMetrics;
 use crate::record::{id_cmp, kind_of_line, Kind, Record};
-use crate::sink::{CommitPoint, Sink, SinkConfig};
+use crate::sink::{CommitPoint, Finisher, Sink, SinkConfig};
 use crate::state::{Commit, ConvState, Freshness, Store};
 
 /// Held by a writer while it appends and commits, and by [`exit_now`]: an immediate exit (second
@@ -87,9 +87,24 @@ impl Handoff {
         let metrics = crate::metrics::global().pipeline(pipeline);
         // The gauges start from what the state remembers, so a restarted daemon does not look stale.
         show_freshness(&metrics, &freshness);
-        let mut writer =
-            Writer { store, pipeline: pipeline.to_string(), cfg, sink: None, metrics, freshness, committed_seq: None };
+        let mut writer = Writer {
+            store,
+            pipeline: pipeline.to_string(),
+            cfg,
+            sink: None,
+            finisher: None,
+            metrics,
+            freshness,
+            committed_seq: None,
+        };
         let recovery = writer.ensure_open()?;
+        // Compression and manifests of closed segments run beside the writer, never in its way.
+        let finisher = Finisher::start(&writer.cfg, pipeline)
+            .map_err(|e| HandoffError(format!("cannot start the segment finishing thread: {e}")))?;
+        if let Some(sink) = &writer.sink {
+            finisher.committed(sink.position().seq);
+        }
+        writer.finisher = Some(finisher);
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name(format!("handoff-{pipeline}"))
@@ -136,6 +151,8 @@ struct Writer {
     cfg: SinkConfig,
     /// None after a failure: the next batch reopens it, which reconciles anything left uncommitted.
     sink: Option<Sink>,
+    /// Compresses and describes closed segments once a commit covers them; joined on close.
+    finisher: Option<Finisher>,
     metrics: PipelineMetrics,
     /// The pipeline's freshness as committed (the gauges show it).
     freshness: Freshness,
@@ -185,6 +202,16 @@ impl Writer {
                 tracing::error!(pipeline = %self.pipeline, error = %e, "closing the active file");
             }
         }
+        if let Some(finisher) = self.finisher.take() {
+            finisher.close();
+        }
+    }
+
+    /// Tells the finisher that every generation before `seq` is now covered by committed state.
+    fn committed(&self, seq: u64) {
+        if let Some(f) = &self.finisher {
+            f.committed(seq);
+        }
     }
 
     fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
@@ -213,6 +240,7 @@ impl Writer {
             self.reopen_after_failure();
             return Err(HandoffError(e.to_string()));
         }
+        self.committed(point.seq);
         self.delivered(&lines, &commit, point);
         Ok(())
     }
@@ -234,12 +262,12 @@ impl Writer {
         }
         let mine = |p: &String| *p == self.pipeline;
         self.metrics.credits(commit.credits.iter().filter(|(p, _)| mine(p)).map(|(_, n)| n).sum());
-        self.committed(commit, point);
+        self.metrics_committed(commit, point);
     }
 
     /// What every successful commit of this writer, recovery's included, moves: segments closed since the
     /// previous commit, and the freshness gauges.
-    fn committed(&mut self, commit: &Commit, point: CommitPoint) {
+    fn metrics_committed(&mut self, commit: &Commit, point: CommitPoint) {
         if let Some(before) = self.committed_seq.replace(point.seq) {
             self.metrics.segments_closed(point.seq.saturating_sub(before));
         }
@@ -284,7 +312,8 @@ impl Writer {
         let point = sink.position();
         commit.sink_points.push((self.pipeline.clone(), point));
         self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
-        self.committed(&commit, point);
+        self.committed(point.seq);
+        self.metrics_committed(&commit, point);
         self.sink = Some(sink);
         Ok(recovery)
     }
@@ -365,6 +394,7 @@ mod tests {
             file_name: "xquik-dm-handoff.jsonl".into(),
             rotate_max_bytes: 1024,
             rotate_max_age: None,
+            compress: crate::sink::Compression::None,
         };
         let line = |kind: Kind, id: u32| {
             let r = Record {

@@ -11,10 +11,13 @@
 //! - [`cli`]: the command line (clap derive); its doc comments are `--help`.
 //! - [`engine`]: what an open pipeline does: sync passes, outbound DMs, X API v2 management, cost policies.
 //! - [`handoff`]: a pipeline's single writer: group commit of records + state, and start-up reconciliation.
-//! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines.
+//! - [`sink`]: the JSONL files: appends, rotation policy, torn-line repair, finding uncommitted lines;
+//!   compression and manifests of closed segments.
 //! - [`state`]: the sled database (the only module that names sled) and the state-directory lock.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
 //! - [`record`]: the normalized record schema, every record builder, exactly-once keys, provider times.
+//! - [`schema`]: the JSON Schema (draft 2020-12) of every record kind, kept beside the records and tested
+//!   against them.
 //! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
 //! - [`ids`], [`time`], [`exit`]: leaves: X's ID shapes, timestamps, the process exit codes.
 //! - [`metrics`]: a leaf: the Prometheus registry and the handles the provider, the writer and the engine
@@ -34,6 +37,7 @@ pub mod ids;
 pub mod metrics;
 pub mod provider;
 pub mod record;
+pub mod schema;
 pub mod sink;
 pub mod state;
 pub mod time;

@@ -60,7 +60,7 @@ pub fn prepare_group_send(cfg: &Config, args: GroupSendArgs) -> Result<ManageReq
             Target::NewGroup(ids)
         }
     };
-    Ok(ManageRequest::GroupSend { pipeline: p.name.clone(), target, text })
+    Ok(ManageRequest::GroupSend { pipeline: p.name.clone(), target, text, resend_unknown: args.resend_unknown })
 }
 
 /// The text and exit code of a done (or failed) request.
@@ -119,6 +119,7 @@ mod tests {
             participants: participants.iter().map(|s| s.to_string()).collect(),
             text: Some("hi".into()),
             text_file: None,
+            resend_unknown: false,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod manage;
 pub mod send;
 pub mod status;
 pub mod sync;
+pub mod verify;
 
 use std::io::Write;
 use std::path::Path;
@@ -113,7 +114,12 @@ mod tests {
     fn requests_and_reports_are_typed_on_the_wire() {
         let job = Job { to: "1".into(), text: "t".into(), media: None, idempotency_key: None };
         let req = Request::Send {
-            request: SendRequest { pipeline: None, jobs: vec![NumberedJob { n: 1, job }], batch: false },
+            request: SendRequest {
+                pipeline: None,
+                jobs: vec![NumberedJob { n: 1, job }],
+                batch: false,
+                resend_unknown: false,
+            },
         };
         let wire = serde_json::to_string(&req).unwrap();
         assert!(wire.starts_with("{\"op\":\"send\""), "{wire}");

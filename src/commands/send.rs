@@ -42,7 +42,12 @@ pub fn prepare(args: &SendArgs) -> Result<SendRequest, ConfigError> {
         }
         vec![NumberedJob { n: 1, job }]
     };
-    Ok(SendRequest { pipeline: args.pipeline.clone(), jobs, batch: args.jobs.is_some() })
+    Ok(SendRequest {
+        pipeline: args.pipeline.clone(),
+        jobs,
+        batch: args.jobs.is_some(),
+        resend_unknown: args.resend_unknown,
+    })
 }
 
 /// A job line as written in a jobs file.
@@ -104,10 +109,16 @@ pub fn job_exit(e: &JobError) -> Exit {
 /// What a job came to, in one line.
 pub fn describe(o: &Outcome) -> String {
     match o {
-        Outcome::Sent { message_id, recipient, key, media_id, resumed } => format!(
+        Outcome::Sent { message_id, recipient, key, media_id, resumed, confirmed_by_history } => format!(
             "sent {message_id} to {recipient} (idempotency key {key}{}{})",
             media_id.as_deref().map(|m| format!(", media {m}")).unwrap_or_default(),
-            if *resumed { ", resumed with the same key" } else { "" }
+            if *confirmed_by_history {
+                "; the provider's answer was lost, and the conversation shows it was sent: confirmed by history"
+            } else if *resumed {
+                ", resumed with the same key"
+            } else {
+                ""
+            }
         ),
         Outcome::AlreadySent { message_id, recipient, key } => {
             format!("already sent {message_id} to {recipient} (idempotency key {key}); nothing sent again")
@@ -142,10 +153,11 @@ pub fn finish(req: &SendRequest, single: Option<&Result<Outcome, JobError>>, r: 
     let total = req.jobs.len();
     let _ = writeln!(
         report.stdout,
-        "summary: {total} jobs: {} sent, {} already sent, {} failed{}; {} credits",
+        "summary: {total} jobs: {} sent, {} already sent, {} failed{}{}; {} credits",
         r.sent,
         r.already,
         r.failed,
+        if r.unknown > 0 { format!(" ({} outcome unknown)", r.unknown) } else { String::new() },
         if r.skipped > 0 { format!(", {} not attempted", r.skipped) } else { String::new() },
         r.credits
     );
@@ -161,8 +173,13 @@ pub fn finish(req: &SendRequest, single: Option<&Result<Outcome, JobError>>, r: 
         }
         None if r.failed > 0 => {
             report.stderr = format!(
-                "error: {} of {total} jobs failed (see their lines); fix them and run the file again: sent jobs are not sent twice\n",
-                r.failed
+                "error: {} of {total} jobs failed (see their lines); fix them and run the file again: sent jobs are not sent twice{}\n",
+                r.failed,
+                if r.unknown > 0 {
+                    ", and jobs whose outcome is unknown are only looked for unless you pass --resend-unknown"
+                } else {
+                    ""
+                }
             );
             Exit::Failed
         }

@@ -261,6 +261,8 @@ pub struct Pipeline {
     pub file_name: String,
     pub rotate_max_bytes: u64,
     pub rotate_max_age: Option<Duration>,
+    /// How closed segments are stored: `none` (`.jsonl`), `zstd` (`.jsonl.zst`) or `gzip` (`.jsonl.gz`).
+    pub compress: crate::sink::Compression,
     /// Whether `sync` also walks older history (the `backfill` command always may).
     pub backfill: bool,
     /// 0 = no limit.

@@ -53,6 +53,8 @@ pub(super) struct RawPipeline {
     pub(super) rotate_max_bytes: u64,
     #[serde(default = "default_rotate_max_age")]
     pub(super) rotate_max_age: String,
+    #[serde(default)]
+    pub(super) compress: crate::sink::Compression,
     #[serde(default = "default_true")]
     pub(super) backfill: bool,
     #[serde(default)]

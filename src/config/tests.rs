@@ -108,6 +108,18 @@ fn bad_values_are_explained() {
 }
 
 #[test]
+fn compress_takes_zstd_gzip_or_none() {
+    use crate::sink::Compression;
+    assert_eq!(check(MINIMAL).unwrap().pipelines[0].compress, Compression::None);
+    for (value, want) in [("zstd", Compression::Zstd), ("gzip", Compression::Gzip), ("none", Compression::None)] {
+        let cfg = check(&format!("{MINIMAL}compress = \"{value}\"\n")).unwrap();
+        assert_eq!(cfg.pipelines[0].compress, want);
+    }
+    let e = check_err(&format!("{MINIMAL}compress = \"lz4\"\n"));
+    assert!(e.contains("lz4") && e.contains("zstd") && e.contains("line 14"), "{e}");
+}
+
+#[test]
 fn a_key_value_in_api_key_env_is_not_echoed() {
     let e = check_err(&MINIMAL.replace("\"XQUIK_API_KEY\"", "\"xq_0123456789abcdef\""));
     assert!(!e.contains("xq_0123456789abcdef"), "{e}");

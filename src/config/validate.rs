@@ -199,6 +199,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             file_name: rp.file_name,
             rotate_max_bytes: rp.rotate_max_bytes,
             rotate_max_age,
+            compress: rp.compress,
             backfill: rp.backfill,
             backfill_max_pages_per_run: rp.backfill_max_pages_per_run,
             max_credits_per_run: rp.max_credits_per_run,

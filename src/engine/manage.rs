@@ -7,28 +7,46 @@
 //!   (dm_delete, conversation, message ID): deleting again finds the key and asks X nothing. The
 //!   conversation comes from `--conversation` or from `GET /2/dm_events/{event_id}`.
 //! - `group-send` writes a `dm_send` record with the conversation's ID (and, for a new group, its
-//!   participants), keyed by X's event ID. X API v2 has no idempotency key, so a send is retried only
-//!   when X cannot have acted on it (rate limits); anything else is reported, never resent blindly.
+//!   participants), keyed by X's event ID. X API v2 has no idempotency key, so a send is made again only
+//!   when X cannot have acted on it (SPEC 8.8, `outbound::write`); a lost answer is read back from the
+//!   conversation, and a group send's ledger entry (by target and a hash of the text) keeps a rerun from
+//!   sending it twice.
 //!
 //! Privacy: the message text goes to X and into the record, nowhere else.
 
-use tokio_util::sync::CancellationToken;
+use std::time::SystemTime;
 
+use super::outbound::keys::fnv1a_128;
+use super::outbound::ledger::Stage;
+use super::outbound::readback;
+use super::outbound::write::{attempt, Written};
+use super::outbound::SendContext;
 use super::OpenPipeline;
 use crate::config::{ConfigError, Pipeline};
 use crate::handoff::Batch;
 use crate::ids::{is_conversation_id, is_numeric_id};
-use crate::provider::{with_retry, ErrorClass, ProviderError, PACING};
+use crate::provider::{with_retry, ErrorClass, ProviderError};
 use crate::record::{delete_record, send_record, Conversation, Kind, Sent};
 use crate::state::{Commit, Store};
-use crate::time::now_string;
+use crate::time::{now_string, unix_ms};
 
 /// A `delete` or `group-send` as the CLI checked it: everything a process holding the pipeline (this
 /// one, or a running daemon reached over the control socket) needs to do it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ManageRequest {
-    Delete { pipeline: String, message_id: String, conversation: Option<String> },
-    GroupSend { pipeline: String, target: Target, text: String },
+    Delete {
+        pipeline: String,
+        message_id: String,
+        conversation: Option<String>,
+    },
+    GroupSend {
+        pipeline: String,
+        target: Target,
+        text: String,
+        /// Send again when an earlier run could not learn whether X sent it.
+        #[serde(default)]
+        resend_unknown: bool,
+    },
 }
 
 impl ManageRequest {
@@ -50,8 +68,8 @@ pub enum Target {
 /// What a request printed on success, or why it failed (already one line, no message text).
 pub type Outcome = Result<String, (ErrorClass, String)>;
 
-/// Does a checked request with an open pipeline.
-pub async fn execute(pipe: &OpenPipeline, req: &ManageRequest) -> Outcome {
+/// Does a checked request with an open pipeline. `ctx` carries the stop signal and the write limits.
+pub async fn execute(pipe: &OpenPipeline, req: &ManageRequest, ctx: &SendContext) -> Outcome {
     match req {
         ManageRequest::Delete { message_id, conversation, .. } => {
             let given = conversation
@@ -59,9 +77,11 @@ pub async fn execute(pipe: &OpenPipeline, req: &ManageRequest) -> Outcome {
                 .map(|c| parse_conversation(c, &pipe.config))
                 .transpose()
                 .map_err(|e| (ErrorClass::Conversation, e.0))?;
-            delete(pipe, message_id, given).await
+            delete(pipe, message_id, given, ctx).await
         }
-        ManageRequest::GroupSend { target, text, .. } => group_send(pipe, target, text).await,
+        ManageRequest::GroupSend { target, text, resend_unknown, .. } => {
+            group_send(pipe, target, text, *resend_unknown, ctx).await
+        }
     }
 }
 
@@ -73,10 +93,14 @@ fn local(e: impl std::fmt::Display) -> (ErrorClass, String) {
     (ErrorClass::Conversation, e.to_string())
 }
 
-async fn delete(pipe: &OpenPipeline, id: &str, given: Option<Conversation>) -> Outcome {
+/// An outcome that is not known (SPEC 8.8), as the one line the command prints.
+fn unknown(why: String) -> (ErrorClass, String) {
+    (ErrorClass::Conversation, format!("outcome unknown: {why}"))
+}
+
+async fn delete(pipe: &OpenPipeline, id: &str, given: Option<Conversation>, ctx: &SendContext) -> Outcome {
     let p = &pipe.config;
     let x = &pipe.client;
-    let cancel = CancellationToken::new();
     let lkey = ledger_key(id);
     let ledger: Option<DeleteEntry> = pipe.store.ledger(&p.name, &lkey).map_err(local)?;
     let conv = match (given, &ledger) {
@@ -84,7 +108,7 @@ async fn delete(pipe: &OpenPipeline, id: &str, given: Option<Conversation>) -> O
         // An earlier run got this far: it knows the conversation, which X may no longer show.
         (None, Some(entry)) => entry.conversation(),
         (None, None) => {
-            let info = with_retry(&p.retry, &cancel, || x.event(id)).await.map_err(|e| {
+            let info = with_retry(&p.retry, &ctx.cancel, || x.event(id)).await.map_err(|e| {
                 if e.code == "event_not_found" {
                     (e.class, format!("{e}; if it was deleted elsewhere, run again with --conversation to record it"))
                 } else {
@@ -112,13 +136,31 @@ async fn delete(pipe: &OpenPipeline, id: &str, given: Option<Conversation>) -> O
         pipe.handoff.write(Batch { lines: vec![], commit }).await.map_err(|e| local(e.0))?;
     }
     tracing::info!(pipeline = %p.name, message_id = %id, conversation = %conv.key(), "deleting a DM");
-    match with_retry(&p.retry, &cancel, || x.delete_event(id)).await {
-        Ok(()) => {}
-        // Asked before (the ledger says so) and now unknown to X: that earlier request deleted it.
-        Err(e) if ledger.is_some() && e.status == Some(404) => {
-            tracing::info!(pipeline = %p.name, message_id = %id, "X no longer knows the event; an earlier run deleted it");
+    let post = |_key: String| x.delete_event(id);
+    // A delete whose answer was lost is looked up: gone means it was done; still there proves it was not, and
+    // only then is it asked once more.
+    let mut asked_again = false;
+    loop {
+        match attempt(x, p, ctx, x.delete_endpoint(), "", &post).await {
+            Written::Done(()) => break,
+            // Asked before (the ledger says so) and now unknown to X: that earlier request deleted it.
+            Written::Refused(e) if (ledger.is_some() || asked_again) && e.status == Some(404) => {
+                tracing::info!(pipeline = %p.name, message_id = %id, "X no longer knows the event; an earlier request deleted it");
+                break;
+            }
+            Written::Refused(e) => return Err(fail(e)),
+            Written::Unknown(e) => match with_retry(&p.retry, &ctx.cancel, || x.event(id)).await {
+                Err(gone) if gone.code == "event_not_found" || gone.status == Some(404) => {
+                    tracing::info!(pipeline = %p.name, message_id = %id, "the delete's answer was lost; X no longer shows the event: it was deleted");
+                    break;
+                }
+                Ok(_) if !asked_again => {
+                    tracing::warn!(pipeline = %p.name, message_id = %id, "the delete's answer was lost and X still shows the event: it was not deleted; asking once more");
+                    asked_again = true;
+                }
+                _ => return Err(unknown(format!("the delete's answer was lost ({}) and X cannot say whether the event is gone; run the delete again later", e.cause()))),
+            },
         }
-        Err(e) => return Err(fail(e)),
     }
     let rec = delete_record(p, &conv, x.delete_endpoint(), id, &now_string());
     let done = DeleteEntry { recorded: true, ..entry };
@@ -168,57 +210,201 @@ fn ledger_key(message_id: &str) -> String {
     format!("delete {message_id}")
 }
 
-async fn group_send(pipe: &OpenPipeline, target: &Target, text: &str) -> Outcome {
+/// What the state remembers of a group send, under the send ledger's prefix with a key no send can have:
+/// where it stands, so the same group send run again is never sent twice on its own.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct GroupEntry {
+    stage: Stage,
+    /// Unix ms when the current (or last) attempt began.
+    attempt_started_ms: u64,
+    /// Unix ms when the first attempt whose outcome is not known began.
+    #[serde(default)]
+    unknown_since_ms: Option<u64>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    #[serde(default)]
+    last_error: Option<String>,
+}
+
+/// A group send's identity: its target and text (a hash; the ledger never holds message text).
+fn group_key(target: &Target, text: &str) -> String {
+    let target = match target {
+        Target::Existing(c) => format!("conv:{c}"),
+        Target::NewGroup(ids) => format!("new:{}", ids.join(",")),
+    };
+    format!("group {:032x}", fnv1a_128(&[b"group1", target.as_bytes(), text.as_bytes()]))
+}
+
+async fn group_send(
+    pipe: &OpenPipeline,
+    target: &Target,
+    text: &str,
+    resend_unknown: bool,
+    ctx: &SendContext,
+) -> Outcome {
     let p = &pipe.config;
     let x = &pipe.client;
-    let cancel = CancellationToken::new();
-    let (sent, participants) = match target {
-        Target::Existing(c) => {
-            let sent = with_retry(&p.retry, &cancel, || async {
-                x.send_to_conversation(c, text).await.map_err(no_blind_retry)
-            })
-            .await
-            .map_err(fail)?;
-            (sent, None)
-        }
-        Target::NewGroup(ids) => {
-            let sent =
-                with_retry(&p.retry, &cancel, || async { x.create_group(ids, text).await.map_err(no_blind_retry) })
-                    .await
-                    .map_err(fail)?;
-            (sent, Some(ids.clone()))
+    let lkey = group_key(target, text);
+    let note = |entry: &GroupEntry| {
+        let entry = Store::ledger_entry(&p.name, &lkey, entry);
+        async move {
+            let commit = Commit { raw: vec![entry.map_err(local)?], ..Commit::default() };
+            pipe.handoff.write(Batch { lines: vec![], commit }).await.map_err(|e| local(e.0))
         }
     };
-    let conv = Conversation::from_conversation_id(&sent.conversation_id, Some(&p.account));
-    let sent_at = now_string();
+    let existing = match target {
+        Target::Existing(c) => Some(Conversation::from_conversation_id(c, Some(&p.account))),
+        Target::NewGroup(_) => None,
+    };
+    let ledger: Option<GroupEntry> = pipe.store.ledger(&p.name, &lkey).map_err(local)?;
+    match &ledger {
+        Some(e) if e.stage == Stage::Recorded => {
+            return Ok(format!(
+                "already sent {} to conversation {}; nothing asked of X",
+                e.message_id.as_deref().unwrap_or("?"),
+                e.conversation_id.as_deref().unwrap_or("?")
+            ))
+        }
+        // X API v2 has no idempotency key: an attempt that may have reached X (its answer lost, or the process
+        // died during it) is looked for, and made again only when asked.
+        Some(e) if matches!(e.stage, Stage::Unknown | Stage::Prepared) => {
+            let since = e.unknown_since_ms.unwrap_or(e.attempt_started_ms);
+            if let Some(conv) = &existing {
+                if let Some(found) = readback::find_sent(pipe, conv, text, since).await.map_err(fail)? {
+                    return record_group(pipe, conv, text, found, None, e.clone(), &lkey, "confirmed_by_history").await;
+                }
+            }
+            if !resend_unknown {
+                return Err(unknown(format!(
+                    "an earlier run could not learn whether X sent it{}; check, then run again with --resend-unknown to send it once more",
+                    if existing.is_some() { ", and the conversation does not show it" } else { " (it may have created the group)" }
+                )));
+            }
+        }
+        _ => {}
+    }
+    let now = unix_ms(SystemTime::now());
+    let mut entry = GroupEntry {
+        stage: Stage::Prepared,
+        attempt_started_ms: now,
+        unknown_since_ms: ledger.as_ref().and_then(|e| e.unknown_since_ms),
+        message_id: None,
+        conversation_id: existing.as_ref().map(|c| match c {
+            Conversation::Peer { conversation_id, .. } => conversation_id.clone().unwrap_or_default(),
+            Conversation::Group { conversation_id } => conversation_id.clone(),
+        }),
+        last_error: None,
+    };
+    // Durable before the request: a rerun after a crash knows this attempt may have reached X.
+    note(&entry).await?;
+    let (written, participants, endpoint) = match target {
+        Target::Existing(c) => {
+            let post = |_key: String| x.send_to_conversation(c, text);
+            (attempt(x, p, ctx, x.send_conversation_endpoint(), "", &post).await, None, x.send_conversation_endpoint())
+        }
+        Target::NewGroup(ids) => {
+            let post = |_key: String| x.create_group(ids, text);
+            (
+                attempt(x, p, ctx, x.create_group_endpoint(), "", &post).await,
+                Some(ids.clone()),
+                x.create_group_endpoint(),
+            )
+        }
+    };
+    match written {
+        Written::Done(sent) => {
+            let conv = Conversation::from_conversation_id(&sent.conversation_id, Some(&p.account));
+            let found = (sent.event_id, None);
+            entry.conversation_id = Some(sent.conversation_id);
+            record_group(pipe, &conv, text, found, participants, entry, &lkey, "sent").await
+        }
+        Written::Refused(e) => {
+            entry.stage = Stage::Failed;
+            entry.last_error = Some(e.code.clone());
+            note(&entry).await?;
+            Err(fail(e))
+        }
+        Written::Unknown(e) => {
+            tracing::warn!(pipeline = %p.name, endpoint, status = e.status, code = %e.code, "the answer to a group send was lost; reading the conversation back instead of sending again");
+            entry.stage = Stage::Unknown;
+            entry.unknown_since_ms = entry.unknown_since_ms.or(Some(entry.attempt_started_ms));
+            entry.last_error = Some(e.code.clone());
+            note(&entry).await?;
+            if let Some(conv) = &existing {
+                let since = entry.unknown_since_ms.unwrap_or(now);
+                if let Some(found) = readback::find_sent(pipe, conv, text, since).await.map_err(fail)? {
+                    return record_group(pipe, conv, text, found, None, entry, &lkey, "confirmed_by_history").await;
+                }
+            }
+            Err(unknown(format!(
+                "the answer was lost ({}){}; check, then run again with --resend-unknown to send it once more",
+                e.cause(),
+                if existing.is_some() {
+                    " and the conversation does not show the message"
+                } else {
+                    "; X may have created the group"
+                }
+            )))
+        }
+    }
+}
+
+/// Writes a group send's `dm_send` record and marks its ledger entry recorded, in one commit.
+#[allow(clippy::too_many_arguments)]
+async fn record_group(
+    pipe: &OpenPipeline,
+    conv: &Conversation,
+    text: &str,
+    (message_id, sent_at): (String, Option<String>),
+    participants: Option<Vec<String>>,
+    mut entry: GroupEntry,
+    lkey: &str,
+    status: &str,
+) -> Outcome {
+    let p = &pipe.config;
+    let endpoint = if participants.is_some() {
+        pipe.client.create_group_endpoint()
+    } else {
+        pipe.client.send_conversation_endpoint()
+    };
+    let sent_at = sent_at.unwrap_or_else(now_string);
     let record = Sent {
-        message_id: &sent.event_id,
+        message_id: &message_id,
         text,
         media_id: None,
         idempotency_key: None,
         participant_ids: participants,
-        status: "sent",
+        status,
         sent_at: &sent_at,
     };
-    let rec = send_record(p, &conv, sent.endpoint, record);
+    let rec = send_record(p, conv, endpoint, record);
     let Some(key) = rec.key() else {
         return Err(local("the send record has no key"));
     };
-    let commit = Commit { seen: vec![(p.name.clone(), key)], ..Commit::default() };
-    pipe.handoff.write(Batch { lines: vec![rec.to_line()], commit }).await.map_err(|e| local(e.0))?;
-    tracing::info!(pipeline = %p.name, message_id = %sent.event_id, conversation = %sent.conversation_id, "group message sent and recorded");
-    Ok(format!("sent {} to conversation {}; recorded as dm_send", sent.event_id, sent.conversation_id))
-}
-
-/// A send that failed in a way X may still have acted on (a 5xx, a dropped connection) is not retried:
-/// X API v2 has no idempotency key, so a retry could send twice. Rate limits are safe to wait out.
-fn no_blind_retry(e: ProviderError) -> ProviderError {
-    if e.class == ErrorClass::Transient && e.status != Some(429) && e.code != PACING {
-        let hint = format!("{}; it may have been sent: check the conversation before sending again", e.hint);
-        ProviderError { class: ErrorClass::Conversation, hint, ..e }
+    let (_, conversation_id) = crate::record::conversation_fields(p, conv);
+    entry.stage = Stage::Recorded;
+    entry.message_id = Some(message_id.clone());
+    entry.conversation_id = conversation_id.clone();
+    entry.last_error = None;
+    let on_disk = pipe.store.is_seen(&p.name, &key).map_err(local)?;
+    let mut commit =
+        Commit { raw: vec![Store::ledger_entry(&p.name, lkey, &entry).map_err(local)?], ..Commit::default() };
+    let lines = if on_disk {
+        Vec::new()
     } else {
-        e
-    }
+        commit.seen.push((p.name.clone(), key));
+        vec![rec.to_line()]
+    };
+    pipe.handoff.write(Batch { lines, commit }).await.map_err(|e| local(e.0))?;
+    let cid = conversation_id.unwrap_or_default();
+    tracing::info!(pipeline = %p.name, message_id = %message_id, conversation = %cid, status, "group message sent and recorded");
+    Ok(if status == "sent" {
+        format!("sent {message_id} to conversation {cid}; recorded as dm_send")
+    } else {
+        format!("sent {message_id} to conversation {cid}; the answer was lost, and the conversation shows it was sent: recorded as dm_send (confirmed by history)")
+    })
 }
 
 /// `--conversation` for delete: a peer's user ID, or `conv:<id>` (or a bare `<id>-<id>`).
@@ -294,14 +480,5 @@ mod tests {
         assert_eq!(r.key().unwrap().conversation, "1578398451921985538");
         assert_eq!(r.participant_ids.as_deref().map(<[String]>::len), Some(2));
         assert_eq!(r.conversation_user_id, None);
-    }
-
-    #[test]
-    fn only_rate_limits_are_retried_for_sends() {
-        let e = |status, code: &str| ProviderError::new(ErrorClass::Transient, "POST /x", status, code, "h");
-        assert_eq!(no_blind_retry(e(Some(429), "x_88")).class, ErrorClass::Transient);
-        assert_eq!(no_blind_retry(e(None, "rate_limit_pacing")).class, ErrorClass::Transient);
-        assert_eq!(no_blind_retry(e(Some(503), "http_503")).class, ErrorClass::Conversation);
-        assert_eq!(no_blind_retry(e(None, "timeout")).class, ErrorClass::Conversation);
     }
 }

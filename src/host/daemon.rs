@@ -323,7 +323,9 @@ impl Daemon {
                 commands::status::report(&cfg, &self.store, json).unwrap_or_else(|e| failure(&e))
             }
             Request::Manage { request } => match self.slot(request.pipeline()) {
-                Some(slot) => commands::manage::report(&request, manage::execute(&slot.pipe, &request).await),
+                Some(slot) => {
+                    commands::manage::report(&request, manage::execute(&slot.pipe, &request, &self.send_ctx).await)
+                }
                 None => failure(&anyhow::anyhow!("pipeline `{}` is not running in the daemon", request.pipeline())),
             },
             Request::Send { request } => {

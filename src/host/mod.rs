@@ -44,6 +44,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::Simulate(args) => return demo::simulate(args).await,
         Command::Lookup(args) => return lookup(&cfg()?, args).await,
         Command::UploadMedia(args) => return upload_media(&cfg()?, args).await,
+        // Files only, no lock: it may run beside the daemon, so it is never forwarded.
+        Command::Verify(args) => return Ok(commands::verify::report(&cfg()?, &args.pipelines)?.print()),
+        Command::Schema => return Ok(Report { stdout: crate::schema::text(), ..Report::default() }.print()),
         Command::Sync(args) => commands::sync::sync_request(args),
         Command::Backfill(args) => commands::sync::backfill_request(args),
         Command::Status(args) => Request::Status { json: args.json },
@@ -114,7 +117,9 @@ async fn local(cfg: &Config, req: Request) -> anyhow::Result<Exit> {
         Request::Manage { request } => {
             let p = commands::manage::x_pipeline(cfg, Some(request.pipeline()), "this command")?;
             let opened = Opened::open(cfg, &[p])?;
-            let outcome = manage::execute(&opened.pipes[0], &request).await;
+            let cancel = CancellationToken::new();
+            stop_on_signal(cancel.clone(), "stopping after the request in flight");
+            let outcome = manage::execute(&opened.pipes[0], &request, &SendContext::new(cancel)).await;
             opened.close().await;
             Ok(commands::manage::report(&request, outcome).print())
         }
@@ -183,6 +188,7 @@ pub fn sink_config(p: &Pipeline) -> SinkConfig {
         file_name: p.file_name.clone(),
         rotate_max_bytes: p.rotate_max_bytes,
         rotate_max_age: p.rotate_max_age,
+        compress: p.compress,
     }
 }
 

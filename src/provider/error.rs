@@ -62,12 +62,23 @@ impl ProviderError {
         ProviderError::malformed(endpoint, format!("the body is not the documented JSON ({what})"))
     }
 
+    /// What happened, without our hint: the endpoint, the status and the code (for messages where the hint,
+    /// written for reads, would mislead).
+    pub fn cause(&self) -> String {
+        match self.status {
+            Some(s) => format!("{}: HTTP {s} {}", self.endpoint, self.code),
+            None => format!("{}: {}", self.endpoint, self.code),
+        }
+    }
+
     /// A transport failure from reqwest, classified without leaking the URL's query or any header.
     pub fn transport(endpoint: &'static str, e: &reqwest::Error) -> Self {
-        let (code, hint) = if e.is_timeout() {
-            ("timeout", "the request timed out; will retry (raise request_timeout if this persists)")
-        } else if e.is_connect() {
+        // A connection that was never made comes first, also when it timed out: a write's request was then
+        // never written, which is what makes retrying it safe (SPEC 8.8).
+        let (code, hint) = if e.is_connect() {
             ("connect_failed", "cannot connect to the provider; check base_url and the network")
+        } else if e.is_timeout() {
+            ("timeout", "the request timed out; will retry (raise request_timeout if this persists)")
         } else if e.is_body() || e.is_decode() {
             ("connection_dropped", "the response was cut short")
         } else {

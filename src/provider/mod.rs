@@ -142,8 +142,10 @@ pub enum WriteState {
     Done(WriteDone),
     /// Accepted but not yet confirmed: ask again about `action` (the write-action ID) after `after`.
     Pending { action: String, after: Duration },
-    /// Final failure. `safe_to_retry`: the provider says nothing was dispatched.
-    Failed { code: String, safe_to_retry: bool },
+    /// Final failure. `safe_to_retry`: the provider says nothing was dispatched and the same request may be
+    /// made again under a new idempotency key. `dispatched`: whether the provider says it sent anything to X
+    /// (None when it does not say): `Some(false)` proves nothing was sent; anything else may have been.
+    Failed { code: String, safe_to_retry: bool, dispatched: Option<bool> },
 }
 
 /// A confirmed write.
@@ -248,6 +250,13 @@ impl Client {
         }
     }
 
+    /// Whether a write repeated with the same idempotency key is answered with the original write instead of
+    /// being done again (Xquik's write-action contract). Without it, an interrupted send can only be checked
+    /// by reading the conversation back.
+    pub fn idempotent_writes(&self) -> bool {
+        matches!(self, Client::Xquik(_))
+    }
+
     /// Credits one send or upload costs (Xquik bills 10 per write; the others bill per request, counted
     /// as 1 so reports and budgets stay meaningful).
     pub fn write_credits(&self) -> u64 {
@@ -301,6 +310,16 @@ impl Client {
                 "deletes and group conversations need provider x-api-v2",
             )),
         }
+    }
+
+    /// The route template of a send into an existing conversation.
+    pub fn send_conversation_endpoint(&self) -> &'static str {
+        x_api_v2::SEND_CONV
+    }
+
+    /// The route template of creating a group with a first message.
+    pub fn create_group_endpoint(&self) -> &'static str {
+        x_api_v2::CREATE_GROUP
     }
 
     /// The route template of a delete, for its record.

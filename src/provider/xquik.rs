@@ -280,6 +280,22 @@ async fn send_write(req: Request, endpoint: &'static str) -> Result<WriteAnswer,
     if (200..300).contains(&status) {
         return Ok(WriteAnswer { status, retry_after, location, body });
     }
+    // A write error that says it is safe to retry (`500 x_write_failed`) is a failed write action in all but
+    // status: nothing was dispatched, and the same request may be made again under a new key.
+    if status >= 500 {
+        if let Ok(b) = serde_json::from_slice::<WriteBody>(&body) {
+            if b.safe_to_retry == Some(true) {
+                let code = b.error.as_ref().map(ErrorField::code).filter(|c| !c.is_empty());
+                let body = serde_json::json!({
+                    "status": "failed",
+                    "safeToRetry": true,
+                    "sendDispatched": b.send_dispatched,
+                    "error": code.unwrap_or_else(|| format!("http_{status}")),
+                });
+                return Ok(WriteAnswer { status, retry_after, location, body: body.to_string().into() });
+            }
+        }
+    }
     Err(classify(endpoint, status, &body, retry_after))
 }
 
@@ -311,16 +327,19 @@ fn write_state(endpoint: &'static str, a: &WriteAnswer, kind: WriteKind) -> Resu
         None if b.success == Some(false) => Ok(WriteState::Failed {
             code: error_code.unwrap_or_else(|| "write_failed".into()),
             safe_to_retry: b.safe_to_retry.unwrap_or(false),
+            dispatched: b.send_dispatched,
         }),
         None => done(id),
         Some("success") => done(id),
         Some(st @ ("failed" | "expired")) => Ok(WriteState::Failed {
             code: error_code.unwrap_or_else(|| st.to_string()),
             safe_to_retry: b.safe_to_retry.unwrap_or(false),
+            dispatched: b.send_dispatched,
         }),
         Some(_) if b.terminal == Some(true) => Ok(WriteState::Failed {
             code: error_code.unwrap_or_else(|| "write_failed".into()),
             safe_to_retry: b.safe_to_retry.unwrap_or(false),
+            dispatched: b.send_dispatched,
         }),
         // accepted, dispatching, pending_confirmation: ask again later about the same action.
         Some(_) => {
@@ -363,6 +382,8 @@ struct WriteBody {
     safe_to_retry: Option<bool>,
     #[serde(default)]
     success: Option<bool>,
+    #[serde(default, rename = "sendDispatched", alias = "send_dispatched")]
+    send_dispatched: Option<bool>,
     #[serde(default, rename = "messageId", alias = "message_id")]
     message_id: Option<Id>,
     #[serde(default, rename = "mediaId", alias = "media_id")]
@@ -539,17 +560,17 @@ mod tests {
         );
         assert_eq!(
             write_state(WRITE_ACTION, &a, WriteKind::DirectMessage).unwrap(),
-            WriteState::Failed { code: "x_write_failed".into(), safe_to_retry: true }
+            WriteState::Failed { code: "x_write_failed".into(), safe_to_retry: true, dispatched: None }
         );
         let a = answer(200, None, None, r#"{"id":"3","status":"expired","terminal":true}"#);
         assert_eq!(
             write_state(WRITE_ACTION, &a, WriteKind::DirectMessage).unwrap(),
-            WriteState::Failed { code: "expired".into(), safe_to_retry: false }
+            WriteState::Failed { code: "expired".into(), safe_to_retry: false, dispatched: None }
         );
         let a = answer(200, None, None, r#"{"success":false,"error":{"code":"x_rejected","message":"secret words"}}"#);
         assert_eq!(
             write_state(SEND_DM, &a, WriteKind::DirectMessage).unwrap(),
-            WriteState::Failed { code: "x_rejected".into(), safe_to_retry: false }
+            WriteState::Failed { code: "x_rejected".into(), safe_to_retry: false, dispatched: None }
         );
     }
 

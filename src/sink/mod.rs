@@ -8,7 +8,11 @@
 //!   is safe to `tail -F`. Every line is one JSON object and its `\n`.
 //! - Closed segments `<stem>.<YYYYMMDDTHHMMSSZ>.<seq:06>.jsonl` are made by renaming the
 //!   active file and never change again. No other file matching `<stem>.*.jsonl` is ever
-//!   made, and no temporary file at all.
+//!   made.
+//! - Once a closed segment is covered by committed state, [`Finisher`] (a thread per
+//!   pipeline, see `finish`) compresses it to `.jsonl.zst` / `.jsonl.gz` when the pipeline's
+//!   `compress` says so, and writes `<stem>.<stamp>.<seq>.manifest.json` beside it. Its only
+//!   temporaries are hidden `.….tmp` files that no loader glob matches.
 //! - Each active file is a *generation* numbered from 1; closing it names it with that
 //!   number, so the generation of the active file is one past the newest closed segment.
 //!
@@ -43,8 +47,16 @@
 //! but two pipelines whose stems nest (`a` and `a.b`) in one directory are the config's
 //! to refuse.
 
+mod compress;
+mod finish;
+mod manifest;
 mod recovery;
 mod rotation;
+
+pub use self::compress::{scan, scan_limited, Compression, Digested, Scanned};
+pub use self::finish::Finisher;
+pub use self::manifest::{read as read_manifest, Manifest, Stats, SCHEMA_VERSION};
+pub use self::rotation::{classify, manifest_name, segment_name, stem, Entry};
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
@@ -87,6 +99,8 @@ pub struct SinkConfig {
     pub rotate_max_bytes: u64,
     /// A non-empty active file is closed once its first line is this old; `None` = never.
     pub rotate_max_age: Option<Duration>,
+    /// How closed segments are stored once they are covered by committed state.
+    pub compress: Compression,
 }
 
 /// What [`Sink::open`] found after the commit point.
@@ -192,7 +206,13 @@ impl Sink {
             };
             recovered.segments_closed_since_commit += 1;
             let f = File::open(&segment.path).map_err(io_err("opening", &segment.path))?;
-            read_after(&f, &segment.path, offset, &mut recovered.lines)?;
+            if segment.compression == Compression::None {
+                read_after(&f, &segment.path, offset, &mut recovered.lines)?;
+            } else {
+                // Only segments wholly behind the commit point are compressed, so this needs a
+                // commit point older than the files (a state restored from a backup, or lost).
+                read_decoded_after(f, segment.compression, &segment.path, offset, &mut recovered.lines)?;
+            }
         }
         // The active generation is never behind the commit point, so this is always Some.
         let offset = recovery::resume_offset(committed, seq).unwrap_or(0);
@@ -518,6 +538,29 @@ fn read_after(file: &File, path: &Path, offset: u64, out: &mut Vec<String>) -> R
     }
     out.extend(read.lines);
     Ok(len)
+}
+
+/// As [`read_after`] for a compressed segment: `offset` counts decompressed bytes.
+fn read_decoded_after(
+    file: File,
+    c: Compression,
+    path: &Path,
+    offset: u64,
+    out: &mut Vec<String>,
+) -> Result<(), SinkError> {
+    let mut reader = compress::decoder(file, c).map_err(io_err("decompressing", path))?;
+    let skipped =
+        io::copy(&mut io::Read::take(&mut reader, offset), &mut io::sink()).map_err(io_err("decompressing", path))?;
+    if skipped < offset {
+        tracing::warn!(path = %path.display(), "segment is shorter than the commit point; returning all of it");
+        return read_decoded_after(File::open(path).map_err(io_err("opening", path))?, c, path, 0, out);
+    }
+    let read = recovery::read_lines(reader).map_err(io_err("decompressing", path))?;
+    if read.trailing > 0 {
+        tracing::warn!(path = %path.display(), bytes = read.trailing, "ignoring an incomplete last line");
+    }
+    out.extend(read.lines);
+    Ok(())
 }
 
 /// Reserves disk blocks for `len` bytes at `offset` without changing the file size, so a

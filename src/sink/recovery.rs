@@ -10,6 +10,7 @@ use std::io::{self, BufRead};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::compress::Compression;
 use super::rotation;
 use super::CommitPoint;
 
@@ -20,23 +21,35 @@ pub(super) struct Segment {
     pub seq: u64,
     /// Where it is, to read it.
     pub path: PathBuf,
+    /// How it is stored: compressed segments count for the generation arithmetic, and are
+    /// read only when the commit point is older than they are.
+    pub compression: Compression,
 }
 
-/// The closed segments of `stem` in `dir`, oldest generation first. Files that do not
-/// parse as closed segments of this stem are none of our business and are skipped.
+/// The closed segments of `stem` in `dir`, compressed or not, oldest generation first. A
+/// segment whose compression was interrupted (raw file and compressed twin both there) is
+/// listed once, as its raw file. Files that do not parse as closed segments of this stem are
+/// none of our business and are skipped.
 pub(super) fn list_closed(dir: &Path, stem: &str) -> io::Result<Vec<Segment>> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(seq) = name.to_str().and_then(|n| rotation::parse_closed_name(stem, n)) else {
+        let Some(rotation::Entry::Segment { seq, compression, .. }) =
+            name.to_str().and_then(|n| rotation::classify(stem, n))
+        else {
             continue;
         };
-        segments.push(Segment { seq, path: entry.path() });
+        segments.push(Segment { seq, path: entry.path(), compression });
     }
     // Ties (same seq, two stamps) cannot come from us; sorting by path too keeps the
-    // order stable if an operator ever makes one.
+    // order stable if an operator ever makes one. A raw name is a prefix of its twins', so
+    // it sorts first and the twins after it are dropped.
     segments.sort_by(|a, b| (a.seq, &a.path).cmp(&(b.seq, &b.path)));
+    segments.dedup_by(|later, first| {
+        let base = |p: &Path| p.to_str().map(|s| s.trim_end_matches(".zst").trim_end_matches(".gz").to_owned());
+        later.seq == first.seq && base(&later.path) == base(&first.path)
+    });
     Ok(segments)
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 
 pub(super) use crate::time::unix_ms;
 
+use super::compress::Compression;
+
 /// Every file the sink writes ends with this; the stem is the active file name without it.
 const EXT: &str = ".jsonl";
 
@@ -16,7 +18,7 @@ const EXT: &str = ".jsonl";
 ///
 /// A name without `.jsonl` is its own stem, so the active file still never matches the
 /// closed-segment glob `<stem>.*.jsonl`.
-pub(super) fn stem(file_name: &str) -> &str {
+pub fn stem(file_name: &str) -> &str {
     file_name.strip_suffix(EXT).unwrap_or(file_name)
 }
 
@@ -26,16 +28,80 @@ pub(super) fn closed_name(stem: &str, closed_at: SystemTime, seq: u64) -> String
     format!("{stem}.{stamp}.{seq:06}{EXT}")
 }
 
-/// The generation of a closed segment of `stem`, or `None` when `name` is anything else
-/// (the active file, another pipeline's files, an operator's notes).
+#[cfg(test)]
+/// The generation of an uncompressed closed segment of `stem`, or `None` when `name` is
+/// anything else (the active file, a compressed segment, a manifest, another pipeline's files,
+/// an operator's notes).
 pub(super) fn parse_closed_name(stem: &str, name: &str) -> Option<u64> {
-    let rest = name.strip_prefix(stem)?.strip_prefix('.')?.strip_suffix(EXT)?;
-    let (stamp, seq) = rest.split_once('.')?;
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !is_stamp(stamp) || seq.len() < 6 || !all_digits(seq) {
+    match classify(stem, name)? {
+        Entry::Segment { seq, compression: Compression::None, .. } => Some(seq),
+        _ => None,
+    }
+}
+
+/// What a file of `stem` in the output directory is, other than the active file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A closed segment: `<base>.jsonl`, or `.jsonl.zst` / `.jsonl.gz` once compressed.
+    Segment {
+        /// `<stem>.<stamp>.<seq>`: what the segment's files and its manifest share.
+        base: String,
+        /// The generation it holds.
+        seq: u64,
+        /// How it is stored, from its extension.
+        compression: Compression,
+    },
+    /// `<base>.manifest.json`, which says the segment is final and what is in it.
+    Manifest {
+        /// The segment's base name.
+        base: String,
+        /// The segment's generation.
+        seq: u64,
+    },
+    /// `.<segment or manifest name>.tmp`: a compression or manifest being written, or left by a
+    /// crash. The leading dot and the `.tmp` suffix keep it out of every loader glob.
+    Temp,
+}
+
+/// Classifies a file name of `stem`'s output; `None` for anything that is not ours.
+pub fn classify(stem: &str, name: &str) -> Option<Entry> {
+    if let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(TEMP_SUFFIX)) {
+        return classify(stem, inner).filter(|e| !matches!(e, Entry::Temp)).map(|_| Entry::Temp);
+    }
+    let rest = name.strip_prefix(stem)?.strip_prefix('.')?;
+    let (stamp, rest) = rest.split_once('.')?;
+    let (seq_text, suffix) = rest.split_at(rest.find('.')?);
+    if !is_stamp(stamp) || seq_text.len() < 6 || !seq_text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    seq.parse().ok()
+    let seq = seq_text.parse().ok()?;
+    let base = name[..name.len() - suffix.len()].to_string();
+    if suffix == MANIFEST_SUFFIX {
+        return Some(Entry::Manifest { base, seq });
+    }
+    let compression = Compression::ALL.into_iter().find(|c| suffix.strip_prefix(EXT) == Some(c.suffix()))?;
+    Some(Entry::Segment { base, seq, compression })
+}
+
+/// What a manifest adds to its segment's base name.
+const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// What a file being written atomically ends with (after a leading dot).
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// The name of a segment stored with `c`.
+pub fn segment_name(base: &str, c: Compression) -> String {
+    format!("{base}{EXT}{}", c.suffix())
+}
+
+/// The name of a segment's manifest.
+pub fn manifest_name(base: &str) -> String {
+    format!("{base}{MANIFEST_SUFFIX}")
+}
+
+/// The name `final_name` is written under before its atomic rename: hidden (a leading dot) and
+/// ending in `.tmp`, so it matches none of `*.jsonl`, `*.jsonl.zst`, `*.jsonl.gz`, `*.manifest.json`.
+pub fn temp_name(final_name: &str) -> String {
+    format!(".{final_name}{TEMP_SUFFIX}")
 }
 
 /// `YYYYMMDDTHHMMSSZ`; the year may grow past four digits rather than make a name we
@@ -240,6 +306,65 @@ mod tests {
         }
         assert_eq!(stem("xquik-dm-handoff.jsonl"), "xquik-dm-handoff");
         assert_eq!(stem("plain"), "plain");
+    }
+
+    #[test]
+    fn classify_names_every_file_of_a_segment() {
+        let (stem, base) = ("xquik-dm-handoff", "xquik-dm-handoff.20240229T235958Z.000007");
+        for c in Compression::ALL {
+            let name = segment_name(base, c);
+            let want = Entry::Segment { base: base.into(), seq: 7, compression: c };
+            assert_eq!(classify(stem, &name), Some(want), "{name}");
+        }
+        assert_eq!(segment_name(base, Compression::Zstd), format!("{base}.jsonl.zst"));
+        assert_eq!(segment_name(base, Compression::Gzip), format!("{base}.jsonl.gz"));
+        assert_eq!(classify(stem, &manifest_name(base)), Some(Entry::Manifest { base: base.into(), seq: 7 }));
+        assert_eq!(manifest_name(base), format!("{base}.manifest.json"));
+        for stranger in [
+            format!("{base}.jsonl.bz2"),
+            format!("{base}.json"),
+            format!(".{base}.jsonl"),
+            format!("{base}.jsonl.zst.tmp"),
+            format!(".{base}.tmp"),
+            "xquik-dm-handoff.jsonl".to_string(),
+        ] {
+            assert_eq!(classify(stem, &stranger), None, "{stranger}");
+        }
+    }
+
+    #[test]
+    fn temporaries_match_no_loader_glob_and_finished_files_only_their_own() {
+        let (stem, base) = ("xquik-dm-handoff", "xquik-dm-handoff.20240229T235958Z.000007");
+        let globs = |stem: &str| {
+            [
+                format!("{stem}.*.jsonl"),
+                format!("{stem}.*.jsonl.zst"),
+                format!("{stem}.*.jsonl.gz"),
+                format!("{stem}.*.manifest.json"),
+                "*.jsonl".to_string(),
+                "*.jsonl.zst".to_string(),
+                "*.jsonl.gz".to_string(),
+                "*.manifest.json".to_string(),
+            ]
+        };
+        let finals =
+            [segment_name(base, Compression::Zstd), segment_name(base, Compression::Gzip), manifest_name(base)];
+        for name in &finals {
+            let tmp = temp_name(name);
+            assert_eq!(classify(stem, &tmp), Some(Entry::Temp), "{tmp}");
+            assert!(tmp.starts_with('.'), "hidden from shell globs: {tmp}");
+            for g in globs(stem) {
+                assert!(!glob_match(&g, &tmp), "{g} matches the temporary {tmp}");
+            }
+        }
+        // The uncompressed-segment glob keeps matching uncompressed closed segments only.
+        let closed_glob = format!("{stem}.*.jsonl");
+        assert!(glob_match(&closed_glob, &segment_name(base, Compression::None)));
+        for name in &finals {
+            assert!(!glob_match(&closed_glob, name), "{closed_glob} matches {name}");
+        }
+        assert!(glob_match(&format!("{stem}.*.jsonl.zst"), &finals[0]));
+        assert!(glob_match(&format!("{stem}.*.jsonl.gz"), &finals[1]));
     }
 
     #[test]

@@ -15,7 +15,13 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn config(dir: &Path, max_bytes: u64) -> SinkConfig {
-    SinkConfig { dir: dir.to_path_buf(), file_name: NAME.to_owned(), rotate_max_bytes: max_bytes, rotate_max_age: None }
+    SinkConfig {
+        dir: dir.to_path_buf(),
+        file_name: NAME.to_owned(),
+        rotate_max_bytes: max_bytes,
+        rotate_max_age: None,
+        compress: Compression::None,
+    }
 }
 
 /// A JSON object of `20 + pad` bytes (plus `\n` on disk), numbered so order is visible.

@@ -7,10 +7,12 @@
 
 mod support;
 
+mod at_most_once;
 mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod loader;
 mod metrics;
 mod outbound;
 mod privacy;

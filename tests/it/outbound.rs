@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use dm_handoff_simulator::{CursorStyle, Faults, SendStyle, SimConfig, SimConversation, Stats};
+use dm_handoff_simulator::{
+    CursorStyle, Faults, SendStyle, SimConfig, SimConversation, SimWriteAction, Stats, WriteFault, WriteFaultKind,
+};
 use serde_json::Value;
 
 use crate::support::*;
@@ -544,8 +546,12 @@ async fn no_message_text_in_any_output_at_trace_level() {
         pending_peers: vec![peers[0].into()],
         pending_retry_after_secs: 0,
         rate_limit: 0.2,
-        server_error: 0.1,
         retry_after_secs: 0,
+        // Lost answers (SPEC 8.8) take the read-back path and its `outcome unknown` line: privately too.
+        write_faults: vec![
+            WriteFault::new(WriteFaultKind::Garble).peer(peers[1]).times(1),
+            WriteFault::new(WriteFaultKind::ServerError).peer(peers[0]).action(SimWriteAction::Send).times(1),
+        ],
         ..Faults::default()
     };
     let fx = Fixture::new(cfg, "max_retries = 40").await;
@@ -584,6 +590,7 @@ async fn no_message_text_in_any_output_at_trace_level() {
             .await,
     ];
     assert_eq!(runs[0].code(), Some(0), "{}", runs[0]);
+    assert!(runs[0].stdout.contains("confirmed by history"), "the lost answer was read back\n{}", runs[0]);
     assert_eq!(runs[1].code(), Some(1), "{}", runs[1]);
     assert_eq!(runs[2].code(), Some(1), "{}", runs[2]);
     assert!(

@@ -23,10 +23,6 @@ fn group(events: usize) -> SimGroup {
     }
 }
 
-fn records_of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| str_field(r, "kind") == Some(kind)).collect()
-}
-
 /// Every record of these providers names its conversation by the provider's ID too.
 fn assert_conversation_ids<'a>(records: impl IntoIterator<Item = &'a Value>, account: &str) {
     for r in records {

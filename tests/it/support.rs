@@ -654,8 +654,9 @@ pub fn parse_closed_name(name: &str) -> Option<(String, u64)> {
     Some((stamp.to_string(), seq.parse().ok()?))
 }
 
-/// The handoff files of an output folder: closed segments in seq order, then the active file.
-/// Panics on any other file there (the sink makes no temporary files). Empty if the folder is missing.
+/// The handoff files of an output folder: uncompressed closed segments in seq order, then the active
+/// file. Manifests (`<stem>.*.manifest.json`) and the hidden `.….tmp` files of a finishing step are
+/// skipped (`loader.rs` checks those); any other file panics. Empty if the folder is missing.
 pub fn handoff_files(dir: &Path) -> Vec<HandoffFile> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
     let mut closed = Vec::new();
@@ -670,6 +671,10 @@ pub fn handoff_files(dir: &Path) -> Vec<HandoffFile> {
             bytes: fs::read(e.path()).expect("read handoff file"),
             mode: meta.permissions().mode() & 0o777,
         };
+        let manifest = name.starts_with(STEM) && name.ends_with(".manifest.json");
+        if manifest || (name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
         if name == ACTIVE {
             active = Some(file(None));
         } else if let Some(c) = parse_closed_name(&name) {
@@ -945,6 +950,10 @@ pub fn style(i: usize) -> CursorStyle {
     } else {
         CursorStyle::MaxId
     }
+}
+
+pub fn records_of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| str_field(r, "kind") == Some(kind)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ pub(crate) fn routes(sim: Simulator) -> Router {
         .route("/writes", get(writes))
         .route("/conversations/{peer}/messages", get(messages).post(add_messages))
         .fallback(|| async { json(404, &json!({ "error": "not_found" })) })
-        .with_state(sim)
+        .with_state(sim.clone())
+        .merge(super::x_api_v2::oauth::admin_routes(sim))
 }
 
 fn bad(message: &str) -> Response {

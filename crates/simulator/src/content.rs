@@ -64,6 +64,11 @@ pub(crate) const fn snowflake(ms: u64, low: u64) -> u64 {
     ((ms.saturating_sub(SNOWFLAKE_EPOCH_MS)) << 22) | (low & 0x3F_FFFF)
 }
 
+/// When a snowflake id was made, Unix ms (the inverse of [`snowflake`]'s time part).
+pub(crate) const fn snowflake_ms(id: u64) -> u64 {
+    (id >> 22) + SNOWFLAKE_EPOCH_MS
+}
+
 /// A stable numeric X user id for an account handle, in 10^17..10^18 like real modern ids.
 /// A handle that is already all digits is taken to be the id itself.
 pub(crate) fn account_id(handle: &str) -> u64 {
@@ -100,13 +105,24 @@ impl Timeline {
         Timeline { key, start_ms, gap_ms }
     }
 
+    /// The spacing of messages on this timeline.
+    pub(crate) fn gap_ms(&self) -> u64 {
+        self.gap_ms
+    }
+
     pub(crate) fn ms(&self, i: usize) -> u64 {
         let jitter = mix2(self.key ^ 0x7469_6d65, i as u64) % (self.gap_ms - 1);
         self.start_ms + (i as u64) * self.gap_ms + jitter
     }
 
     pub(crate) fn id(&self, i: usize) -> u64 {
-        snowflake(self.ms(i), mix2(self.key ^ 0x0073_6571, i as u64))
+        self.id_at_ms(self.ms(i), i)
+    }
+
+    /// The ID of event `i` when it is dated `ms` rather than by the timeline (events added after
+    /// start, dated by the world's event clock).
+    pub(crate) fn id_at_ms(&self, ms: u64, i: usize) -> u64 {
+        snowflake(ms, mix2(self.key ^ 0x0073_6571, i as u64))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The GetXAPI routes under `/twitter/`, over the same world as the other providers:
-//! `POST /twitter/dm/conversation` (history of one conversation), `POST /twitter/dm/send` and
-//! `GET /twitter/user/info`.
+//! `POST /twitter/dm/conversation` (history of one conversation), `POST /twitter/dm/list` (the
+//! inbox, in `getxapi/inbox`), `POST /twitter/dm/send` and `GET /twitter/user/info`.
 //!
 //! What makes it GetXAPI: a bearer API key plus the account's `auth_token` in every DM body; 1:1
 //! conversations named `"<smaller>-<larger>"`; `count`-sized pages newest first with `has_more` and a
@@ -36,6 +36,8 @@ mod write_faults;
 #[cfg(test)]
 mod write_tests;
 
+mod inbox;
+
 const HISTORY: &str = "POST /twitter/dm/conversation";
 const SEND: &str = "POST /twitter/dm/send";
 const USER: &str = "GET /twitter/user/info";
@@ -62,6 +64,7 @@ pub(crate) fn routes(sim: Simulator) -> Router {
     Router::new()
         .route("/twitter/dm/conversation", post(history).route_layer(guard(HISTORY)))
         .route("/twitter/dm/send", post(send_dm).route_layer(guard(SEND)))
+        .route("/twitter/dm/list", post(inbox::list).route_layer(guard(inbox::LIST)))
         .route("/twitter/user/info", get(user).route_layer(guard(USER)))
         .layer(from_fn_with_state(sim.clone(), super::http::book))
         .with_state(sim)

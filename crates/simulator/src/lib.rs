@@ -9,6 +9,8 @@
 //! - `mod.rs` (this file): configuration, the public [`Simulator`] handle, serving.
 //! - `world`: the conversations every provider serves; messages generated lazily.
 //! - `content`: deterministic hashing, snowflake ids, timestamps and message texts.
+//! - `clock`: dates everything added after start after everything else, so IDs grow account-wide.
+//! - `inbox`: all of the account's conversations, as the whole-inbox routes read them.
 //! - `cursor`: the opaque, tamper-evident cursor codec.
 //! - `faults`: which requests fail, and the provider-neutral fault bodies.
 //! - `stats`: request and credit books.
@@ -19,18 +21,22 @@
 //!   `write_faults` submodule.
 //! - `xquik`: the Xquik routes under `/api/v1`. Another provider is another such module.
 //! - `x_api_v2`: the official X API v2 routes under `/2/` (rate-limit windows, a 30-day horizon,
-//!   problem+json errors) and the group conversations (`x_api_v2/groups`).
-//! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`).
+//!   problem+json errors), the group conversations (`x_api_v2/groups`), the whole-inbox stream
+//!   `GET /2/dm_events` (`x_api_v2/inbox`) and OAuth 2.0 with PKCE (`x_api_v2/oauth`).
+//! - `getxapi`: the GetXAPI routes under `/twitter/` (POST bodies with `auth_token`), the inbox
+//!   `POST /twitter/dm/list` among them (`getxapi/inbox`).
 //! - `admin`: the `/_sim/` control API for tests that run the simulator out of process.
 //!
 //! Invariant: nothing here panics on client input, and no lock is held across an `.await`.
 
 mod admin;
+mod clock;
 mod content;
 mod cursor;
 mod faults;
 mod getxapi;
 mod http;
+mod inbox;
 mod pace;
 mod stats;
 mod world;
@@ -39,7 +45,7 @@ mod x_api_v2;
 mod xquik;
 
 pub use writes::{SimProvider, SimWrite, SimWriteAction, WriteFault, WriteFaultKind};
-pub use x_api_v2::{SimEvent, SimGroup};
+pub use x_api_v2::{OAuthStats, OAuthTokens, SimEvent, SimGroup, SimOAuthClient};
 
 /// A raw HTTP/1.1 client for tests that must see exactly what goes over the wire.
 #[cfg(any(test, feature = "testkit"))]
@@ -108,6 +114,32 @@ pub struct SimConfig {
     /// `Some(t)`: GetXAPI DM requests must carry this `auth_token` or get 401.
     #[serde(default)]
     pub getxapi_auth_token: Option<String>,
+
+    // OAuth 2.0 user tokens (SPEC 8.1) and the whole-inbox routes (SPEC 8.2).
+    /// OAuth 2.0 apps the authorize and token endpoints know. Empty: any `client_id` is accepted,
+    /// with any absolute http(s) redirect URI, authenticating either as a public client or with
+    /// HTTP Basic and any secret (so the demo works without a registered app).
+    #[serde(default)]
+    pub oauth_clients: Vec<SimOAuthClient>,
+    /// `Some(n)`: access tokens live `n` seconds and the X API v2 routes accept only live tokens
+    /// from the token endpoint, not `api_key`. `None`: tokens say and live 7,200 s (X's two hours),
+    /// and `api_key` is accepted as before.
+    #[serde(default)]
+    pub x_token_lifetime_secs: Option<u64>,
+    /// How long an authorization code can be exchanged, in seconds (default 30).
+    #[serde(default = "default_code_lifetime")]
+    pub oauth_code_lifetime_secs: u64,
+    /// Conversations GetXAPI's `dm/list` shows in the `requests` tab instead of `all`: 1:1
+    /// conversations by the peer's user ID or their `"<a>-<b>"` ID, groups by conversation ID.
+    #[serde(default)]
+    pub getxapi_request_conversations: Vec<String>,
+    /// Likewise for the `hidden` tab (a conversation in both lists is in `requests`).
+    #[serde(default)]
+    pub getxapi_hidden_conversations: Vec<String>,
+}
+
+fn default_code_lifetime() -> u64 {
+    30
 }
 
 fn default_x_rate_limit() -> Option<(u32, u64)> {
@@ -134,6 +166,11 @@ impl Default for SimConfig {
             x_strict_fields: false,
             groups: Vec::new(),
             getxapi_auth_token: None,
+            oauth_clients: Vec::new(),
+            x_token_lifetime_secs: None,
+            oauth_code_lifetime_secs: default_code_lifetime(),
+            getxapi_request_conversations: Vec::new(),
+            getxapi_hidden_conversations: Vec::new(),
         }
     }
 }
@@ -356,7 +393,7 @@ impl Simulator {
         let world = world::World::new(&cfg);
         let faults = faults::FaultEngine::new(cfg.seed, cfg.faults.clone());
         let xquik = xquik::XquikState::new(cfg.seed);
-        let x_api = x_api_v2::XState::new(&cfg);
+        let x_api = x_api_v2::XState::new(&cfg, world.clock());
         let pace = pace::Pace::new(&cfg);
         Simulator {
             inner: Arc::new(Inner {

@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use super::clock::EventClock;
 use super::content::{self, account_id, mix2, normalize_handle, Timeline};
 use super::cursor::{CursorCodec, InvalidCursor, Position};
 use super::{lock, CursorStyle, Growth, SimConfig, SimMessage};
@@ -39,6 +40,8 @@ pub(crate) struct World {
     /// The account the latest history or send request named; ground truth uses it when no
     /// account is configured, so its sender ids match what the client was served.
     last_account: Mutex<Option<String>>,
+    /// Dates what is added after start, after everything else (shared with the groups).
+    clock: Arc<EventClock>,
 }
 
 /// One two-party conversation between the account and `peer`.
@@ -61,9 +64,16 @@ struct ConversationState {
     /// Drives shuffling, growth draws and cursor nonces, so a conversation's answers depend only
     /// on the seed and on the requests made to that conversation.
     rng: SmallRng,
-    /// Messages after the initial ones, oldest first: `None` for a generated one (grown or
-    /// added by a test), `Some` for one sent through the API.
-    extra: Vec<Option<Arc<Sent>>>,
+    /// Messages after the initial ones, oldest first.
+    extra: Vec<Extra>,
+}
+
+/// A message added after start.
+struct Extra {
+    /// From the event clock, not the timeline.
+    ms: u64,
+    /// `None` for a generated one (grown or added by a test), `Some` for one sent through the API.
+    sent: Option<Arc<Sent>>,
 }
 
 /// A message the account sent through a provider's send route.
@@ -115,6 +125,7 @@ impl World {
             usernames: HashMap::new(),
             configured_account: cfg.account.as_deref().map(normalize_handle),
             last_account: Mutex::new(None),
+            clock: Arc::new(EventClock::default()),
         };
         let mut conversations = HashMap::new();
         for c in &cfg.conversations {
@@ -129,6 +140,7 @@ impl World {
             let username = c.username.clone().unwrap_or_else(|| format!("user{peer}"));
             world.usernames.entry(username.to_ascii_lowercase()).or_insert(peer);
             let conv = world.make(peer, username, c.messages, c.cursor_style, c.can_dm, true);
+            world.observe(&conv);
             conversations.insert(peer, Arc::new(conv));
         }
         world.conversations = Mutex::new(conversations);
@@ -170,6 +182,7 @@ impl World {
         }
         let n = self.unknown_peer_size?;
         let conv = Arc::new(self.make(peer, format!("user{peer}"), n, CursorStyle::Offset, None, true));
+        self.observe(&conv);
         map.insert(peer, conv.clone());
         Some(conv)
     }
@@ -211,7 +224,7 @@ impl World {
         if conv.grows && self.growth.per_request > 0.0 {
             let arrives = st.rng.gen::<f64>() < self.growth.per_request;
             if arrives && self.take_growth_budget() {
-                st.extra.push(None);
+                st.extra.push(Extra { ms: self.clock.next(conv.timeline.gap_ms()), sent: None });
             }
         }
         let total = conv.initial + st.extra.len();
@@ -232,10 +245,10 @@ impl World {
                 (idx, (end < total).then_some(Position::Offset(end as u64)))
             }
             Position::Below(bound) => {
-                let c = conv.count_below(total, bound);
+                let c = conv.count_below(&st, total, bound);
                 let from = c.saturating_sub(p);
                 let idx = (from..c).rev().collect();
-                let next = (from > 0).then(|| Position::Below(conv.timeline.id(from)));
+                let next = (from > 0).then(|| Position::Below(conv.id(&st, from)));
                 (idx, next)
             }
         };
@@ -248,6 +261,24 @@ impl World {
         Page { messages, next_cursor }
     }
 
+    /// Every conversation that exists so far (configured, written to, or read as an unknown
+    /// peer under `unknown_peer_size`), in no particular order.
+    pub(crate) fn conversations(&self) -> Vec<Arc<Conversation>> {
+        lock(&self.conversations).values().cloned().collect()
+    }
+
+    /// The clock that dates additions; the groups share it.
+    pub(crate) fn clock(&self) -> Arc<EventClock> {
+        self.clock.clone()
+    }
+
+    /// Makes later additions come after this conversation's generated history.
+    fn observe(&self, conv: &Conversation) {
+        if let Some(last) = conv.initial.checked_sub(1) {
+            self.clock.observe(conv.timeline.ms(last));
+        }
+    }
+
     fn take_growth_budget(&self) -> bool {
         let max = self.growth.max_new;
         self.grown.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (max == 0 || n < max).then_some(n + 1)).is_ok()
@@ -256,7 +287,7 @@ impl World {
     /// Appends a message the account sent; returns it as stored.
     pub(crate) fn append_sent(&self, conv: &Conversation, sent: Sent) -> Message {
         let mut st = lock(&conv.state);
-        st.extra.push(Some(Arc::new(sent)));
+        st.extra.push(Extra { ms: self.clock.written(crate::clock::wall_ms()), sent: Some(Arc::new(sent)) });
         let i = conv.initial + st.extra.len() - 1;
         conv.message(&st, i)
     }
@@ -265,14 +296,15 @@ impl World {
     pub(crate) fn append_generated(&self, conv: &Conversation, n: usize) -> Vec<u64> {
         let mut st = lock(&conv.state);
         let first = conv.initial + st.extra.len();
-        st.extra.extend((0..n).map(|_| None));
-        (first..first + n).map(|i| conv.timeline.id(i)).collect()
+        st.extra.extend((0..n).map(|_| Extra { ms: self.clock.next(conv.timeline.gap_ms()), sent: None }));
+        (first..first + n).map(|i| conv.id(&st, i)).collect()
     }
 
     /// When the newest message was sent (Unix ms); None for an empty conversation.
     pub(crate) fn newest_ms(&self, conv: &Conversation) -> Option<u64> {
-        let total = conv.initial + lock(&conv.state).extra.len();
-        total.checked_sub(1).map(|i| conv.timeline.ms(i))
+        let st = lock(&conv.state);
+        let total = conv.initial + st.extra.len();
+        total.checked_sub(1).map(|i| conv.ms(&st, i))
     }
 
     /// Finds a message by ID in any conversation: its peer and the message.
@@ -281,8 +313,8 @@ impl World {
         convs.into_iter().find_map(|conv| {
             let st = lock(&conv.state);
             let total = conv.initial + st.extra.len();
-            let i = conv.count_below(total, id);
-            (i < total && conv.timeline.id(i) == id).then(|| (conv.peer, conv.message(&st, i)))
+            let i = conv.count_below(&st, total, id);
+            (i < total && conv.id(&st, i) == id).then(|| (conv.peer, conv.message(&st, i)))
         })
     }
 
@@ -337,10 +369,51 @@ impl World {
 }
 
 impl Conversation {
+    /// When message `i` was sent: the timeline for the initial ones, the event clock's date for
+    /// later ones.
+    fn ms(&self, st: &ConversationState, i: usize) -> u64 {
+        match i.checked_sub(self.initial).and_then(|k| st.extra.get(k)) {
+            Some(e) => e.ms,
+            None => self.timeline.ms(i),
+        }
+    }
+
+    fn id(&self, st: &ConversationState, i: usize) -> u64 {
+        match i.checked_sub(self.initial).and_then(|k| st.extra.get(k)) {
+            Some(e) => self.timeline.id_at_ms(e.ms, i),
+            None => self.timeline.id(i),
+        }
+    }
+
+    // What the whole-inbox routes read: they merge many conversations by ID, so they look at IDs
+    // by index and build only the messages they serve. Each call takes the state lock briefly;
+    // indices below a length read earlier stay valid, as messages are only ever appended.
+
+    /// How many messages the conversation has now.
+    pub(crate) fn len(&self) -> usize {
+        self.initial + lock(&self.state).extra.len()
+    }
+
+    /// How many messages have an ID strictly below `bound` (they are indices `0..n`).
+    pub(crate) fn count_below_id(&self, bound: u64) -> usize {
+        let st = lock(&self.state);
+        self.count_below(&st, self.initial + st.extra.len(), bound)
+    }
+
+    /// The ID of message `i` (0 = oldest); `i` must be below a length read earlier.
+    pub(crate) fn id_at(&self, i: usize) -> u64 {
+        self.id(&lock(&self.state), i)
+    }
+
+    /// Message `i` (0 = oldest); `i` must be below a length read earlier.
+    pub(crate) fn message_at(&self, i: usize) -> Message {
+        self.message(&lock(&self.state), i)
+    }
+
     fn message(&self, st: &ConversationState, i: usize) -> Message {
-        let id = self.timeline.id(i);
-        let ms = self.timeline.ms(i);
-        let sent = i.checked_sub(self.initial).and_then(|k| st.extra.get(k)).and_then(|s| s.clone());
+        let id = self.id(st, i);
+        let ms = self.ms(st, i);
+        let sent = i.checked_sub(self.initial).and_then(|k| st.extra.get(k)).and_then(|e| e.sent.clone());
         match sent {
             Some(s) => Message {
                 id,
@@ -366,11 +439,11 @@ impl Conversation {
 
     /// How many messages have an id strictly below `bound`: a binary search over lazily computed,
     /// strictly increasing ids.
-    fn count_below(&self, total: usize, bound: u64) -> usize {
+    fn count_below(&self, st: &ConversationState, total: usize, bound: u64) -> usize {
         let (mut lo, mut hi) = (0usize, total);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.timeline.id(mid) < bound {
+            if self.id(st, mid) < bound {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -515,6 +588,26 @@ mod tests {
         let w = World::new(&SimConfig { unknown_peer_size: Some(12), ..SimConfig::default() });
         let conv = w.find(5).expect("generated");
         assert_eq!(w.all_newest_first(&conv).len(), 12);
+    }
+
+    #[test]
+    fn additions_get_ids_above_every_existing_message() {
+        let w = World::new(&SimConfig::default());
+        let newest_before = w
+            .conversations()
+            .iter()
+            .flat_map(|c| w.all_newest_first(c).first().map(|m| m.id))
+            .max()
+            .expect("the default scenario has messages");
+        // A quiet conversation and a brand-new one: both land above everything, in order.
+        let quiet = w.find(1234567890).expect("configured");
+        let a = w.append_generated(&quiet, 2);
+        let fresh = w.find_or_create(99);
+        let b = w.append_sent(&fresh, Sent { text: "hi".into(), media_url: None });
+        assert!(a[0] > newest_before && a[1] > a[0] && b.id > a[1], "{newest_before} {a:?} {}", b.id);
+        assert_eq!((fresh.len(), fresh.count_below_id(b.id), fresh.id_at(0)), (1, 0, b.id));
+        assert_eq!(quiet.message_at(quiet.len() - 1).id, a[1]);
+        assert_eq!(w.clock().newest(), b.ms);
     }
 
     #[test]

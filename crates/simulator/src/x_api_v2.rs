@@ -1,6 +1,7 @@
 //! The official X API v2 DM routes under `/2/`, over the same world as the other providers:
-//! conversation events (1:1 and group, with join and leave events), user lookup, sends, new groups,
-//! one event's lookup and deletion, and media upload for DMs.
+//! conversation events (1:1 and group, with join and leave events), the account's whole event stream
+//! (`GET /2/dm_events`, in `inbox`), user lookup, sends, new groups, one event's lookup and deletion,
+//! media upload for DMs, and the OAuth 2.0 endpoints that issue the user tokens (in `oauth`).
 //!
 //! What makes it X rather than Xquik: a bearer token; pages of events newest first (at most `max_results`,
 //! and at most the conversation's page size, so every provider pages alike in tests) with
@@ -9,13 +10,16 @@
 //! `errors[]` body for rate limits); `x-rate-limit-limit/remaining/reset` headers on every response and a
 //! 429 once a window is spent ([`SimConfig::x_rate_limit`]); an optional 30-day horizon
 //! ([`SimConfig::x_history_days`]); and an optional strict field list ([`SimConfig::x_strict_fields`]).
-//! Check order: token (401), rate-limit window (429), injected faults, then the route; write routes
-//! then take a write fault (`write_faults`) before or after performing the write.
+//! Check order: token (401, or 403 for an OAuth token without the route's scopes), rate-limit window
+//! (429), injected faults, then the route; write routes then take a write fault (`write_faults`) before or
+//! after performing the write. The OAuth endpoints themselves are never faulted or limited.
 
 // Helpers answer early with the error response itself; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub(super) mod groups;
+mod inbox;
+pub(crate) mod oauth;
 mod write_faults;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -36,7 +40,9 @@ use serde_json::{json, Map, Value};
 
 use groups::{Group, Groups, Kind};
 pub use groups::{SimEvent, SimGroup};
+pub use oauth::{OAuthStats, OAuthTokens, SimOAuthClient};
 
+use super::clock::EventClock;
 use super::content::{self, account_id, hash_bytes, mix2, snowflake, BASE_END_MS};
 use super::faults::{self, Early, Malformed, Spoiled};
 use super::http::{json, RouteTag};
@@ -119,6 +125,8 @@ pub(crate) struct XState {
     /// Uploaded media ID → the URL a DM that attaches it shows.
     media: Mutex<HashMap<String, String>>,
     uploads: AtomicU64,
+    /// The authorization server: codes, tokens, their checks.
+    oauth: oauth::OAuth,
 }
 
 struct Window {
@@ -137,14 +145,15 @@ struct Verdict {
 }
 
 impl XState {
-    pub(crate) fn new(cfg: &SimConfig) -> XState {
+    pub(crate) fn new(cfg: &SimConfig, clock: Arc<EventClock>) -> XState {
         XState {
             seed: cfg.seed,
-            groups: Groups::new(cfg.seed, &cfg.groups),
+            groups: Groups::new(cfg.seed, &cfg.groups, clock),
             windows: Mutex::new(HashMap::new()),
             deleted: Mutex::new(HashSet::new()),
             media: Mutex::new(HashMap::new()),
             uploads: AtomicU64::new(0),
+            oauth: oauth::OAuth::new(cfg),
         }
     }
 
@@ -230,7 +239,9 @@ pub(crate) fn routes(sim: Simulator) -> Router {
     static USER_ID_S: [Spec; 1] = [spec("GET", USER_BY_ID, Bucket::Users)];
     static USER_NAME_S: [Spec; 1] = [spec("GET", USER_BY_NAME, Bucket::Users)];
     static USER_ME_S: [Spec; 1] = [spec("GET", USER_ME, Bucket::Users)];
+    static INBOX_S: [Spec; 1] = [spec("GET", inbox::ROUTE, Bucket::DmRead)];
     Router::new()
+        .route("/2/dm_events", get(inbox::dm_events).route_layer(guard(&INBOX_S)))
         .route(
             "/2/dm_conversations/with/{participant_id}/dm_events",
             get(history_with).route_layer(guard(&HISTORY_WITH_S)),
@@ -247,6 +258,7 @@ pub(crate) fn routes(sim: Simulator) -> Router {
         .route("/2/users/by/username/{username}", get(user_by_name).route_layer(guard(&USER_NAME_S)))
         .route("/2/users/me", get(user_me).route_layer(guard(&USER_ME_S)))
         .route("/2/users/{id}", get(user_by_id).route_layer(guard(&USER_ID_S)))
+        .merge(oauth::routes())
         .layer(from_fn_with_state(sim.clone(), super::http::book))
         .with_state(sim)
 }
@@ -267,11 +279,16 @@ async fn guard(State((sim, specs)): State<(Simulator, &'static [Spec])>, req: Re
     let spec = specs.iter().find(|s| s.method == req.method().as_str()).unwrap_or(&specs[0]);
     let cfg = &sim.inner.cfg;
     let token = bearer(req.headers()).unwrap_or_default();
-    let key_ok = cfg.api_key.as_deref().is_none_or(|k| k == token);
-    let resp = if !key_ok {
-        problem(401, "about:blank", "Unauthorized", "Unauthorized")
+    // The window a request counts against: the user's for an issued OAuth token, else the token's.
+    let (window, refusal) = match oauth::admit(&sim, &token, spec.bucket) {
+        Ok(window) => (window, None),
+        Err(resp) => (String::new(), Some(resp)),
+    };
+    let key_ok = refusal.is_none();
+    let resp = if let Some(refusal) = refusal {
+        refusal
     } else {
-        let verdict = sim.inner.x_api.take(&token, spec.bucket, cfg.x_rate_limit);
+        let verdict = sim.inner.x_api.take(&window, spec.bucket, cfg.x_rate_limit);
         let mut resp = match verdict {
             Some(v) if !v.allowed => {
                 tracing::debug!(route = spec.route, "simulator: X rate-limit window spent");

@@ -11,8 +11,14 @@ use crate::state::{Commit, Store};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
-    /// Committed before the first write; the job may have reached the provider.
+    /// Committed before each attempt's first write: the attempt may be in flight, or the process died
+    /// during it.
     Prepared,
+    /// The last attempt ended with an answer that proves nothing was sent; running the job again is safe.
+    Failed,
+    /// The last attempt may have reached the provider and its result is not known (SPEC 8.8): a rerun reads
+    /// the conversation back, and sends again only when asked to (`--resend-unknown`).
+    Unknown,
     /// The record is in the files (committed with it).
     Recorded,
 }
@@ -38,6 +44,13 @@ pub struct LedgerEntry {
     pub sent_at: Option<String>,
     /// Unix ms of the first attempt.
     pub prepared_at_ms: u64,
+    /// Unix ms when the first attempt whose outcome is not known began: a message found in the conversation
+    /// that is older than this is not this job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_since_ms: Option<u64>,
+    /// Unix ms when the current (or last) attempt began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_started_ms: Option<u64>,
     /// Runs of this job that reached the write step.
     #[serde(default)]
     pub attempts: u32,

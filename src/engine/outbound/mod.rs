@@ -38,6 +38,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limiter;
 pub mod media;
+pub mod readback;
 pub mod send;
 pub mod write;
 
@@ -48,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use job::{Job, MediaSource};
 pub use limiter::{SendContext, WriteLimiter};
-pub use send::send_job;
+pub use send::{send_job, SendOptions};
 
 use crate::provider::{with_retry, Client, ErrorClass, ProviderError, User, WriteDone, WriteKind};
 
@@ -72,6 +73,10 @@ pub struct SendRequest {
     pub jobs: Vec<NumberedJob>,
     /// From `--jobs`: report per job and with a summary.
     pub batch: bool,
+    /// `--resend-unknown`: jobs whose earlier outcome is unknown are sent again when the conversation does
+    /// not show them.
+    #[serde(default)]
+    pub resend_unknown: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,8 +88,17 @@ pub struct NumberedJob {
 /// How a job that did not fail ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Sent (or, `resumed`, found sent by asking the provider again with the same key) and recorded now.
-    Sent { message_id: String, recipient: String, key: String, media_id: Option<String>, resumed: bool },
+    /// Sent (or, `resumed`, found sent by asking the provider again with the same key; or,
+    /// `confirmed_by_history`, found in the conversation after the provider's answer was lost) and recorded
+    /// now.
+    Sent {
+        message_id: String,
+        recipient: String,
+        key: String,
+        media_id: Option<String>,
+        resumed: bool,
+        confirmed_by_history: bool,
+    },
     /// The ledger says it was recorded before; nothing was asked of the provider.
     AlreadySent { message_id: String, recipient: String, key: String },
 }
@@ -109,6 +123,9 @@ pub enum FailKind {
     Local,
     /// Stopped by a signal.
     Interrupted,
+    /// The request may have reached the provider and its result is not known; the conversation does not show
+    /// the message. Not sent again unless asked (`--resend-unknown`).
+    Unknown,
 }
 
 impl JobError {
@@ -125,6 +142,17 @@ impl JobError {
             kind: FailKind::Interrupted,
             code: "interrupted".into(),
             detail: "stopped by a signal; run the job again: it continues with the same idempotency key".into(),
+        }
+    }
+
+    /// A job whose outcome is not known (SPEC 8.8): `why` says what happened, never message text.
+    pub fn unknown(account: &str, why: &str) -> JobError {
+        JobError {
+            kind: FailKind::Unknown,
+            code: "outcome_unknown".into(),
+            detail: format!(
+                "outcome unknown: {why}; it may have been sent from account `{account}`: check the conversation, and run the job again with --resend-unknown to send it once more"
+            ),
         }
     }
 
@@ -166,7 +194,10 @@ impl fmt::Display for JobError {
 pub struct BatchReport {
     pub sent: u64,
     pub already: u64,
+    /// Failed jobs, including those whose outcome is unknown.
     pub failed: u64,
+    /// Of the failed jobs, those whose outcome is unknown.
+    pub unknown: u64,
     /// Jobs never tried because the batch stopped (a signal, an account-level failure).
     pub skipped: u64,
     pub credits: u64,
@@ -199,12 +230,14 @@ pub async fn send_batch(
             on_job(*n, JobEvent::Skipped(&why.code));
             continue;
         }
-        let result = send_job(pipe, job, ctx, &mut r.credits).await;
+        let opts = SendOptions { resend_unknown: req.resend_unknown };
+        let result = send_job(pipe, job, ctx, opts, &mut r.credits).await;
         match &result {
             Ok(Outcome::Sent { .. }) => r.sent += 1,
             Ok(Outcome::AlreadySent { .. }) => r.already += 1,
             Err(e) => {
                 r.failed += 1;
+                r.unknown += u64::from(e.kind == FailKind::Unknown);
                 if e.fatal() || e.kind == FailKind::Interrupted {
                     r.stopped = Some(e.clone());
                 }
@@ -236,15 +269,21 @@ pub async fn upload(
         None => keys::upload_key(&p.name, &media.identity),
     };
     let mut credits = 0;
-    let done =
-        write::write(client, p, ctx, WriteKind::Media, &mut credits, || client.upload_media(&media.upload, &key))
-            .await
-            .map_err(|e| {
-                if ctx.cancel.is_cancelled() {
-                    JobError::interrupted()
-                } else {
-                    JobError::provider(&e, &p.account, &key)
-                }
-            })?;
+    let media = &media;
+    let upload = |k: String| async move { client.upload_media(&media.upload, &k).await };
+    let done = match write::write(client, p, ctx, WriteKind::Media, &key, &mut credits, upload).await {
+        write::Written::Done(done) => done,
+        write::Written::Refused(_) if ctx.cancel.is_cancelled() => return Err(JobError::interrupted()),
+        write::Written::Refused(e) => return Err(JobError::provider(&e, &p.account, &key)),
+        write::Written::Unknown(e) => {
+            return Err(JobError::unknown(
+                &p.account,
+                &format!(
+                    "the upload's answer was lost ({}); no DM was sent, and uploading again is harmless",
+                    e.cause()
+                ),
+            ))
+        }
+    };
     Ok((done, key))
 }

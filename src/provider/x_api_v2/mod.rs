@@ -111,29 +111,8 @@ impl XApiV2 {
                 (format!("{}/2/dm_conversations/{conversation_id}/dm_events", self.base), HISTORY_CONV)
             }
         };
-        let body = loop {
-            let reduced = self.reduced_fields.load(Ordering::Relaxed);
-            let (fields, expansions) =
-                if reduced { (REDUCED_FIELDS, REDUCED_EXPANSIONS) } else { (FIELDS, EXPANSIONS) };
-            let mut req = self.http.get(&url).query(&[
-                ("max_results", MAX_RESULTS),
-                ("dm_event.fields", fields),
-                ("expansions", expansions),
-                ("media.fields", MEDIA_FIELDS),
-            ]);
-            if let Some(c) = cursor {
-                req = req.query(&[("pagination_token", c)]);
-            }
-            match self.limits.exchange(Bucket::DmRead, endpoint, req).await {
-                Err(e) if e.code == UNKNOWN_FIELD && !reduced => {
-                    self.reduced_fields.store(true, Ordering::Relaxed);
-                    FIELDS_WARNING.call_once(|| {
-                        tracing::warn!(endpoint, "X API v2 rejected dm_event.fields sender_id/participant_ids; continuing without them (sender and participants come from expansions instead)");
-                    });
-                }
-                other => break other?,
-            }
-        };
+        let cursor = cursor.map(|c| ("pagination_token", c));
+        let body = self.read_events(endpoint, &url, &[("max_results", MAX_RESULTS)], cursor).await?;
         let page = parse_events(endpoint, &body)?;
         let items = page
             .events
@@ -147,6 +126,41 @@ impl XApiV2 {
             });
         }
         Ok(Page { items, next_cursor: page.next_token, credits: 1 })
+    }
+
+    /// A GET of DM events with every field a record can use. If X rejects `sender_id`/`participant_ids` in
+    /// `dm_event.fields` (newer specs dropped them from the enum), this and every later request of the
+    /// pipeline asks without them and with the `sender_id`/`participant_ids` expansions instead; one warning
+    /// per process says so. History, the event lookup and the inbox stream all read through here.
+    async fn read_events(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+        query: &[(&str, &str)],
+        cursor: Option<(&str, &str)>,
+    ) -> Result<bytes::Bytes, ProviderError> {
+        loop {
+            let reduced = self.reduced_fields.load(Ordering::Relaxed);
+            let (fields, expansions) =
+                if reduced { (REDUCED_FIELDS, REDUCED_EXPANSIONS) } else { (FIELDS, EXPANSIONS) };
+            let mut req = self.http.get(url).query(query).query(&[
+                ("dm_event.fields", fields),
+                ("expansions", expansions),
+                ("media.fields", MEDIA_FIELDS),
+            ]);
+            if let Some(c) = cursor {
+                req = req.query(&[c]);
+            }
+            match self.limits.exchange(Bucket::DmRead, endpoint, req).await {
+                Err(e) if e.code == UNKNOWN_FIELD && !reduced => {
+                    self.reduced_fields.store(true, Ordering::Relaxed);
+                    FIELDS_WARNING.call_once(|| {
+                        tracing::warn!(endpoint, "X API v2 rejected dm_event.fields sender_id/participant_ids; continuing without them (sender and participants come from expansions instead)");
+                    });
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Normalizes one event into an [`Item`]; the error names what is wrong, never a value.
@@ -219,13 +233,12 @@ impl XApiV2 {
         }
     }
 
-    /// `GET /2/dm_events/{event_id}`: which conversation an event belongs to (for `delete`).
+    /// `GET /2/dm_events/{event_id}`: which conversation an event belongs to (for `delete`), with the same
+    /// field fallback as history.
     pub async fn event(&self, event_id: &str) -> Result<EventInfo, ProviderError> {
         check_numeric(EVENT, event_id)?;
         let url = format!("{}/2/dm_events/{event_id}", self.base);
-        let req =
-            self.http.get(url).query(&[("dm_event.fields", "id,event_type,dm_conversation_id,sender_id,created_at")]);
-        let body = self.limits.exchange(Bucket::DmRead, EVENT, req).await?;
+        let body = self.read_events(EVENT, &url, &[], None).await?;
         let b: DataBody<WireEvent> = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(EVENT, &e))?;
         match b.data {
             Some(e) => Ok(EventInfo {
@@ -420,7 +433,12 @@ fn media_state(endpoint: &'static str, body: &[u8]) -> Result<WriteState, Provid
             let after = Duration::from_secs(processing.check_after_secs.unwrap_or(1).min(60));
             Ok(WriteState::Pending { action: id.0, after })
         }
-        Some("failed") => Ok(WriteState::Failed { code: "media_processing_failed".into(), safe_to_retry: true }),
+        // X could not process the media: no DM carries it, so nothing was sent; uploading again is safe.
+        Some("failed") => Ok(WriteState::Failed {
+            code: "media_processing_failed".into(),
+            safe_to_retry: true,
+            dispatched: Some(false),
+        }),
         _ => Ok(WriteState::Done(WriteDone { id: id.0, url: None, at: None })),
     }
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::super::clock::EventClock;
 use super::super::content::{self, mix2, snowflake, Timeline, BASE_END_MS};
 use super::super::lock;
 
@@ -119,27 +120,60 @@ pub(crate) struct Group {
     /// The other members at creation.
     members: Vec<u64>,
     timeline: Timeline,
-    extra: Mutex<Vec<Extra>>,
+    /// What clients added, oldest first, each dated by the event clock.
+    extra: Mutex<Vec<(u64, Extra)>>,
+    clock: Arc<EventClock>,
 }
 
 impl Group {
-    fn new(id: u64, seed: u64, members: Vec<u64>, initial: usize, every: usize) -> Group {
+    fn new(id: u64, seed: u64, members: Vec<u64>, initial: usize, every: usize, clock: Arc<EventClock>) -> Group {
         let key = mix2(seed, mix2(id, 0x0067_726f_7570));
-        Group { id, key, initial, every, members, timeline: Timeline::new(key, initial), extra: Mutex::new(Vec::new()) }
+        let timeline = Timeline::new(key, initial);
+        if let Some(last) = initial.checked_sub(1) {
+            clock.observe(timeline.ms(last));
+        }
+        Group { id, key, initial, every, members, timeline, extra: Mutex::new(Vec::new()), clock }
+    }
+
+    /// When event `i` happened and its ID.
+    fn stamp(&self, i: usize) -> (u64, u64) {
+        if i >= self.initial {
+            if let Some((ms, _)) = lock(&self.extra).get(i - self.initial) {
+                return (*ms, self.timeline.id_at_ms(*ms, i));
+            }
+        }
+        (self.timeline.ms(i), self.timeline.id(i))
+    }
+
+    /// The ID of event `i` (0 = oldest).
+    pub(crate) fn id_at(&self, i: usize) -> u64 {
+        self.stamp(i).1
+    }
+
+    /// Appends what a client added, dated now (the wall clock, or just after the newest event when history
+    /// runs ahead of it); returns its index.
+    fn push(&self, extra: Extra) -> usize {
+        let mut list = lock(&self.extra);
+        list.push((self.clock.written(crate::clock::wall_ms()), extra));
+        self.initial + list.len() - 1
     }
 
     pub(crate) fn len(&self) -> usize {
         self.initial + lock(&self.extra).len()
     }
 
+    /// The other members when the group was made.
+    pub(crate) fn members(&self) -> &[u64] {
+        &self.members
+    }
+
     /// Event `i` (0 = oldest).
     pub(crate) fn event(&self, i: usize) -> Event {
-        let id = self.timeline.id(i);
-        let ms = self.timeline.ms(i);
+        let (ms, id) = self.stamp(i);
         let base =
             Event { id, ms, kind: Kind::Message, sender: None, participants: Vec::new(), text: None, media_url: None };
         if i >= self.initial {
-            return match lock(&self.extra).get(i - self.initial).cloned() {
+            return match lock(&self.extra).get(i - self.initial).map(|(_, e)| e.clone()) {
                 Some(Extra::Join { participants }) => {
                     Event { kind: Kind::Join, sender: Some(Who::Account), participants, ..base }
                 }
@@ -188,30 +222,33 @@ impl Group {
     }
 
     pub(crate) fn newest_ms(&self) -> Option<u64> {
-        self.len().checked_sub(1).map(|i| self.timeline.ms(i))
+        self.len().checked_sub(1).map(|i| self.stamp(i).0)
     }
 
-    /// The index of the event with this ID, by binary search over increasing IDs.
-    fn find(&self, id: u64) -> Option<usize> {
+    /// How many events have an ID strictly below `bound` (they are indices `0..n`), by binary
+    /// search over increasing IDs.
+    pub(crate) fn count_below_id(&self, bound: u64) -> usize {
         let (mut lo, mut hi) = (0usize, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.timeline.id(mid) < id {
+            if self.id_at(mid) < bound {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        (lo < self.len() && self.timeline.id(lo) == id).then_some(lo)
+        lo
+    }
+
+    /// The index of the event with this ID.
+    fn find(&self, id: u64) -> Option<usize> {
+        let i = self.count_below_id(id);
+        (i < self.len() && self.id_at(i) == id).then_some(i)
     }
 
     /// Appends a message the account sent; returns its event.
     pub(crate) fn append_message(&self, text: String, media_url: Option<String>) -> Event {
-        let i = {
-            let mut extra = lock(&self.extra);
-            extra.push(Extra::Message { text, media_url });
-            self.initial + extra.len() - 1
-        };
+        let i = self.push(Extra::Message { text, media_url });
         self.event(i)
     }
 
@@ -225,10 +262,11 @@ pub(crate) struct Groups {
     seed: u64,
     map: Mutex<HashMap<u64, Arc<Group>>>,
     created: AtomicU64,
+    clock: Arc<EventClock>,
 }
 
 impl Groups {
-    pub(crate) fn new(seed: u64, configured: &[SimGroup]) -> Groups {
+    pub(crate) fn new(seed: u64, configured: &[SimGroup], clock: Arc<EventClock>) -> Groups {
         let mut map = HashMap::new();
         for g in configured {
             let id = match g.conversation_id.trim().parse::<u64>() {
@@ -239,9 +277,15 @@ impl Groups {
                 }
             };
             let members: Vec<u64> = g.participants.iter().filter_map(|p| p.trim().parse().ok()).collect();
-            map.insert(id, Arc::new(Group::new(id, seed, members, g.events.max(1), g.membership_every)));
+            let group = Group::new(id, seed, members, g.events.max(1), g.membership_every, clock.clone());
+            map.insert(id, Arc::new(group));
         }
-        Groups { seed, map: Mutex::new(map), created: AtomicU64::new(0) }
+        Groups { seed, map: Mutex::new(map), created: AtomicU64::new(0), clock }
+    }
+
+    /// Every group, in no particular order.
+    pub(crate) fn all(&self) -> Vec<Arc<Group>> {
+        lock(&self.map).values().cloned().collect()
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Group>> {
@@ -253,8 +297,8 @@ impl Groups {
     pub(crate) fn create(&self, members: Vec<u64>, text: String, media_url: Option<String>) -> (Arc<Group>, Event) {
         let n = self.created.fetch_add(1, Ordering::Relaxed) + 1;
         let id = snowflake(BASE_END_MS + 60 * 86_400_000 + n * 1_000, mix2(self.seed, n));
-        let group = Arc::new(Group::new(id, self.seed, members.clone(), 0, 0));
-        lock(&group.extra).push(Extra::Join { participants: members });
+        let group = Arc::new(Group::new(id, self.seed, members.clone(), 0, 0, self.clock.clone()));
+        group.push(Extra::Join { participants: members });
         let event = group.append_message(text, media_url);
         lock(&self.map).insert(id, group.clone());
         (group, event)
@@ -277,7 +321,7 @@ mod tests {
     use super::*;
 
     fn group(events: usize, every: usize) -> Group {
-        Group::new(1_578_398_451_921_985_538, 7, vec![11, 12, 13], events, every)
+        Group::new(1_578_398_451_921_985_538, 7, vec![11, 12, 13], events, every, Arc::default())
     }
 
     #[test]
@@ -313,7 +357,7 @@ mod tests {
 
     #[test]
     fn created_groups_hold_a_join_and_the_first_message() {
-        let groups = Groups::new(7, &[]);
+        let groups = Groups::new(7, &[], Arc::default());
         let (g, e) = groups.create(vec![21, 22], "hello".into(), None);
         assert!((15..=19).contains(&g.id.to_string().len()));
         let all = g.all_newest_first();
