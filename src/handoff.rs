@@ -424,7 +424,12 @@ mod tests {
         let commit = Commit { freshness: fresh("2020-01-01T00:00:00.000Z", None), ..Commit::default() };
         handoff.write(Batch { lines: vec![], commit }).await.unwrap();
         handoff.close().await;
-        let segments = std::fs::read_dir(&cfg.dir).unwrap().count() as f64 - 1.0;
+        // Closed segments: `<stem>.<ts>.<seq>.jsonl` (manifests beside them end in `.manifest.json`).
+        let names: Vec<String> = std::fs::read_dir(&cfg.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let segments = names.iter().filter(|n| n.ends_with(".jsonl") && *n != &cfg.file_name).count() as f64;
         assert!(segments >= 2.0, "7 lines of about 400 bytes under a 1,024-byte limit rotate");
 
         let text = crate::metrics::global().encode_text();
