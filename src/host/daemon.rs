@@ -505,7 +505,14 @@ impl metrics::Source for Daemon {
         for slot in slots {
             let p = &slot.pipe.config;
             match health::count(p, &self.store) {
-                Ok(counts) => crate::metrics::global().set_conversations(&p.name, counts),
+                Ok(counts) => {
+                    // Only for a slot still running, checked under the lock a removal takes first: a pipeline
+                    // removed meanwhile has its gauges dropped after that, and must not get them back here.
+                    let Ok(current) = self.slots.lock() else { return };
+                    if current.get(&p.name).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                        crate::metrics::global().set_conversations(&p.name, counts);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(pipeline = %p.name, error = %e, "cannot read the conversations' state for the metrics")
                 }
