@@ -7,6 +7,11 @@
 //! write, one fsync and one sled flush, so many conversations cost one fsync, not one each. A caller is
 //! answered only after its batch is durable.
 //!
+//! The metrics that say what was delivered move here too, and only here: after a group's state commit has
+//! succeeded, the writer adds its records by kind, its credits and the segments it closed, and sets the
+//! freshness gauges from the [`Freshness`] it committed. A failed group moves nothing, so a metric never
+//! counts a record the files and the state do not both hold.
+//!
 //! Recovery lives here too: opening a sink hands back the lines that reached the disk after the last
 //! commit, and [`reconcile`] folds their keys into the seen set before anything new is written. After
 //! any write or commit error the sink is dropped and reopened on the next batch, so a partial failure
@@ -18,9 +23,10 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{id_cmp, key_of_line, Kind};
-use crate::sink::{Finisher, Sink, SinkConfig};
-use crate::state::{Commit, ConvState, Store};
+use crate::metrics::PipelineMetrics;
+use crate::record::{id_cmp, kind_of_line, Kind, Record};
+use crate::sink::{CommitPoint, Finisher, Sink, SinkConfig};
+use crate::state::{Commit, ConvState, Freshness, Store};
 
 /// Held by a writer while it appends and commits, and by [`exit_now`]: an immediate exit (second
 /// Ctrl-C) waits for the append in progress, so even then no line is left torn.
@@ -95,7 +101,20 @@ pub struct Handoff {
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
     pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
-        let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None, finisher: None };
+        let freshness = store.freshness(pipeline).map_err(|e| HandoffError(e.to_string()))?;
+        let metrics = crate::metrics::global().pipeline(pipeline);
+        // The gauges start from what the state remembers, so a restarted daemon does not look stale.
+        show_freshness(&metrics, &freshness);
+        let mut writer = Writer {
+            store,
+            pipeline: pipeline.to_string(),
+            cfg,
+            sink: None,
+            finisher: None,
+            metrics,
+            freshness,
+            committed_seq: None,
+        };
         let recovery = writer.ensure_open()?;
         // Compression and manifests of closed segments run beside the writer, never in its way.
         let finisher = Finisher::start(&writer.cfg, pipeline)
@@ -157,6 +176,12 @@ struct Writer {
     sink: Option<Sink>,
     /// Compresses and describes closed segments once a commit covers them; joined on close.
     finisher: Option<Finisher>,
+    metrics: PipelineMetrics,
+    /// The pipeline's freshness as committed (the gauges show it).
+    freshness: Freshness,
+    /// The sink generation of the last commit: a later commit's generation minus this is the number of
+    /// segments it closed. None until the first commit of this writer.
+    committed_seq: Option<u64>,
 }
 
 impl Writer {
@@ -239,7 +264,43 @@ impl Writer {
             return Err(HandoffError(e.to_string()));
         }
         self.committed(point.seq);
+        self.delivered(&lines, &commit, point);
         Ok(())
+    }
+
+    /// Moves the metrics by what a successful commit made durable: per group, not per line, apart from
+    /// reading each line's kind from its first bytes.
+    fn delivered(&mut self, lines: &[String], commit: &Commit, point: CommitPoint) {
+        // A group holds a kind or two; a short list beats a map.
+        let mut kinds: Vec<(&str, u64)> = Vec::new();
+        for line in lines {
+            let kind = kind_of_line(line);
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        for (kind, n) in kinds {
+            self.metrics.records(kind, n);
+        }
+        let mine = |p: &String| *p == self.pipeline;
+        self.metrics.credits(commit.credits.iter().filter(|(p, _)| mine(p)).map(|(_, n)| n).sum());
+        self.metrics_committed(commit, point);
+    }
+
+    /// What every successful commit of this writer, recovery's included, moves: segments closed since the
+    /// previous commit, and the freshness gauges.
+    fn metrics_committed(&mut self, commit: &Commit, point: CommitPoint) {
+        if let Some(before) = self.committed_seq.replace(point.seq) {
+            self.metrics.segments_closed(point.seq.saturating_sub(before));
+        }
+        let before = self.freshness.clone();
+        for (_, f) in commit.freshness.iter().filter(|(p, _)| *p == self.pipeline) {
+            self.freshness.merge(f);
+        }
+        if self.freshness != before {
+            show_freshness(&self.metrics, &self.freshness);
+        }
     }
 
     /// Drops the sink and reopens it at once, reconciling whatever the failed group left on disk, so the
@@ -271,11 +332,23 @@ impl Writer {
                 "recovered output left by an interrupted run"
             );
         }
-        commit.sink_points.push((self.pipeline.clone(), sink.position()));
+        let point = sink.position();
+        commit.sink_points.push((self.pipeline.clone(), point));
         self.store.commit(&commit).map_err(|e| HandoffError(e.to_string()))?;
-        self.committed(sink.position().seq);
+        self.committed(point.seq);
+        self.metrics_committed(&commit, point);
         self.sink = Some(sink);
         Ok(recovery)
+    }
+}
+
+/// Sets the freshness gauges from the state's facts (a fact not known yet leaves its gauge absent).
+fn show_freshness(metrics: &PipelineMetrics, f: &Freshness) {
+    if let Some(ms) = f.last_success_ms {
+        metrics.last_run_success(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    }
+    if let Some(at) = f.newest_created_at.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok()) {
+        metrics.newest_record_created(at);
     }
 }
 
@@ -284,8 +357,10 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
     let mut commit = Commit::default();
     let mut fresh = HashSet::new();
     let mut convs: BTreeMap<String, ConvState> = BTreeMap::new();
+    let mut newest_created: Option<String> = None;
     for line in lines {
-        let Some(key) = key_of_line(line) else {
+        let record = serde_json::from_str::<Record>(line).ok();
+        let Some(key) = record.as_ref().and_then(Record::key) else {
             tracing::warn!(pipeline, "a recovered line is not a dm-handoff record; left as it is");
             continue;
         };
@@ -293,6 +368,11 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
             continue;
         }
         if matches!(key.kind, Kind::DmMessage | Kind::DmEvent) {
+            // The line is in the files now, so it counts for the freshness `status` and the metrics show.
+            let created = record.and_then(|r| r.created_at);
+            if created > newest_created {
+                newest_created = created;
+            }
             let st = match convs.get_mut(&key.conversation) {
                 Some(st) => st,
                 None => {
@@ -308,5 +388,93 @@ pub fn reconcile(store: &Store, pipeline: &str, lines: &[String]) -> Result<Comm
         commit.seen.push((pipeline.to_string(), key));
     }
     commit.conversations = convs.into_iter().map(|(c, st)| (pipeline.to_string(), c, st)).collect();
+    if newest_created.is_some() {
+        commit
+            .freshness
+            .push((pipeline.to_string(), Freshness { newest_created_at: newest_created, ..Freshness::default() }));
+    }
     Ok(commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StoreOptions;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The metrics move by what a commit delivered, and the freshness gauges come back from the state when
+    /// the pipeline is opened again (a restarted daemon).
+    #[tokio::test]
+    async fn a_commit_moves_the_metrics_and_a_reopen_restores_the_freshness_gauges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state"), StoreOptions::default()).unwrap());
+        let pipeline = "handoff-metrics-test";
+        let cfg = SinkConfig {
+            dir: dir.path().join("out"),
+            file_name: "xquik-dm-handoff.jsonl".into(),
+            rotate_max_bytes: 1024,
+            rotate_max_age: None,
+            compress: crate::sink::Compression::None,
+        };
+        let line = |kind: Kind, id: u32| {
+            let r = Record {
+                kind: Some(kind),
+                pipeline: pipeline.into(),
+                conversation_user_id: Some("44196397".into()),
+                message_id: Some(format!("1893456789012{id:06}")),
+                text: Some("x".repeat(300)),
+                ..Record::default()
+            };
+            r.to_line()
+        };
+        let (handoff, _) = Handoff::open(store.clone(), pipeline, cfg.clone()).unwrap();
+        let fresh = |at: &str, ok: Option<u64>| {
+            vec![(pipeline.to_string(), Freshness { newest_created_at: Some(at.into()), last_success_ms: ok })]
+        };
+        let batch = Batch {
+            lines: (0..6).map(|i| line(Kind::DmMessage, i)).chain([line(Kind::DmSend, 99)]).collect(),
+            commit: Commit {
+                credits: vec![(pipeline.to_string(), 6)],
+                freshness: fresh("2026-02-24T10:00:00.500Z", Some(1_771_927_300_000)),
+                ..Commit::default()
+            },
+        };
+        handoff.write(batch).await.unwrap();
+        // An older created_at never moves the gauge back.
+        let commit = Commit { freshness: fresh("2020-01-01T00:00:00.000Z", None), ..Commit::default() };
+        handoff.write(Batch { lines: vec![], commit }).await.unwrap();
+        handoff.close().await;
+        // Closed segments: `<stem>.<ts>.<seq>.jsonl` (manifests beside them end in `.manifest.json`).
+        let names: Vec<String> = std::fs::read_dir(&cfg.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let segments = names.iter().filter(|n| n.ends_with(".jsonl") && *n != &cfg.file_name).count() as f64;
+        assert!(segments >= 2.0, "7 lines of about 400 bytes under a 1,024-byte limit rotate");
+
+        let text = crate::metrics::global().encode_text();
+        let at = |s: &str| sample(&text, &s.replace("P", pipeline)).unwrap_or_else(|| panic!("no {s}:\n{text}"));
+        assert_eq!(at(r#"dm_handoff_records_written_total{pipeline="P",kind="dm_message"}"#), 6.0);
+        assert_eq!(at(r#"dm_handoff_records_written_total{pipeline="P",kind="dm_send"}"#), 1.0);
+        assert_eq!(at(r#"dm_handoff_credits_spent_total{pipeline="P"}"#), 6.0);
+        assert_eq!(at(r#"dm_handoff_segments_closed_total{pipeline="P"}"#), segments);
+        assert_eq!(at(r#"dm_handoff_newest_record_created_timestamp_seconds{pipeline="P"}"#), 1_771_927_200.5);
+        assert_eq!(at(r#"dm_handoff_last_run_success_timestamp_seconds{pipeline="P"}"#), 1_771_927_300.0);
+
+        // Gone (a reload removed it), then opened again: the gauges come back from the state.
+        crate::metrics::global().forget_pipeline(pipeline);
+        assert!(!crate::metrics::global()
+            .encode_text()
+            .contains("newest_record_created_timestamp_seconds{pipeline=\"handoff-metrics-test\"}"));
+        let (handoff, _) = Handoff::open(store, pipeline, cfg).unwrap();
+        handoff.close().await;
+        let text = crate::metrics::global().encode_text();
+        let at = |s: &str| sample(&text, &s.replace("P", pipeline));
+        assert_eq!(at(r#"dm_handoff_newest_record_created_timestamp_seconds{pipeline="P"}"#), Some(1_771_927_200.5));
+        assert_eq!(at(r#"dm_handoff_last_run_success_timestamp_seconds{pipeline="P"}"#), Some(1_771_927_300.0));
+        assert_eq!(at(r#"dm_handoff_records_written_total{pipeline="P",kind="dm_message"}"#), Some(6.0));
+    }
 }

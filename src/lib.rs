@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Dependencies point one way: `main → host → commands → engine → {handoff, sink, state, provider, record}
-//! → {config, ids, time, exit}` (ARCHITECTURE.md states the invariants).
+//! → {config, ids, time, exit, metrics}` (ARCHITECTURE.md states the invariants).
 //!
 //! - [`host`]: runs a command's request here or hands it to a running daemon; the only place that opens and
 //!   closes pipelines; the daemon (`run`), the control socket, the demo and the simulator server.
@@ -21,6 +21,8 @@
 //!   against them.
 //! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
 //! - [`ids`], [`time`], [`exit`]: leaves: X's ID shapes, timestamps, the process exit codes.
+//! - [`metrics`]: a leaf: the Prometheus registry and the handles the provider, the writer and the engine
+//!   move; the daemon serves it (`metrics_listen`).
 //!
 //! The provider simulator (`demo`, `simulate`, the tests) is the workspace crate `dm-handoff-simulator`, which
 //! names nothing of this crate.
@@ -33,6 +35,7 @@ pub mod exit;
 pub mod handoff;
 pub mod host;
 pub mod ids;
+pub mod metrics;
 pub mod provider;
 pub mod record;
 pub mod schema;

@@ -136,6 +136,17 @@ pub fn key_of_line(line: &str) -> Option<Key> {
     serde_json::from_str::<Record>(line).ok()?.key()
 }
 
+/// The `kind` of a line this crate wrote, read from its first bytes instead of parsing the line: every
+/// record serializes `kind` first ([`Record`]'s field order). This is what the pipeline writer counts
+/// records by, once per line, so it must cost next to nothing. `unknown` for a line of another shape.
+pub fn kind_of_line(line: &str) -> &str {
+    line.strip_prefix(r#"{"kind":""#)
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(kind, _)| kind)
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .unwrap_or("unknown")
+}
+
 /// What a pipeline stamps on each of its records.
 #[derive(Clone, Debug)]
 pub struct Context<'a> {
@@ -358,6 +369,18 @@ mod tests {
             key,
             Key { kind: Kind::DmMessage, conversation: "44196397".into(), id: "1893456789012345678".into() }
         );
+    }
+
+    #[test]
+    fn the_kind_of_a_line_is_read_from_its_first_bytes() {
+        let item = Item { id: "1893456789012345678".into(), ..Item::default() };
+        let line = message_record(&ctx(false), &peer(), &item, "2026-11-23T13:00:00.000Z").to_line();
+        assert_eq!(kind_of_line(&line), "dm_message");
+        let send = Record { kind: Some(Kind::DmSend), ..Record::default() }.to_line();
+        assert_eq!(kind_of_line(&send), "dm_send");
+        for other in ["", "{}", r#"{"text":"{\"kind\":\"x\"}"}"#, r#"{"kind":"A\"b"}"#, r#"{"kind":""}"#] {
+            assert_eq!(kind_of_line(other), "unknown", "{other}");
+        }
     }
 
     #[test]

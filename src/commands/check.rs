@@ -16,6 +16,10 @@ pub fn report(cfg: &Config) -> Report {
         cfg.max_concurrency,
         cfg.shutdown_timeout
     );
+    let _ = match cfg.metrics_listen {
+        Some(addr) => writeln!(out, "metrics: `run` serves http://{addr}/metrics and /healthz"),
+        None => writeln!(out, "metrics: not served (set metrics_listen to serve them)"),
+    };
     for p in &cfg.pipelines {
         let _ = writeln!(out, "pipeline {} ({}):", p.name, p.provider);
         let _ = writeln!(out, "  base_url      {}", p.base_url);

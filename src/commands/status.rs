@@ -1,11 +1,14 @@
 //! `status`: per pipeline and conversation, what the state says, as text or one JSON document. Reads the
-//! state only, so the daemon answers it from its own open store.
+//! state only, so the daemon answers it from its own open store. Per pipeline it also shows freshness
+//! (SPEC 8.5): when the last successful run ended and the newest record's `created_at`, two separate
+//! facts so an idle account is told apart from a dead pipeline; the metrics gauges say the same.
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::Report;
-use crate::config::{Config, ConversationRef};
+use crate::config::Config;
+use crate::engine::health::{self, ConvHealth};
 use crate::record::Conversation;
 use crate::state::{Store, INBOX_STREAM};
 use crate::time::format_time;
@@ -23,6 +26,8 @@ struct StatusConv {
     /// Found by the whole-inbox sync rather than listed in `conversations`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     discovered: bool,
+    /// ok, failed, backfilling or paused: the state `dm_handoff_conversations` counts it in.
+    state: &'static str,
 }
 
 /// The whole-inbox sync of a pipeline (`inbox = true`).
@@ -52,6 +57,10 @@ struct StatusPipeline {
     oauth: Option<super::auth::TokenStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inbox: Option<StatusInbox>,
+    /// When the last run in which no conversation failed ended; None if none ever did.
+    last_successful_run: Option<String>,
+    /// The newest `created_at` of a message or event record in the files; None while there is none.
+    newest_record_created_at: Option<String>,
     conversations: Vec<StatusConv>,
 }
 
@@ -59,19 +68,15 @@ struct StatusPipeline {
 pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report> {
     let mut doc = Vec::new();
     for p in &cfg.pipelines {
+        let paused = health::paused(p, store)?;
         let mut convs = Vec::new();
         for c in &p.conversations {
-            let key = match c {
-                ConversationRef::Peer(id) => Some(id.clone()),
-                ConversationRef::ConversationId(id) => {
-                    Some(Conversation::from_conversation_id(id, Some(&p.account)).key().to_string())
-                }
-                ConversationRef::Username(u) => store.resolved_user(p.provider.name(), u)?,
-            };
+            let key = health::conversation_key(p, c, store)?;
             let st = match &key {
                 Some(k) => store.conversation(&p.name, k)?,
                 None => Default::default(),
             };
+            let state = ConvHealth::of(&st, p.backfill, paused).as_str();
             convs.push(StatusConv {
                 conversation: key.unwrap_or_else(|| c.to_string()),
                 configured: c.to_string(),
@@ -82,6 +87,7 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
                 last_error: st.last_error,
                 credits_total: st.credits_total,
                 discovered: false,
+                state,
             });
         }
         let inbox = if p.inbox {
@@ -93,6 +99,7 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
                     continue;
                 }
                 let st = store.conversation(&p.name, &key)?;
+                let state = ConvHealth::of(&st, p.backfill, paused).as_str();
                 convs.push(StatusConv {
                     conversation: key,
                     configured: format!("conv:{}", d.conversation_id),
@@ -104,6 +111,7 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
                     last_error: st.last_error,
                     credits_total: st.credits_total,
                     discovered: true,
+                    state,
                 });
             }
             let st = stream;
@@ -119,15 +127,18 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
             None
         };
         let credits_today = store.credits_today(&p.name)?;
+        let fresh = store.freshness(&p.name)?;
         doc.push(StatusPipeline {
             name: p.name.clone(),
             provider: p.provider.name(),
             output_dir: p.output_dir.display().to_string(),
             credits_today,
             max_credits_per_day: p.max_credits_per_day,
-            paused: p.max_credits_per_day > 0 && credits_today >= p.max_credits_per_day,
+            paused,
             oauth: p.oauth.as_ref().map(super::auth::token_status),
             inbox,
+            last_successful_run: fresh.last_success_ms.map(|ms| format_time(UNIX_EPOCH + Duration::from_millis(ms))),
+            newest_record_created_at: fresh.newest_created_at,
             conversations: convs,
         });
     }
@@ -142,6 +153,12 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
         let limit = if p.max_credits_per_day > 0 { format!(" of {}", p.max_credits_per_day) } else { String::new() };
         let paused = if p.paused { "  PAUSED: daily credit budget spent, resumes at 00:00 UTC" } else { "" };
         writeln!(out, "  credits today: {}{limit}{paused}", p.credits_today)?;
+        writeln!(
+            out,
+            "  last successful run: {}; newest record created_at: {}",
+            p.last_successful_run.as_deref().unwrap_or("never"),
+            p.newest_record_created_at.as_deref().unwrap_or("none yet"),
+        )?;
         if let (Some(t), Some(pipe)) = (&p.oauth, cfg.pipelines.iter().find(|c| c.name == p.name)) {
             writeln!(out, "  token: {}", super::auth::describe(pipe, t))?;
         }

@@ -87,6 +87,8 @@ pub struct Config {
     pub max_concurrency: usize,
     /// The bound on a clean stop of `run`.
     pub shutdown_timeout: Duration,
+    /// Where `run` serves Prometheus metrics (`GET /metrics`) and `GET /healthz`; None = off (the default).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub pipelines: Vec<Pipeline>,
 }
 
@@ -240,6 +242,8 @@ pub enum Concurrency {
 /// Retry and timeout policy toward a provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// The pipeline whose requests these are: `provider::with_retry` counts its retries under this name.
+    pub pipeline: String,
     /// One request's whole time, connect to last byte.
     pub request_timeout: Duration,
     /// Attempts after the first, for transient failures only.

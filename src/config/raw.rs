@@ -24,6 +24,9 @@ pub(super) struct RawConfig {
     /// How long `run` may take to stop after SIGTERM.
     #[serde(default = "default_shutdown_timeout")]
     pub(super) shutdown_timeout: String,
+    /// `host:port` where `run` serves `/metrics` and `/healthz`; None = not served.
+    #[serde(default)]
+    pub(super) metrics_listen: Option<String>,
     #[serde(default)]
     pub(super) pipelines: Vec<RawPipeline>,
 }

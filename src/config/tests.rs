@@ -51,6 +51,18 @@ fn every_key_the_annotated_file_documents_is_a_real_key() {
     let cfg = check(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.seen_window, 16);
     assert_eq!(cfg.state_cache_bytes, 16 * 1024 * 1024);
+    assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+}
+
+#[test]
+fn metrics_listen_is_off_by_default_and_must_be_an_address_and_port() {
+    assert_eq!(check(MINIMAL).unwrap().metrics_listen, None);
+    let on = check(&format!("metrics_listen = \"[::1]:9464\"\n{MINIMAL}")).unwrap();
+    assert_eq!(on.metrics_listen, Some("[::1]:9464".parse().unwrap()));
+    for bad in ["localhost:9464", "127.0.0.1", ":9464", "127.0.0.1:99999"] {
+        let e = check_err(&format!("metrics_listen = \"{bad}\"\n{MINIMAL}"));
+        assert!(e.contains("metrics_listen") && e.contains("127.0.0.1:9464"), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -37,6 +37,14 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         return err(format!("config {file}: max_concurrency must be at least 1"));
     }
     let shutdown_timeout = parse_duration("shutdown_timeout", &raw.shutdown_timeout, &format!("config {file}"))?;
+    let metrics_listen = match raw.metrics_listen.as_deref().map(str::trim) {
+        None => None,
+        Some(v) => Some(v.parse::<std::net::SocketAddr>().map_err(|_| {
+            ConfigError(format!(
+                "config {file}: metrics_listen `{v}` is not an IP address and port; write it like \"127.0.0.1:9464\""
+            ))
+        })?),
+    };
     if raw.pipelines.is_empty() {
         return err(format!(
             "config {file}: no [[pipelines]] defined; add at least one (see the annotated pipelines.toml)"
@@ -195,6 +203,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             _ => return err(format!("{at}: concurrency must be \"auto\" or a number of at least 1")),
         };
         let retry = RetryPolicy {
+            pipeline: name.clone(),
             request_timeout: parse_duration("request_timeout", &rp.request_timeout, &at)?,
             max_retries: rp.max_retries,
             base: parse_duration("retry_base", &rp.retry_base, &at)?,
@@ -237,6 +246,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         seen_window: raw.seen_window,
         max_concurrency: raw.max_concurrency,
         shutdown_timeout,
+        metrics_listen,
         pipelines,
     })
 }

@@ -1,10 +1,12 @@
 //! The engine: what an open pipeline does. Sync passes ([`sync`]), outbound DMs ([`outbound`]), X API v2
-//! deletes and group sends ([`manage`]), and the cost policies they consult ([`poll`]).
+//! deletes and group sends ([`manage`]), the cost policies they consult ([`poll`]), and how each
+//! conversation stands ([`health`]: `status` and the conversations gauge).
 //!
 //! Everything here works on an [`OpenPipeline`] the host has opened and will close; the engine never
 //! opens a state directory, reads the command line or decides an exit code. Its results are typed reports
 //! that the command layer renders.
 
+pub mod health;
 pub mod manage;
 pub mod outbound;
 pub mod pace;

@@ -35,7 +35,7 @@ use crate::config::ConversationRef;
 use crate::handoff::{Batch, Queued};
 use crate::provider::{with_retry, ErrorClass, Page, ProviderError, PACING};
 use crate::record::{id_cmp, message_record, Context, Conversation};
-use crate::state::{numeric_id, Commit, ConvState};
+use crate::state::{numeric_id, Commit, ConvState, Freshness};
 use crate::time::{now_string, unix_ms};
 
 /// A conversation's seen set is folded after every this many records it writes, and at the end of its run.
@@ -164,6 +164,7 @@ pub async fn sync_pipeline(
     global: Arc<Semaphore>,
     cancel: CancellationToken,
 ) -> PipelineReport {
+    let started = std::time::Instant::now();
     let shared =
         Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
     let local = Arc::new(Semaphore::new(pipe.conversations_at_once));
@@ -213,7 +214,23 @@ pub async fn sync_pipeline(
     }
     reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
     let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
-    PipelineReport { pipeline: pipe.config.name.clone(), conversations: reports, fatal }
+    let report = PipelineReport { pipeline: pipe.config.name.clone(), conversations: reports, fatal };
+    end_of_run(&pipe, &report, started).await;
+    report
+}
+
+/// Records a run's end: a successful one (no conversation failed or was stopped, the pipeline did not stop)
+/// in the state's [`Freshness`], through the writer like every state change, and its duration in the metrics.
+async fn end_of_run(pipe: &OpenPipeline, report: &PipelineReport, started: std::time::Instant) {
+    let name = &pipe.config.name;
+    if report.fatal.is_none() && report.failed() == 0 {
+        let ok = Freshness { last_success_ms: Some(unix_ms(SystemTime::now())), ..Freshness::default() };
+        let commit = Commit { freshness: vec![(name.clone(), ok)], ..Commit::default() };
+        if let Err(e) = pipe.handoff.write(Batch { lines: vec![], commit }).await {
+            tracing::warn!(pipeline = %name, error = %e, "could not record the successful run");
+        }
+    }
+    crate::metrics::global().run_finished(name, started.elapsed());
 }
 
 /// Why a conversation's run stopped early.
@@ -560,6 +577,8 @@ impl Pass<'_> {
         // Order within a page is undefined upstream; oldest first makes each file read chronologically per page.
         records.sort_by(|a, b| id_cmp(&a.0.id, &b.0.id));
         next.messages_written += records.len() as u64;
+        // Timestamps in record form compare as strings; the newest goes into the pipeline's freshness.
+        let newest_created = records.iter().filter_map(|(_, r)| r.created_at.as_deref()).max().map(str::to_string);
         next.credits_total += page.credits;
         if let Some((k, _)) = records.last() {
             next.newest_id = newest_of(next.newest_id.as_deref(), Some(&k.id));
@@ -571,6 +590,9 @@ impl Pass<'_> {
             conversations: vec![(p.name.clone(), conv.key().to_string(), next.clone())],
             credits: if page.credits > 0 { vec![(p.name.clone(), page.credits)] } else { Vec::new() },
             folds: if fold { vec![(p.name.clone(), conv.key().to_string())] } else { Vec::new() },
+            freshness: newest_created
+                .map(|at| vec![(p.name.clone(), Freshness { newest_created_at: Some(at), ..Freshness::default() })])
+                .unwrap_or_default(),
             ..Default::default()
         };
         let mut lines = Vec::with_capacity(records.len());

@@ -9,6 +9,10 @@
 //! run; `WATCHDOG=1` every half `WATCHDOG_USEC` *only while runs make progress* (a request started or a
 //! page committed within the watchdog interval, or nothing running); `STOPPING=1` on shutdown.
 //!
+//! Metrics (`metrics_listen`): the endpoint is bound before `READY=1` and served until shutdown
+//! (`host::metrics`). The daemon tells it which pipelines' last run stopped on an account-level error
+//! (`/healthz`) and refreshes the conversation gauges from the state at each scrape.
+//!
 //! Shutdown (SIGTERM/SIGINT): stop the scheduler, cancel runs, wait up to `shutdown_timeout`, abort what
 //! is left, close every writer (fsync), flush sled, exit 0. A second signal exits at once through
 //! [`crate::handoff::exit_now`], which never interrupts an append.
@@ -29,14 +33,14 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{control, failure, open_pipeline};
+use super::{control, failure, metrics, open_pipeline};
 use crate::commands::{self, Report, Request};
 use crate::config::{self, Config, Pipeline};
-use crate::engine::manage;
 use crate::engine::outbound::SendContext;
 use crate::engine::poll::PollPlan;
 use crate::engine::sync::{sync_pipeline, PipelineReport, RunOptions};
 use crate::engine::OpenPipeline;
+use crate::engine::{health, manage};
 use crate::exit::Exit;
 use crate::provider::Client;
 use crate::state::{Store, StoreOptions};
@@ -58,6 +62,8 @@ struct Slot {
     /// [`crate::provider::secrets_digest`] of the secrets the client was built with: a reload that reads different
     /// ones restarts the pipeline even when its config is unchanged (key rotation).
     secrets: Option<u64>,
+    /// The last run stopped on an account-level provider error: `/healthz` answers 503 until a run does not.
+    account_error: std::sync::atomic::AtomicBool,
 }
 
 /// The running daemon's shared parts.
@@ -87,6 +93,10 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
     let sched = JobScheduler::new().await.context("starting the scheduler")?;
     let listener = control::bind(&cfg.state_dir)
         .with_context(|| format!("creating the control socket in {}", cfg.state_dir.display()))?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let cancel = CancellationToken::new();
     let daemon = Arc::new(Daemon {
         config_path,
@@ -103,6 +113,12 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
     });
     for (p, client) in cfg.pipelines.iter().zip(clients) {
         daemon.add_pipeline(p, client).await?;
+    }
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (source, stop) = (daemon.clone() as Arc<dyn metrics::Source>, daemon.cancel.clone());
+        daemon.spawn(metrics::serve(l, source, stop));
+        tracing::info!(listen = %addr, "serving /metrics and /healthz");
     }
     daemon.sched.start().await.context("starting the scheduler")?;
     let names: Vec<String> = cfg.pipelines.iter().map(|p| p.name.clone()).collect();
@@ -198,6 +214,7 @@ impl Daemon {
             plan: Mutex::new(PollPlan::new(p.adaptive_poll_max)),
             last_tick: Mutex::new(None),
             secrets,
+            account_error: Default::default(),
         });
         if let Ok(mut slots) = self.slots.lock() {
             slots.insert(p.name.clone(), slot);
@@ -260,6 +277,7 @@ impl Daemon {
             tracing::error!(pipeline = %report.pipeline, error = %e, "age rotation failed");
         }
         tracing::info!(pipeline = %report.pipeline, conversations = report.conversations.len(), records = report.written(), failed = report.failed(), credits = report.credits(), "run finished");
+        slot.account_error.store(report.fatal.is_some(), Ordering::Relaxed);
         if let Ok(mut last) = slot.last.lock() {
             *last = Some(report.summary());
         }
@@ -364,6 +382,7 @@ impl Daemon {
             ("state_cache_bytes", new.state_cache_bytes != old.state_cache_bytes),
             ("seen_window", new.seen_window != old.seen_window),
             ("max_concurrency", new.max_concurrency != old.max_concurrency),
+            ("metrics_listen", new.metrics_listen != old.metrics_listen),
         ] {
             if differs {
                 tracing::warn!(key, "this key changed; it takes effect when the daemon restarts");
@@ -430,6 +449,9 @@ impl Daemon {
         let guard = running.lock().await;
         close_slot(slot).await;
         drop(guard);
+        // Its gauges go with it (a restarted one gets them back from the state): a pipeline that is no
+        // longer run must not look stale or failing to the alert rules.
+        crate::metrics::global().forget_pipeline(name);
         tracing::info!(pipeline = %name, "pipeline stopped");
     }
 
@@ -472,4 +494,44 @@ impl Daemon {
 /// pipeline writer has stopped" instead of leaving the writer unjoined.
 async fn close_slot(slot: Arc<Slot>) {
     slot.pipe.handoff.close().await;
+}
+
+impl metrics::Source for Daemon {
+    fn refresh(&self) {
+        let slots: Vec<Arc<Slot>> = match self.slots.lock() {
+            Ok(s) => s.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for slot in slots {
+            let p = &slot.pipe.config;
+            match health::count(p, &self.store) {
+                Ok(counts) => {
+                    // Only for a slot still running, checked under the lock a removal takes first: a pipeline
+                    // removed meanwhile has its gauges dropped after that, and must not get them back here.
+                    let Ok(current) = self.slots.lock() else { return };
+                    if current.get(&p.name).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                        crate::metrics::global().set_conversations(&p.name, counts);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %p.name, error = %e, "cannot read the conversations' state for the metrics")
+                }
+            }
+        }
+    }
+
+    fn unhealthy(&self) -> Option<String> {
+        if self.cancel.is_cancelled() {
+            return Some("stopping".into());
+        }
+        let slots = self.slots.lock().ok()?;
+        let failed: Vec<&str> =
+            slots.iter().filter(|(_, s)| s.account_error.load(Ordering::Relaxed)).map(|(n, _)| n.as_str()).collect();
+        (!failed.is_empty()).then(|| {
+            format!(
+                "the last run of pipeline {} stopped on an account-level provider error (key, billing or account); see the log",
+                failed.join(", ")
+            )
+        })
+    }
 }

@@ -10,6 +10,7 @@ mod auth;
 pub mod control;
 pub mod daemon;
 mod demo;
+mod metrics;
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;

@@ -22,7 +22,7 @@ mod inbox;
 
 pub use inbox::LIST;
 
-use super::util::{http_client, Id};
+use super::util::{http_client, Http, Id, Request};
 use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
 use crate::config::Pipeline;
 use crate::ids::{is_numeric_id, is_safe_id, one_to_one_id};
@@ -49,7 +49,7 @@ impl fmt::Debug for Secret {
 
 /// A configured GetXAPI client for one pipeline.
 pub struct GetXApi {
-    http: reqwest::Client,
+    http: Http,
     /// Without a trailing slash, e.g. `https://api.getxapi.com`.
     base: String,
     /// The account's numeric user ID (config `account`): builds 1:1 conversation IDs.
@@ -211,7 +211,7 @@ impl GetXApi {
 
 /// Sends a request; returns the body of a 2xx or the error classified by status (the body's `error`
 /// text is read for nothing but a `retry_after` number and whether it blames the `auth_token`).
-async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
+async fn send(req: Request, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
     super::util::send_classified(req, endpoint, classify).await
 }
 

@@ -120,7 +120,7 @@ fn now_ms() -> u64 {
 /// The token endpoint of one app: the authorization-code and refresh-token grants, form-encoded, the client
 /// authenticated with HTTP Basic (confidential) or by `client_id` in the form (public).
 pub struct TokenClient {
-    http: reqwest::Client,
+    http: super::util::Http,
     url: String,
     client_id: String,
     /// `Basic …` for a confidential client, marked sensitive.
@@ -191,7 +191,7 @@ impl TokenClient {
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         let mut req = self.http.post(&self.url);
         match &self.basic {
-            Some(b) => req = req.header(AUTHORIZATION, b.clone()),
+            Some(b) => req = req.secret_header(AUTHORIZATION, b.clone()),
             None => fields.push(("client_id", &self.client_id)),
         }
         let resp = req.form(&fields).send().await.map_err(|e| ProviderError::transport(TOKEN_ENDPOINT, &e))?;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{ErrorClass, ProviderError};
 use crate::config::RetryPolicy;
+use crate::metrics::RetryReason;
 
 /// Longest `Retry-After` we honour as given; beyond it a run would look hung. Clamped, not ignored.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -64,6 +65,7 @@ where
         if !retry {
             return Err(err);
         }
+        crate::metrics::global().retried(&policy.pipeline, reason(&err, paced));
         let wait = backoff(policy, attempt, err.retry_after, rand::thread_rng().gen());
         tracing::debug!(endpoint = err.endpoint, status = err.status, code = %err.code, attempt, wait_ms = wait.as_millis() as u64, "retrying");
         tokio::select! {
@@ -76,12 +78,30 @@ where
     }
 }
 
+/// The `reason` label of a retry: a short, fixed word for what went wrong, never the provider's own code.
+fn reason(err: &ProviderError, paced: bool) -> RetryReason {
+    if paced {
+        return RetryReason::Pacing;
+    }
+    if err.class == ErrorClass::Malformed {
+        return RetryReason::Malformed;
+    }
+    match err.status {
+        Some(429) => RetryReason::RateLimited,
+        Some(500..=599) => RetryReason::ServerError,
+        Some(_) => RetryReason::Other,
+        None if err.code == "timeout" => RetryReason::Timeout,
+        None => RetryReason::Connection,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
+            pipeline: "retry-tests".into(),
             request_timeout: Duration::from_secs(5),
             max_retries: 3,
             base: Duration::from_millis(100),
@@ -139,6 +159,24 @@ mod tests {
             .await;
             assert!(r.is_err());
             assert_eq!(calls, 1, "{class:?} must never be retried");
+        }
+    }
+
+    #[test]
+    fn retry_reasons_are_a_few_fixed_words() {
+        let e = |class, status, code| ProviderError::new(class, "GET /t", status, code, "h");
+        use ErrorClass::*;
+        for (err, paced, want) in [
+            (e(Transient, Some(429), "rate_limit_exceeded"), false, "429"),
+            (e(Transient, Some(503), "http_503"), false, "5xx"),
+            (e(Transient, Some(424), "x_unavailable"), false, "other"),
+            (e(Transient, None, "timeout"), false, "timeout"),
+            (e(Transient, None, "connection_dropped"), false, "connection"),
+            (e(Transient, None, "connect_failed"), false, "connection"),
+            (e(Malformed, Some(200), "malformed_response"), false, "malformed"),
+            (e(Transient, None, PACING), true, "pacing"),
+        ] {
+            assert_eq!(reason(&err, paced).as_str(), want, "{err}");
         }
     }
 

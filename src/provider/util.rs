@@ -1,6 +1,7 @@
-//! What the adapters share beyond errors and retries: the HTTP client they are built on, reading a 2xx body
-//! or handing the failure to the adapter's own classifier, headers that carry a secret, multipart parts,
-//! and IDs that arrive as strings or numbers. Nothing here knows a provider's routes or error codes.
+//! What the adapters share beyond errors and retries: the HTTP client they are built on (which counts every
+//! exchange in the metrics), reading a 2xx body or handing the failure to the adapter's own classifier,
+//! headers that carry a secret, multipart parts, and IDs that arrive as strings or numbers. Nothing here
+//! knows a provider's routes or error codes.
 
 use std::time::Duration;
 
@@ -9,24 +10,94 @@ use serde::Deserialize;
 
 use super::error::{ErrorClass, ProviderError};
 use crate::config::Pipeline;
+use crate::metrics::RequestMetrics;
 
 /// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages.
-pub fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<reqwest::Client, crate::config::ConfigError> {
-    reqwest::Client::builder()
+pub fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<Http, crate::config::ConfigError> {
+    let client = reqwest::Client::builder()
         .default_headers(headers)
         .user_agent(concat!("dm-handoff/", env!("CARGO_PKG_VERSION")))
         .timeout(p.retry.request_timeout)
         .connect_timeout(p.retry.request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))
+        .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))?;
+    Ok(Http { client, requests: crate::metrics::global().requests(&p.name, p.provider.name()) })
+}
+
+/// A pipeline's HTTP client: reqwest's, and the pipeline's request counter. Requests built from it count
+/// themselves when sent ([`Request::send`]), so every exchange with a provider is in
+/// `dm_handoff_requests_total` without any call site having to remember it.
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    requests: RequestMetrics,
+}
+
+impl Http {
+    pub fn get(&self, url: impl reqwest::IntoUrl) -> Request {
+        self.request(self.client.get(url))
+    }
+
+    pub fn post(&self, url: impl reqwest::IntoUrl) -> Request {
+        self.request(self.client.post(url))
+    }
+
+    pub fn delete(&self, url: impl reqwest::IntoUrl) -> Request {
+        self.request(self.client.delete(url))
+    }
+
+    fn request(&self, builder: reqwest::RequestBuilder) -> Request {
+        Request { builder, requests: self.requests.clone() }
+    }
+}
+
+/// A request being built: reqwest's builder, passed through, plus where to count it.
+pub struct Request {
+    builder: reqwest::RequestBuilder,
+    requests: RequestMetrics,
+}
+
+impl Request {
+    pub fn query<T: serde::Serialize + ?Sized>(self, query: &T) -> Request {
+        Request { builder: self.builder.query(query), ..self }
+    }
+
+    pub fn header(self, name: &'static str, value: &str) -> Request {
+        Request { builder: self.builder.header(name, value), ..self }
+    }
+
+    /// A header whose value is a secret (a bearer token); the value stays marked sensitive.
+    pub fn secret_header(self, name: reqwest::header::HeaderName, value: reqwest::header::HeaderValue) -> Request {
+        Request { builder: self.builder.header(name, value), ..self }
+    }
+
+    pub fn form<T: serde::Serialize + ?Sized>(self, body: &T) -> Request {
+        Request { builder: self.builder.form(body), ..self }
+    }
+
+    pub fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> Request {
+        Request { builder: self.builder.json(body), ..self }
+    }
+
+    pub fn multipart(self, form: reqwest::multipart::Form) -> Request {
+        Request { builder: self.builder.multipart(form), ..self }
+    }
+
+    /// Sends it, and counts the exchange by the status of the answer, or as `error` when none came. An
+    /// answer whose body is then cut short still counts under its status: the provider did answer.
+    pub async fn send(self) -> reqwest::Result<reqwest::Response> {
+        let result = self.builder.send().await;
+        self.requests.exchange(result.as_ref().ok().map(|r| r.status().as_u16()));
+        result
+    }
 }
 
 /// Sends a request and returns the body of a 2xx; anything else goes to the provider's `classify`
 /// with the status, the body and the `Retry-After` header (seconds). A body cut short is a dropped
 /// connection: transient, never a half-parsed page.
 pub async fn send_classified(
-    req: reqwest::RequestBuilder,
+    req: Request,
     endpoint: &'static str,
     classify: fn(&'static str, u16, &[u8], Option<Duration>) -> ProviderError,
 ) -> Result<bytes::Bytes, ProviderError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
-use super::util::{http_client, Id};
+use super::util::{http_client, Http, Id, Request};
 use super::{
     Dm, ErrorClass, Page, ProviderError, ReadBudget, Upload, User, WriteDone, WriteKind, WriteLimit, WriteState,
 };
@@ -26,7 +26,7 @@ pub const USER: &str = "GET /x/users/{id}";
 
 /// A configured Xquik client for one pipeline.
 pub struct Xquik {
-    http: reqwest::Client,
+    http: Http,
     /// Without a trailing slash, e.g. `https://xquik.com/api/v1`.
     base: String,
     /// The connected account's handle, sent as `account`.
@@ -87,7 +87,7 @@ impl Xquik {
 }
 
 /// Sends a request and returns the body of a 2xx, or the error as Xquik's codes classify it.
-pub(crate) async fn send(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
+pub(crate) async fn send(req: Request, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
     super::util::send_classified(req, endpoint, classify).await
 }
 
@@ -273,7 +273,7 @@ struct WriteAnswer {
 }
 
 /// As [`send`], keeping the status, `Retry-After` and `Location` of a 2xx (a 202 means "poll").
-async fn send_write(req: reqwest::RequestBuilder, endpoint: &'static str) -> Result<WriteAnswer, ProviderError> {
+async fn send_write(req: Request, endpoint: &'static str) -> Result<WriteAnswer, ProviderError> {
     let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
     let status = resp.status().as_u16();
     let header = |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);

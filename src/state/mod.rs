@@ -13,6 +13,7 @@
 //! | `x`    | pipeline, idempotency key              | a send-ledger entry (outbound sends) |
 //! | `d`    | pipeline                               | [`DayCredits`]: credits spent this UTC day, for the daily budget |
 //! | `i`    | pipeline, conversation ID              | [`Discovered`]: a conversation the whole-inbox sync found |
+//! | `f`    | pipeline                               | [`Freshness`]: last successful run, newest record's `created_at` |
 //! | `v`    |                                        | the layout version, [`FORMAT`] |
 //!
 //! Key parts are joined with a NUL byte, which no part can contain (names and IDs are validated). A numeric
@@ -173,6 +174,31 @@ pub struct Commit {
     pub credits: Vec<(String, u64)>,
     /// Conversations, as (pipeline, conversation), whose seen set to [`Store::fold`] after this commit.
     pub folds: Vec<(String, String)>,
+    /// Freshness facts, as (pipeline, facts): merged into the pipeline's stored [`Freshness`].
+    pub freshness: Vec<(String, Freshness)>,
+}
+
+/// How fresh a pipeline's files are, as `status` and the metrics report it. Two separate facts, so an idle
+/// account (old newest record, recent successful run) never looks like a dead pipeline (neither moves).
+/// Both only move forward: a commit's values are merged into the stored ones by taking the later.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Freshness {
+    /// Unix ms when the last run ended in which no conversation failed and the pipeline did not stop.
+    pub last_success_ms: Option<u64>,
+    /// The newest `created_at` of a message or event record in the files (RFC 3339 UTC with milliseconds
+    /// and `Z`, so the later of two is the greater string).
+    pub newest_created_at: Option<String>,
+}
+
+impl Freshness {
+    /// Takes the later of each fact.
+    pub fn merge(&mut self, other: &Freshness) {
+        self.last_success_ms = self.last_success_ms.max(other.last_success_ms);
+        if other.newest_created_at > self.newest_created_at {
+            self.newest_created_at.clone_from(&other.newest_created_at);
+        }
+    }
 }
 
 /// A pipeline's credit spending on one UTC day.
@@ -191,6 +217,7 @@ impl Commit {
             && self.raw.is_empty()
             && self.credits.is_empty()
             && self.folds.is_empty()
+            && self.freshness.is_empty()
     }
 
     /// Appends another commit's changes after this one's.
@@ -201,6 +228,7 @@ impl Commit {
         self.raw.extend(other.raw);
         self.credits.extend(other.credits);
         self.folds.extend(other.folds);
+        self.freshness.extend(other.freshness);
     }
 }
 
@@ -315,6 +343,11 @@ impl Store {
         Ok(if d.day == crate::time::utc_day(std::time::SystemTime::now()) { d.credits } else { 0 })
     }
 
+    /// The pipeline's stored freshness (empty for a pipeline that never wrote or succeeded).
+    pub fn freshness(&self, pipeline: &str) -> Result<Freshness, StateError> {
+        self.get_json(&key(b'f', &[pipeline])).map(Option::unwrap_or_default)
+    }
+
     /// A cached `@username` resolution.
     pub fn resolved_user(&self, provider: &str, username: &str) -> Result<Option<String>, StateError> {
         self.get_json(&Self::user_key(provider, username))
@@ -368,6 +401,18 @@ impl Store {
             }
             day.credits += n;
             batch.insert(key(b'd', &[pipeline]), encode("the credit counter", &day)?);
+        }
+        // Read-modify-write, as for credits: one writer thread per pipeline.
+        let mut fresh: std::collections::BTreeMap<&str, Freshness> = std::collections::BTreeMap::new();
+        for (pipeline, f) in &c.freshness {
+            let stored = match fresh.entry(pipeline.as_str()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.freshness(pipeline)?),
+            };
+            stored.merge(f);
+        }
+        for (pipeline, f) in fresh {
+            batch.insert(key(b'f', &[pipeline]), encode("the freshness", &f)?);
         }
         self.db.apply_batch(batch).map_err(self.db_err())?;
         // After the batch, so the fold sees this commit's keys and conversation states. A fold only

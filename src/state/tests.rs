@@ -24,8 +24,15 @@ fn commit_is_visible_after_reopen() {
             raw: vec![Store::user_entry("xquik", "Dana", "42").unwrap()],
             credits: vec![("p".into(), 5), ("p".into(), 7)],
             folds: vec![],
+            freshness: vec![
+                ("p".into(), Freshness { last_success_ms: Some(9), newest_created_at: Some(at("25")) }),
+                ("p".into(), Freshness { last_success_ms: None, newest_created_at: Some(at("24")) }),
+            ],
         })
         .unwrap();
+        // A later commit moves a fact only forward.
+        let later = Freshness { last_success_ms: Some(8), newest_created_at: Some(at("26")) };
+        s.commit(&Commit { freshness: vec![("p".into(), later)], ..Commit::default() }).unwrap();
     }
     let s = Store::open(dir.path(), opts()).unwrap();
     assert!(s.is_seen("p", &k("a", "1")).unwrap());
@@ -40,6 +47,14 @@ fn commit_is_visible_after_reopen() {
     assert_eq!(s.conversations("p").unwrap().len(), 1);
     assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
     assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 0);
+    let fresh = s.freshness("p").unwrap();
+    assert_eq!(fresh, Freshness { last_success_ms: Some(9), newest_created_at: Some(at("26")) });
+    assert_eq!(s.freshness("q").unwrap(), Freshness::default());
+}
+
+/// A `created_at` on day `dd` of February 2026.
+fn at(dd: &str) -> String {
+    format!("2026-02-{dd}T10:00:00.000Z")
 }
 
 /// A snowflake-like ID `hours` hours after an arbitrary start, with some low bits set.

@@ -448,7 +448,9 @@ async fn kill_9_while_compressing_leaves_nothing_half_visible_and_no_duplicate()
         );
         cfg.page_size = (10, 15);
         cfg.faults = Faults { slow_ms: 10, ..Faults::default() };
-        let fx = Fixture::new(cfg, &format!("rotate_max_bytes = 2048\ncompress = \"{codec}\"\n")).await;
+        // One request at a time keeps a run long enough (about two seconds) for the kills to land inside it.
+        let extra = format!("rotate_max_bytes = 2048\ncompress = \"{codec}\"\nconcurrency = 1\n");
+        let fx = Fixture::new(cfg, &extra).await;
         let mut rng = SmallRng::seed_from_u64(seed);
         let (mut temps, mut pairs, mut unfinished, mut killed) = (0, 0, 0, 0);
         for round in 0..12 {

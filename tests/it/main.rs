@@ -14,6 +14,7 @@ mod daemon;
 mod faults;
 mod inbox;
 mod loader;
+mod metrics;
 mod oauth;
 mod outbound;
 mod privacy;

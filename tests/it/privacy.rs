@@ -1,5 +1,6 @@
 //! SPEC section 7: DM text and API keys never appear on stdout or stderr, at any log level, on error
-//! paths included, nor in `status`.
+//! paths included, nor in `status`, nor in the daemon's `/metrics` and `/healthz` (which do not even name
+//! a conversation).
 
 use std::collections::BTreeSet;
 
@@ -103,6 +104,29 @@ async fn no_text_or_key_in_any_output_at_trace_level_even_on_error_paths() {
         outputs.push((what, out));
     }
 
+    // The daemon, with metrics on: a run through it (faults, a forbidden conversation, sends), then every
+    // endpoint is read. Its labels may name the pipeline, never a conversation, a username or text.
+    let addr = enable_metrics(&fx.config);
+    let daemon = fx.cmd(&["run", "--log-level", "trace"]).spawn();
+    wait_for_metrics(addr).await;
+    let send = fx.cmd(&["send", "--pipeline", PIPELINE, "--to", "7100002", "--text", "private zqprivat01"]).run().await;
+    for p in &fx.peers {
+        fx.sim.sim.add_messages(p, 5);
+    }
+    // Also writes the sent DM back as a message (when the send got through the faults).
+    fx.cmd(&["sync"]).run().await.expect_code(1);
+    let mut scrapes = Vec::new();
+    for (path, accept) in [("/metrics", None), ("/metrics", Some("application/openmetrics-text")), ("/healthz", None)] {
+        let (_, _, body) = http_get(addr, path, accept).await.expect("the daemon answers");
+        scrapes.push((format!("GET {path} {accept:?}"), body));
+    }
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait().await;
+    out.expect_code(0);
+    outputs.push(("run with metrics", out));
+    outputs.push(("send through the daemon", send));
+    assert!(scrapes[0].1.contains("dm_handoff_records_written_total{pipeline=\"support\""), "{}", scrapes[0].1);
+
     // The faults were served, so error paths ran, and there is text in the files to leak.
     let stats = fx.sim.sim.stats();
     for s in [429, 502, 403] {
@@ -115,6 +139,12 @@ async fn no_text_or_key_in_any_output_at_trace_level_even_on_error_paths() {
     for (what, out) in &outputs {
         secrets.assert_absent(&format!("stdout of `{what}`"), &out.stdout);
         secrets.assert_absent(&format!("stderr of `{what}`"), &out.stderr);
+    }
+    for (what, body) in &scrapes {
+        secrets.assert_absent(what, body);
+        for id in fx.peers.iter().map(String::as_str).chain(["zqprivat01", ACCOUNT]) {
+            assert!(!body.contains(id), "{what} names `{id}`:\n{body}");
+        }
     }
 }
 

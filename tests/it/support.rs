@@ -955,3 +955,122 @@ pub fn style(i: usize) -> CursorStyle {
 pub fn records_of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| str_field(r, "kind") == Some(kind)).collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics (`metrics_listen`)
+
+/// Turns on `metrics_listen` in a written config, on a loopback port that was free a moment ago, and
+/// returns the address to scrape.
+pub fn enable_metrics(config: &Path) -> std::net::SocketAddr {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let text = fs::read_to_string(config).expect("read config");
+    // A top-level key: before the first table.
+    fs::write(config, format!("metrics_listen = \"{addr}\"\n{text}")).expect("write config");
+    addr
+}
+
+/// `GET http://addr/path`: the status, the `Content-Type` and the body; None while nothing listens.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, accept: Option<&str>) -> Option<(u16, String, String)> {
+    let mut req = reqwest::Client::new().get(format!("http://{addr}{path}")).timeout(Duration::from_secs(10));
+    if let Some(a) = accept {
+        req = req.header(reqwest::header::ACCEPT, a);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let ctype =
+        resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    Some((status, ctype, resp.text().await.ok()?))
+}
+
+/// The daemon's `/metrics`, as a plain client (and `promtool`) reads it: the Prometheus text format.
+pub async fn scrape(addr: std::net::SocketAddr) -> Metrics {
+    let (status, ctype, body) = http_get(addr, "/metrics", None).await.expect("the daemon serves /metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "content type {ctype}");
+    Metrics::parse(&body)
+}
+
+/// Waits until the daemon answers `/healthz` (it binds before READY, so this is "started").
+pub async fn wait_for_metrics(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while http_get(addr, "/healthz", None).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing answers on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One scrape in the text format: every sample line as (name, labels, value).
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    /// Parses sample lines `name{k="v",…} value`. Label values here never hold `,` or `"` (pipeline names,
+    /// kinds, statuses), so a simple split is exact.
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a value: {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or_else(|| panic!("labels: {line}"))),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("label: {line}"));
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            samples.push((name.to_string(), labels, value));
+        }
+        Metrics { text: text.to_string(), samples }
+    }
+
+    /// The sum of `name`'s samples whose labels include every one of `labels`; None if there is none.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| *v)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// As [`Metrics::get`], 0 when absent (a counter nothing moved yet).
+    pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.get(name, labels).unwrap_or(0.0) as u64
+    }
+}
+
+/// `promtool check metrics` on a scrape. In CI (`CI` set) promtool must be there; elsewhere a missing one
+/// skips the check, loudly.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write as _;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            eprintln!("\n*** promtool is not installed: `promtool check metrics` SKIPPED (CI requires it; apt-get install prometheus) ***\n");
+            return;
+        }
+        Err(e) => panic!("cannot run promtool (CI needs it: apt-get install prometheus): {e}"),
+    };
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics found problems:\n{}{}\n--- the scrape\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

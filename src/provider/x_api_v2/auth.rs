@@ -8,6 +8,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use super::limits::Bucket;
 use super::XApiV2;
 use crate::provider::oauth::TokenSource;
+use crate::provider::util::Request;
 use crate::provider::ProviderError;
 
 /// A client's bearer tokens.
@@ -26,12 +27,12 @@ impl XApiV2 {
         &self,
         bucket: Bucket,
         endpoint: &'static str,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        build: impl Fn() -> Request,
     ) -> Result<bytes::Bytes, ProviderError> {
         let source = match &self.auth {
             Auth::Static(header) => {
                 let req = match header {
-                    Some(h) => build().header(AUTHORIZATION, h.clone()),
+                    Some(h) => build().secret_header(AUTHORIZATION, h.clone()),
                     None => build(),
                 };
                 return self.limits.exchange(bucket, endpoint, req).await;
@@ -39,10 +40,12 @@ impl XApiV2 {
             Auth::OAuth(source) => source,
         };
         let bearer = source.bearer().await?;
-        match self.limits.exchange(bucket, endpoint, build().header(AUTHORIZATION, bearer.header.clone())).await {
+        match self.limits.exchange(bucket, endpoint, build().secret_header(AUTHORIZATION, bearer.header.clone())).await
+        {
             Err(e) if e.status == Some(401) => {
                 let renewed = source.unauthorized(&bearer).await?;
-                match self.limits.exchange(bucket, endpoint, build().header(AUTHORIZATION, renewed.header)).await {
+                match self.limits.exchange(bucket, endpoint, build().secret_header(AUTHORIZATION, renewed.header)).await
+                {
                     Err(e) if e.status == Some(401) => Err(source.still_unauthorized(e)),
                     other => other,
                 }

@@ -81,7 +81,7 @@ impl Limits {
         &self,
         bucket: Bucket,
         endpoint: &'static str,
-        req: reqwest::RequestBuilder,
+        req: crate::provider::util::Request,
     ) -> Result<bytes::Bytes, ProviderError> {
         let mut w = self.windows[bucket as usize].lock().await;
         if let Some(wait) = w.wait(SystemTime::now()) {

@@ -41,7 +41,7 @@ use wire::{parse_events, DataBody, Deleted, WireEvent, WireMedia, WireSent, Wire
 
 use crate::config::Pipeline;
 use crate::ids::{is_conversation_id, is_numeric_id, is_safe_id, one_to_one_id};
-use crate::provider::util::http_client;
+use crate::provider::util::{http_client, Http};
 use crate::provider::{
     ErrorClass, EventInfo, Page, ProviderError, Sent, Upload, User, WriteDone, WriteKind, WriteState,
 };
@@ -75,7 +75,7 @@ static RETENTION_NOTE: Once = Once::new();
 
 /// A configured X API v2 client for one pipeline (one user token).
 pub struct XApiV2 {
-    http: reqwest::Client,
+    http: Http,
     /// Where each request's bearer token comes from: a fixed key, or OAuth tokens that renew themselves.
     auth: Auth,
     /// Without a trailing slash, e.g. `https://api.x.com`.

@@ -136,6 +136,7 @@ fn both_error_shapes_map_to_the_same_classes() {
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_window_is_not_a_failed_attempt() {
     let policy = crate::config::RetryPolicy {
+        pipeline: "pacing-test".into(),
         request_timeout: Duration::from_secs(5),
         max_retries: 2,
         base: Duration::from_millis(10),
@@ -159,6 +160,12 @@ async fn waiting_for_a_window_is_not_a_failed_attempt() {
     })
     .await;
     assert_eq!(r.unwrap(), 7, "five window waits and one 503 within two retries");
+    // Each wait and the retry are counted, by reason (the process registry; this pipeline is this test's).
+    let text = crate::metrics::global().encode_text();
+    for (reason, n) in [("pacing", 5), ("5xx", 1)] {
+        let line = format!("dm_handoff_retries_total{{pipeline=\"pacing-test\",reason=\"{reason}\"}} {n}\n");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
 }
 
 #[test]
