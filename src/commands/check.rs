@@ -22,7 +22,7 @@ pub fn report(cfg: &Config) -> Report {
             Err(_) => "MISSING: sync would fail until it is set".to_string(),
         };
         let _ = writeln!(out, "pipeline {} ({}):", p.name, p.provider);
-        let _ = writeln!(out, "  base_url      {}", p.base_url);
+        let _ = writeln!(out, "  base_url      {}", crate::config::shown::url(&p.base_url));
         let _ = writeln!(out, "  account       {}", p.account);
         let _ = writeln!(out, "  api key       {} ({key})", p.api_key.describe());
         let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();

@@ -57,7 +57,8 @@ pub fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(
     for c in only {
         if !pipelines.iter().any(|p| p.conversations.iter().any(|x| &x.to_string() == c)) {
             return Err(ConfigError(format!(
-                "conversation `{c}` is not configured in the selected pipelines; list it under `conversations` first"
+                "conversation `{}` is not configured in the selected pipelines; list it under `conversations` first",
+                crate::config::shown::short(c)
             )));
         }
     }
