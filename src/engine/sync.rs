@@ -24,12 +24,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::cursor_loop::LoopGuard;
 use super::poll::{Budget, Spent};
 use super::{OpenPipeline, UserError};
 use crate::config::ConversationRef;
 use crate::handoff::Batch;
 use crate::provider::{with_retry, ErrorClass, Page, ProviderError};
-use crate::record::{id_cmp, message_record, Context, Conversation};
+use crate::record::{id_cmp, message_record, unparsed_record, Context, Conversation};
 use crate::state::{numeric_id, Commit, ConvState};
 use crate::time::{now_string, unix_ms};
 
@@ -93,6 +94,10 @@ pub struct ConvReport {
     pub configured: String,
     /// Set when a credit budget stopped this conversation's run: the config key that did.
     pub budget: Option<String>,
+    /// The run was stopped (a signal, or a fatal error of the pipeline) before this conversation finished:
+    /// `error` says so, and a report says it once for all such conversations.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// How one pipeline's run went.
@@ -273,6 +278,7 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
             tracing::warn!(pipeline = %p.name, conversation = %report.conversation, budget = which, "credit budget spent; paused until the next run");
         }
         Err(Stop::Cancelled) => {
+            report.cancelled = true;
             report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, "conversation stopped at a page boundary");
         }
@@ -351,16 +357,18 @@ impl Pass<'_> {
         next.backfill_done = page.next_cursor.is_none();
         next.backfill_cursor = page.next_cursor.clone();
         next.covered_from = lowest(&page, self.st.covered_from.as_deref());
-        self.write_page(&page, next).await
+        self.write_page(&page, next).await.map(|_| ())
     }
 
     /// From the newest page down to the high-water mark (or to the end while nothing was ever seen).
     async fn head_pass(&mut self) -> Result<(), Stop> {
+        let mut guard = LoopGuard::new(self.pipe.config.max_empty_pages);
         loop {
             if self.shared.stop.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
             let cursor = self.st.head_cursor.clone();
+            guard.sending(cursor.as_deref());
             let page = self.fetch(cursor.as_deref()).await?;
             let mut next = self.st.clone();
             next.head_newest = newest(&page, self.st.head_newest.as_deref());
@@ -370,7 +378,7 @@ impl Pass<'_> {
                 next.covered_from = lowest(&page, self.st.covered_from.as_deref());
             }
             let reached = match &self.st.hwm {
-                Some(hwm) => page.items.iter().any(|i| id_cmp(&i.id, hwm).is_le()),
+                Some(hwm) => page_ids(&page).any(|id| id_cmp(&id, hwm).is_le()),
                 None => false,
             };
             let done = reached || page.next_cursor.is_none();
@@ -381,11 +389,16 @@ impl Pass<'_> {
             } else {
                 next.head_cursor = page.next_cursor.clone();
             }
-            self.write_page(&page, next).await?;
-            if done {
-                return Ok(());
+            let added = self.write_page(&page, next).await?;
+            match page.next_cursor.as_deref() {
+                Some(c) if !done => guard.follow(self.endpoint(), added, c).map_err(Stop::Provider)?,
+                _ => return Ok(()),
             }
         }
+    }
+
+    fn endpoint(&self) -> &'static str {
+        self.pipe.client.history_endpoint(self.conv)
     }
 
     /// Older pages from the stored cursor, within this run's page, credit and --since limits.
@@ -394,6 +407,7 @@ impl Pass<'_> {
         let max_pages =
             self.shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
         let mut pages = 0u64;
+        let mut guard = LoopGuard::new(p.max_empty_pages);
         while !self.st.backfill_done {
             if self.shared.stop.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -404,6 +418,7 @@ impl Pass<'_> {
                 return Ok(());
             }
             let cursor = self.st.backfill_cursor.clone();
+            guard.sending(cursor.as_deref());
             let page = self.fetch(cursor.as_deref()).await?;
             pages += 1;
             let mut next = self.st.clone();
@@ -412,11 +427,14 @@ impl Pass<'_> {
             next.covered_from = lowest(&page, self.st.covered_from.as_deref());
             let reached_since =
                 self.shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
-            self.write_page(&page, next).await?;
+            let added = self.write_page(&page, next).await?;
             if reached_since && !self.st.backfill_done {
                 self.report.limited = true;
                 tracing::info!(pipeline = %p.name, conversation = %self.conv.key(), "backfill reached --since");
                 return Ok(());
+            }
+            if let Some(c) = page.next_cursor.as_deref() {
+                guard.follow(self.endpoint(), added, c).map_err(Stop::Provider)?;
             }
         }
         Ok(())
@@ -450,8 +468,9 @@ impl Pass<'_> {
         Ok(page)
     }
 
-    /// Writes a page's unseen records and commits `next` with them; on success `st` becomes `next`.
-    async fn write_page(&mut self, page: &Page, mut next: ConvState) -> Result<(), Stop> {
+    /// Writes a page's unseen records and commits `next` with them; on success `st` becomes `next`. Returns
+    /// how many records were new.
+    async fn write_page(&mut self, page: &Page, mut next: ConvState) -> Result<u64, Stop> {
         let (pipe, conv) = (self.pipe, self.conv);
         let p = &pipe.config;
         let ctx = Context {
@@ -473,6 +492,18 @@ impl Pass<'_> {
                 self.report.duplicates += 1;
                 continue;
             }
+            fresh.insert(key.clone());
+            records.push((key, record));
+        }
+        // Items the adapter could not normalize: kept as received, once each, never blocking the page.
+        for u in &page.unparsed {
+            let record = unparsed_record(&ctx, conv, u, &synced_at);
+            let Some(key) = record.key() else { continue };
+            if fresh.contains(&key) || pipe.store.is_seen_with(&p.name, &key, covered)? {
+                self.report.duplicates += 1;
+                continue;
+            }
+            tracing::warn!(pipeline = %p.name, conversation = %conv.key(), reason = %u.reason, "an item could not be normalized; written as dm_unparsed");
             fresh.insert(key.clone());
             records.push((key, record));
         }
@@ -507,15 +538,25 @@ impl Pass<'_> {
         self.report.pages += 1;
         self.report.written += written;
         self.report.credits += page.credits;
-        Ok(())
+        Ok(written)
     }
 }
 
+/// The IDs a page shows: its items', and those of unparsed items that have a usable one. A pass moves its
+/// high-water mark over both (an unparsed item is written too), but never folds an unparsed ID into a
+/// covered range ([`lowest`] looks at items only).
+fn page_ids(page: &Page) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let items = page.items.iter().map(|i| std::borrow::Cow::Borrowed(i.id.as_str()));
+    let unparsed = page.unparsed.iter().filter_map(|u| {
+        let id = crate::record::unparsed_id(u.raw.get());
+        // A hash is no position in history; only a provider ID is.
+        numeric_id(&id).is_some().then_some(std::borrow::Cow::Owned(id))
+    });
+    items.chain(unparsed)
+}
+
 fn newest(page: &Page, current: Option<&str>) -> Option<String> {
-    page.items
-        .iter()
-        .map(|i| i.id.as_str())
-        .fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(id)))
+    page_ids(page).fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(&id)))
 }
 
 /// The lowest numeric item ID of a page, or `current` if that is lower. Non-numeric IDs are never folded,
@@ -537,7 +578,7 @@ fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
 }
 
 fn oldest_time(page: &Page) -> Option<SystemTime> {
-    page.items.iter().filter_map(|i| i.created_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())).min()
+    page.items.iter().filter_map(|i| i.created_at.as_deref().and_then(crate::record::parse_time)).min()
 }
 
 #[cfg(test)]
@@ -550,6 +591,7 @@ mod tests {
             items: ids.iter().map(|i| Item { id: i.to_string(), ..Item::default() }).collect(),
             next_cursor: next.map(str::to_string),
             credits: ids.len() as u64,
+            ..Page::default()
         }
     }
 

@@ -6,6 +6,7 @@
 //! `Retry-After`, and never repeats anything else. The engine holds a [`Client`], an enum over the
 //! adapters, so adding a provider never touches the engine.
 
+pub mod body;
 mod error;
 pub mod getxapi;
 mod retry;
@@ -22,12 +23,14 @@ pub use error::{ErrorClass, ProviderError};
 pub use retry::{backoff, with_retry, PACING};
 
 use crate::config::{Pipeline, ProviderKind};
-use crate::record::{Conversation, Item};
+use crate::record::{Conversation, Item, Unparsed};
 
 /// One page of history, newest page first; order within `items` is whatever the provider sent.
 #[derive(Clone, Debug, Default)]
 pub struct Page {
     pub items: Vec<Item>,
+    /// Items of the page that could not be normalized, kept as received (one bad item never blocks a page).
+    pub unparsed: Vec<Unparsed>,
     /// The cursor of the next (older) page, exactly as received; None at the end of history.
     pub next_cursor: Option<String>,
     /// Provider credits this page cost.
