@@ -49,6 +49,32 @@ pub struct Batch {
 #[error("{0}")]
 pub struct HandoffError(pub String);
 
+/// Why a pipeline's writer could not start. `Locked` is told apart so the caller can exit with the
+/// "held by another process" code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the lock on the pipeline's active file.
+    #[error("opening output: {0}")]
+    Locked(crate::sink::SinkError),
+    #[error("{0}")]
+    Failed(HandoffError),
+}
+
+impl From<OpenError> for HandoffError {
+    fn from(e: OpenError) -> HandoffError {
+        match e {
+            OpenError::Failed(e) => e,
+            locked => HandoffError(locked.to_string()),
+        }
+    }
+}
+
+impl From<HandoffError> for OpenError {
+    fn from(e: HandoffError) -> OpenError {
+        OpenError::Failed(e)
+    }
+}
+
 /// What start-up recovery found and repaired.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
@@ -76,7 +102,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
-    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
+    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), OpenError> {
         let mut writer = Writer { store, pipeline: pipeline.to_string(), cfg, sink: None, finisher: None };
         let recovery = writer.ensure_open()?;
         // Compression and manifests of closed segments run beside the writer, never in its way.
@@ -192,7 +218,7 @@ impl Writer {
     fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
         // A poisoned gate only means another writer panicked; the gate guards no data.
         let _gate = WRITE_GATE.lock().unwrap_or_else(|p| p.into_inner());
-        self.ensure_open()?;
+        self.ensure_open().map_err(HandoffError::from)?;
         let Some(sink) = self.sink.as_mut() else {
             return Err(HandoffError("the output is not open".into()));
         };
@@ -229,13 +255,15 @@ impl Writer {
         }
     }
 
-    fn ensure_open(&mut self) -> Result<Recovery, HandoffError> {
+    fn ensure_open(&mut self) -> Result<Recovery, OpenError> {
         if self.sink.is_some() {
             return Ok(Recovery::default());
         }
         let committed = self.store.commit_point(&self.pipeline).map_err(|e| HandoffError(e.to_string()))?;
-        let (sink, recovered) = Sink::open(self.cfg.clone(), committed)
-            .map_err(|e| HandoffError(format!("opening output {}: {e}", self.cfg.dir.display())))?;
+        let (sink, recovered) = Sink::open(self.cfg.clone(), committed).map_err(|e| match e {
+            locked @ crate::sink::SinkError::Locked { .. } => OpenError::Locked(locked),
+            e => OpenError::Failed(HandoffError(format!("opening output {}: {e}", self.cfg.dir.display()))),
+        })?;
         let mut commit =
             reconcile(&self.store, &self.pipeline, &recovered.lines).map_err(|e| HandoffError(e.to_string()))?;
         let recovery =
