@@ -85,11 +85,25 @@ impl StateError {
     /// An I/O failure on the state directory, by what it means for the user.
     fn io(dir: &Path, op: &'static str, e: &std::io::Error) -> StateError {
         let dir = dir.to_path_buf();
-        match (e.kind(), e.raw_os_error()) {
-            (std::io::ErrorKind::PermissionDenied, _) | (_, Some(libc::EROFS)) => StateError::Denied { dir, op },
+        // sled passes some OS errors on as text (`Os { code: 5, … }`): read the errno back from that too.
+        let errno = e.raw_os_error().or_else(|| {
+            let text = e.to_string();
+            let code = text.split("code: ").nth(1)?;
+            code.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        });
+        match (e.kind(), errno) {
+            (std::io::ErrorKind::PermissionDenied, _) | (_, Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+                StateError::Denied { dir, op }
+            }
             (_, Some(libc::ENOSPC | libc::EDQUOT)) => StateError::Full { dir, op },
             (_, Some(libc::ENOTDIR)) => StateError::NotADirectory { dir },
-            _ => StateError::Io { dir, op, detail: e.to_string() },
+            (_, Some(libc::EIO)) => StateError::Io {
+                dir,
+                op,
+                detail: "input/output error (EIO): the disk or its file system failed; check the kernel log (dmesg) and the disk, then run again".into(),
+            },
+            (_, Some(n)) => StateError::Io { dir, op, detail: std::io::Error::from_raw_os_error(n).to_string() },
+            _ => StateError::Io { dir, op, detail: crate::config::shown::short(&e.to_string()) },
         }
     }
 

@@ -11,6 +11,8 @@ mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod hostile;
+mod hostile_server;
 mod loader;
 mod outbound;
 mod privacy;
