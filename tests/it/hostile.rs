@@ -54,8 +54,8 @@ fn message_ids(records: &[Value], peer: &str) -> Vec<String> {
 /// `auth_token`) to the other host, and the sync reported success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_refused_and_no_key_token_or_body_reaches_another_host() {
-    let thief = Hostile::start(|_| Reply::json(&json!({"messages": [], "has_next_page": false, "has_more": false})))
-        .await;
+    let thief =
+        Hostile::start(|_| Reply::json(&json!({"messages": [], "has_next_page": false, "has_more": false}))).await;
     let elsewhere = format!("{}/collect?x=1", thief.root());
     let provider = Hostile::start(move |req| {
         let status = match req.method.as_str() {
@@ -192,7 +192,7 @@ async fn the_daemon_keeps_ticking_past_a_looping_conversation() {
 const BAD: &str = "7300001";
 
 /// A page with every kind of item a provider may break, and an older page behind it.
-fn bad_items_provider() -> impl Fn(&Req) -> Reply + Send + Sync + 'static {
+pub(crate) fn bad_items_provider() -> impl Fn(&Req) -> Reply + Send + Sync + 'static {
     move |req| {
         let older = req.query("cursor").is_some();
         let page = if older {
@@ -226,11 +226,8 @@ fn bad_items_provider() -> impl Fn(&Req) -> Reply + Send + Sync + 'static {
 async fn one_bad_item_never_blocks_its_page_and_times_are_read_in_every_documented_form() {
     let provider = Hostile::start(bad_items_provider()).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &provider.root(),
-        &[(PIPELINE, &[BAD], ""), ("redacted", &[BAD], "redact_text = true")],
-    );
+    let cfg =
+        config(dir.path(), &provider.root(), &[(PIPELINE, &[BAD], ""), ("redacted", &[BAD], "redact_text = true")]);
     let out = sync_cmd(dir.path(), &cfg).run().await;
     out.expect_code(0);
     let records = read_records(&dir.path().join("out").join(PIPELINE));
@@ -282,7 +279,8 @@ async fn one_bad_item_never_blocks_its_page_and_times_are_read_in_every_document
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_body_is_refused_within_bounded_memory() {
     let provider = Hostile::start(|_| Reply::Stream {
-        head: format!(r#"{{"messages":[{{"id":"{}","senderId":"1","receiverId":"2","text":""#, snowflake(1)).into_bytes(),
+        head: format!(r#"{{"messages":[{{"id":"{}","senderId":"1","receiverId":"2","text":""#, snowflake(1))
+            .into_bytes(),
         filler: b"lots of text ".to_vec(),
         total: 100 * 1024 * 1024,
         tail: br#""}],"has_next_page":false,"next_cursor":""}"#.to_vec(),
@@ -307,17 +305,18 @@ async fn a_100_mb_body_is_refused_within_bounded_memory() {
 /// printed one `error: … stopped before finishing` per conversation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_retry_after_is_announced_at_warn_and_a_signal_is_one_line() {
-    let provider = Hostile::start(|_| {
-        Reply::status(429, &[("Retry-After", "999999")], &json!({"error": "rate_limit_exceeded"}))
-    })
-    .await;
+    let provider =
+        Hostile::start(|_| Reply::status(429, &[("Retry-After", "999999")], &json!({"error": "rate_limit_exceeded"})))
+            .await;
     let dir = tempfile::tempdir().unwrap();
     let peers = ["7500001", "7500002", "7500003"];
     let cfg = config(dir.path(), &provider.root(), &[(PIPELINE, &peers, "")]);
     let running = sync_cmd(dir.path(), &cfg).spawn();
     let warned = || {
         let err = running.stderr_so_far();
-        err.lines().filter(|l| l.contains("WARN") && l.contains("Retry-After") && l.contains("waiting until 20")).count()
+        err.lines()
+            .filter(|l| l.contains("WARN") && l.contains("Retry-After") && l.contains("waiting until 20"))
+            .count()
     };
     eventually(20, "each conversation's wait is announced at WARN", || warned() == 3).await;
     let signalled = Instant::now();
@@ -364,8 +363,10 @@ async fn deleting_or_replacing_the_active_file_mid_run_loses_nothing() {
         let cfg = config(dir.path(), &provider.root(), &[(PIPELINE, &["7600001"], "")]);
         let running = sync_cmd(dir.path(), &cfg).spawn();
         // Asking for page 3 means pages 1 and 2 are committed.
-        eventually(30, "page 3 is asked for", || provider.requests().iter().any(|r| r.query("cursor").as_deref() == Some("p3")))
-            .await;
+        eventually(30, "page 3 is asked for", || {
+            provider.requests().iter().any(|r| r.query("cursor").as_deref() == Some("p3"))
+        })
+        .await;
         let out_dir = dir.path().join("out").join(PIPELINE);
         let active = out_dir.join(ACTIVE);
         let before = read_records(&out_dir);
@@ -381,7 +382,10 @@ async fn deleting_or_replacing_the_active_file_mid_run_loses_nothing() {
         gate.open();
         let out = running.wait().await;
         out.expect_code(0);
-        assert!(out.stderr.contains("lines written to the old file are not counted as delivered"), "a WARN says what happened\n{out}");
+        assert!(
+            out.stderr.contains("lines written to the old file are not counted as delivered"),
+            "a WARN says what happened\n{out}"
+        );
         let after = read_records(&out_dir);
         let mut ids: Vec<String> = message_ids(&after, "7600001");
         if !replace {
@@ -539,8 +543,9 @@ fn strace() -> Option<String> {
 async fn a_failed_final_fsync_of_the_state_database_is_reported_never_a_panic() {
     let Some(strace) = strace() else { return };
     for errno in ["EIO", "ENOSPC", "EDQUOT"] {
-        let fx = Fixture::new(sim_config(77, convs(&[("7800001", 120, dm_handoff_simulator::CursorStyle::Offset)])), "")
-            .await;
+        let fx =
+            Fixture::new(sim_config(77, convs(&[("7800001", 120, dm_handoff_simulator::CursorStyle::Offset)])), "")
+                .await;
         let db = fx.state_dir().join("db").join("db");
         let wrapper = [
             strace.as_str(),
@@ -564,4 +569,34 @@ async fn a_failed_final_fsync_of_the_state_database_is_reported_never_a_panic() 
         fx.sync().await.expect_code(0);
         fx.assert_exactly_once();
     }
+}
+
+/// Before: a second dm-handoff (with its own state_dir) on an output folder another one writes failed with
+/// "another sink is already writing this file" and exit 1, without saying who.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_folder_another_process_writes_is_exit_3_with_its_pid() {
+    let provider = Hostile::start(|_| Reply::json(&xquik_page(vec![], None))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &provider.root(), &[(PIPELINE, &["7900001"], "")]);
+    let other = dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    // The same output folder, another state directory.
+    let text = fs::read_to_string(&cfg).unwrap().replace("state_dir = \"state\"", "state_dir = \"../state2\"");
+    let text = text.replace("output_dir = \"out/", "output_dir = \"../out/");
+    let other_cfg = other.join("pipelines.toml");
+    fs::write(&other_cfg, text).unwrap();
+    let daemon = Cmd::new(&["run"]).config(&cfg).cwd(dir.path()).spawn();
+    let sock = dir.path().join("state").join("control.sock");
+    eventually(30, "the daemon is up", || sock.exists()).await;
+    let out = sync_cmd(&other, &other_cfg).run().await;
+    out.expect_code(3);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0].contains(&format!("pid {}", daemon.pid())) && errors[0].contains("another process"),
+        "{}",
+        errors[0]
+    );
+    daemon.signal(libc::SIGTERM);
+    daemon.wait().await.expect_code(0);
 }
