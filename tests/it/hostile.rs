@@ -507,7 +507,7 @@ async fn state_errors_say_what_happened_in_one_line() {
             fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
         }
         fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
-        Cmd::new(&["status"]).config(&cfg).cwd(dir.path()).as_user(65534)
+        Cmd::new(&["status"]).config(&cfg).cwd(dir.path()).run_as(65534)
     } else {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&state, fs::Permissions::from_mode(0o000)).unwrap();

@@ -327,7 +327,7 @@ impl Cmd {
     }
 
     /// Runs the child as this uid (and the same gid), with no supplementary groups.
-    pub fn as_user(mut self, uid: u32) -> Cmd {
+    pub fn run_as(mut self, uid: u32) -> Cmd {
         self.user = Some(uid);
         self
     }
