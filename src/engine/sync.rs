@@ -391,7 +391,9 @@ impl Pass<'_> {
             }
             let added = self.write_page(&page, next).await?;
             match page.next_cursor.as_deref() {
-                Some(c) if !done => guard.follow(self.endpoint(), added, c).map_err(Stop::Provider)?,
+                Some(c) if !done => {
+                    guard.follow(self.endpoint(), added, lowest_id(&page).as_deref(), c).map_err(Stop::Provider)?
+                }
                 _ => return Ok(()),
             }
         }
@@ -434,7 +436,7 @@ impl Pass<'_> {
                 return Ok(());
             }
             if let Some(c) = page.next_cursor.as_deref() {
-                guard.follow(self.endpoint(), added, c).map_err(Stop::Provider)?;
+                guard.follow(self.endpoint(), added, lowest_id(&page).as_deref(), c).map_err(Stop::Provider)?;
             }
         }
         Ok(())
@@ -553,6 +555,11 @@ fn page_ids(page: &Page) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
         numeric_id(&id).is_some().then_some(std::borrow::Cow::Owned(id))
     });
     items.chain(unparsed)
+}
+
+/// The page's lowest ID (items and unparsed items with one), for loop detection.
+fn lowest_id(page: &Page) -> Option<std::borrow::Cow<'_, str>> {
+    page_ids(page).min_by(|a, b| id_cmp(a, b))
 }
 
 fn newest(page: &Page, current: Option<&str>) -> Option<String> {
