@@ -293,7 +293,9 @@ async fn a_100_mb_body_is_refused_within_bounded_memory() {
     let errors = out.error_lines();
     assert_eq!(errors.len(), 1, "{out}");
     assert!(errors[0].contains("response_too_large") && errors[0].contains("max_response_bytes"), "{}", errors[0]);
-    assert!(peak_kib < 150 * 1024, "peak RSS {} MiB", peak_kib / 1024);
+    // Measured here: 78-79 MiB (32 MiB of body, the rest the process itself); before, 310 MiB. The bound
+    // leaves room for a loaded machine's allocator without letting a whole-body read pass.
+    assert!(peak_kib < 200 * 1024, "peak RSS {} MiB", peak_kib / 1024);
     assert!(largest_file(&dir.path().join("out")) < 1024 * 1024, "no huge line was written");
     eprintln!("peak RSS while refusing a 100 MB body: {} MiB", peak_kib / 1024);
 }
