@@ -5,7 +5,7 @@
 /// Longest echo of a user's value, in characters; longer ones are cut and say how long they were.
 const MAX_SHOWN: usize = 64;
 
-/// A user-supplied value as a message shows it: at most [`MAX_SHOWN`] characters (a 5 MB argument is not
+/// A user-supplied value as a message shows it: at most `MAX_SHOWN` (64) characters (a 5 MB argument is not
 /// echoed whole), control characters as `?` so it stays on one line.
 pub fn short(s: &str) -> String {
     let clean = |c: char| if c.is_control() { '?' } else { c };

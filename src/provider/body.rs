@@ -18,7 +18,7 @@ const MAX_ERROR_BODY: u64 = 64 * 1024;
 pub struct Received {
     pub status: u16,
     pub headers: HeaderMap,
-    /// The whole body of a 2xx (repaired, see the module doc); at most [`MAX_ERROR_BODY`] bytes of any other.
+    /// The whole body of a 2xx (repaired, see the module doc); at most `MAX_ERROR_BODY` (64 KiB) of any other.
     pub body: Bytes,
 }
 
