@@ -54,7 +54,7 @@ impl Compression {
     }
 }
 
-/// SHA-256 and length of the bytes that went through a [`HashWriter`] or [`HashReader`].
+/// SHA-256 and length of the bytes that went through a `HashWriter` or `HashReader`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digested {
     /// Bytes seen.

@@ -10,7 +10,7 @@ use crate::record::{normalize_time, snowflake_time, Conversation, Key, Kind};
 const CLOCK_SKEW_MS: u64 = 60_000;
 
 /// The newest page of `conv`'s history, searched for a message the account sent with exactly `text`, created
-/// no earlier than `since_ms` (Unix ms, less [`CLOCK_SKEW_MS`]), that no other job has recorded already.
+/// no earlier than `since_ms` (Unix ms, less `CLOCK_SKEW_MS`), that no other job has recorded already.
 /// Returns the oldest such message's ID and its `created_at` in record form. One read, retried like any
 /// read (a read never sends anything).
 pub async fn find_sent(
