@@ -73,6 +73,32 @@ impl std::future::Future for Queued {
     }
 }
 
+/// Why a pipeline's writer could not start. `Locked` is told apart so the caller can exit with the
+/// "held by another process" code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the lock on the pipeline's active file.
+    #[error("opening output: {0}")]
+    Locked(crate::sink::SinkError),
+    #[error("{0}")]
+    Failed(HandoffError),
+}
+
+impl From<OpenError> for HandoffError {
+    fn from(e: OpenError) -> HandoffError {
+        match e {
+            OpenError::Failed(e) => e,
+            locked => HandoffError(locked.to_string()),
+        }
+    }
+}
+
+impl From<HandoffError> for OpenError {
+    fn from(e: HandoffError) -> OpenError {
+        OpenError::Failed(e)
+    }
+}
+
 /// What start-up recovery found and repaired.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
@@ -100,7 +126,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// Opens the pipeline's sink, reconciles what the last run left uncommitted, and starts the writer.
-    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), HandoffError> {
+    pub fn open(store: Arc<Store>, pipeline: &str, cfg: SinkConfig) -> Result<(Handoff, Recovery), OpenError> {
         let freshness = store.freshness(pipeline).map_err(|e| HandoffError(e.to_string()))?;
         let metrics = crate::metrics::global().pipeline(pipeline);
         // The gauges start from what the state remembers, so a restarted daemon does not look stale.
@@ -240,7 +266,7 @@ impl Writer {
     fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
         // A poisoned gate only means another writer panicked; the gate guards no data.
         let _gate = WRITE_GATE.lock().unwrap_or_else(|p| p.into_inner());
-        self.ensure_open()?;
+        self.ensure_open().map_err(HandoffError::from)?;
         let Some(sink) = self.sink.as_mut() else {
             return Err(HandoffError("the output is not open".into()));
         };
@@ -313,13 +339,15 @@ impl Writer {
         }
     }
 
-    fn ensure_open(&mut self) -> Result<Recovery, HandoffError> {
+    fn ensure_open(&mut self) -> Result<Recovery, OpenError> {
         if self.sink.is_some() {
             return Ok(Recovery::default());
         }
         let committed = self.store.commit_point(&self.pipeline).map_err(|e| HandoffError(e.to_string()))?;
-        let (sink, recovered) = Sink::open(self.cfg.clone(), committed)
-            .map_err(|e| HandoffError(format!("opening output {}: {e}", self.cfg.dir.display())))?;
+        let (sink, recovered) = Sink::open(self.cfg.clone(), committed).map_err(|e| match e {
+            locked @ crate::sink::SinkError::Locked { .. } => OpenError::Locked(locked),
+            e => OpenError::Failed(HandoffError(format!("opening output {}: {e}", self.cfg.dir.display()))),
+        })?;
         let mut commit =
             reconcile(&self.store, &self.pipeline, &recovered.lines).map_err(|e| HandoffError(e.to_string()))?;
         let recovery =

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Dependencies point one way: `main → host → commands → engine → {handoff, sink, state, provider, record}
-//! → {config, ids, time, exit, metrics}` (ARCHITECTURE.md states the invariants).
+//! → {config, ids, time, exit, flock, metrics}` (ARCHITECTURE.md states the invariants).
 //!
 //! - [`host`]: runs a command's request here or hands it to a running daemon; the only place that opens and
 //!   closes pipelines; the daemon (`run`), the control socket, the demo and the simulator server.
@@ -20,7 +20,8 @@
 //! - [`schema`]: the JSON Schema (draft 2020-12) of every record kind, kept beside the records and tested
 //!   against them.
 //! - [`config`]: `pipelines.toml` as written → the validated [`config::Config`] the engine sees.
-//! - [`ids`], [`time`], [`exit`]: leaves: X's ID shapes, timestamps, the process exit codes.
+//! - [`ids`], [`time`], [`exit`], [`flock`]: leaves: X's ID shapes, timestamps, the process exit codes, who
+//!   holds a file lock.
 //! - [`metrics`]: a leaf: the Prometheus registry and the handles the provider, the writer and the engine
 //!   move; the daemon serves it (`metrics_listen`).
 //!
@@ -32,6 +33,7 @@ pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod exit;
+pub mod flock;
 pub mod handoff;
 pub mod host;
 pub mod ids;

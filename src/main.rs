@@ -44,8 +44,10 @@ fn init_logging(opts: &Opts) {
         Command::Demo(_) | Command::Send(_) | Command::Lookup(_) | Command::UploadMedia(_) => "warn",
         _ => "info",
     });
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("warn,dm_handoff={level}")));
+    // sled's own log lines are left out: its failures reach the user as our one error line, which says what
+    // to do (its lines would say the same thing a second time, in its words).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,sled=off,dm_handoff={level}")));
     // Under systemd (JOURNAL_STREAM names our stderr), send structured fields straight to journald.
     if opts.log_format == LogFormat::Auto && stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::Pipeline;
 use crate::time::format_time;
 
+mod times;
+mod unparsed;
+
+pub use times::{normalize_time, parse_time};
+pub use unparsed::{unparsed_id, unparsed_record, RawJson, Unparsed, REDACTED};
+
 /// X's snowflake epoch (2010-11-04T01:42:54.657Z), in Unix milliseconds.
 const SNOWFLAKE_EPOCH_MS: u64 = 1_288_834_974_657;
 
@@ -41,6 +47,8 @@ pub enum Kind {
     DmEvent,
     DmSend,
     DmDelete,
+    /// A history item that could not be normalized, kept as received (see [`unparsed_record`]).
+    DmUnparsed,
 }
 
 impl Kind {
@@ -50,6 +58,7 @@ impl Kind {
             Kind::DmEvent => "dm_event",
             Kind::DmSend => "dm_send",
             Kind::DmDelete => "dm_delete",
+            Kind::DmUnparsed => "dm_unparsed",
         }
     }
 }
@@ -93,6 +102,12 @@ pub struct Record {
     pub media_ids: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// `dm_unparsed`: why the item could not be normalized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `dm_unparsed`: the item as received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawJson>,
     pub source_endpoint: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synced_at: Option<String>,
@@ -119,6 +134,7 @@ impl Record {
         let conversation = self.conversation_user_id.clone().or_else(|| self.conversation_id.clone())?;
         let id = match kind {
             Kind::DmEvent => self.event_id.clone()?,
+            Kind::DmUnparsed => unparsed_id(self.raw.as_ref()?.get()),
             _ => self.message_id.clone()?,
         };
         Some(Key { kind, conversation, id })
@@ -306,14 +322,6 @@ pub fn delete_record(p: &Pipeline, conv: &Conversation, endpoint: &str, message_
     }
 }
 
-/// Re-renders a provider timestamp in record form; None when it cannot be read.
-pub fn normalize_time(s: &str) -> Option<String> {
-    let s = s.trim();
-    // humantime reads `Z` forms; offsets like +00:00 are rewritten to Z first when they are zero.
-    let s = s.strip_suffix("+00:00").map(|b| format!("{b}Z")).unwrap_or_else(|| s.to_string());
-    humantime::parse_rfc3339_weak(&s).ok().map(format_time)
-}
-
 /// The creation time encoded in an X snowflake ID, for when the API omits `createdAt`.
 pub fn snowflake_time(id: &str) -> Option<String> {
     let n: u64 = id.parse().ok()?;
@@ -404,14 +412,6 @@ mod tests {
         let r = message_record(&ctx(true), &peer(), &item, "t");
         assert_eq!(r.text, None);
         assert_eq!(r.media_url.as_deref(), Some("m"));
-    }
-
-    #[test]
-    fn times_are_normalized_to_millis_z() {
-        assert_eq!(normalize_time("2026-02-24T10:00:00Z").as_deref(), Some("2026-02-24T10:00:00.000Z"));
-        assert_eq!(normalize_time("2026-02-24T10:00:00.123456Z").as_deref(), Some("2026-02-24T10:00:00.123Z"));
-        assert_eq!(normalize_time("2026-02-24T10:00:00+00:00").as_deref(), Some("2026-02-24T10:00:00.000Z"));
-        assert_eq!(normalize_time("yesterday"), None);
     }
 
     #[test]

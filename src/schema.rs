@@ -193,7 +193,10 @@ mod tests {
 
     use super::*;
     use crate::config::Pipeline;
-    use crate::record::{delete_record, message_record, send_record, Context, Conversation, Item, Kind, Record, Sent};
+    use crate::record::{
+        delete_record, message_record, send_record, unparsed_record, Context, Conversation, Item, Kind, Record, Sent,
+        Unparsed,
+    };
 
     fn validator() -> jsonschema::Validator {
         jsonschema::options().should_validate_formats(true).build(&document()).expect("the schema compiles")
@@ -284,6 +287,17 @@ mod tests {
         let endpoint = "POST /2/dm_conversations";
         out.push(send_record(&p, &group, endpoint, sent("5", None, None, Some(vec!["1".into(), "2".into()]))));
         out.push(send_record(&p, &peer, endpoint, sent("6", None, None, None)));
+        for (raw, redact, conv) in [
+            (r#"{"id":"7","senderId":{"x":1},"text":"Hey"}"#, false, &peer),
+            ("[1,2]", false, &group),
+            (r#"{"text":"Hey"}"#, true, &peer),
+        ] {
+            let u = Unparsed {
+                reason: "the item does not match the documented shape".into(),
+                raw: serde_json::value::RawValue::from_string(raw.into()).unwrap(),
+            };
+            out.push(unparsed_record(&ctx("xquik", None, redact), conv, &u, t));
+        }
         out
     }
 
@@ -302,7 +316,7 @@ mod tests {
         let v = validator();
         let records = every_record();
         let kinds: BTreeSet<Kind> = records.iter().filter_map(|r| r.kind).collect();
-        assert_eq!(kinds.len(), 4, "every kind Record has is built here: {kinds:?}");
+        assert_eq!(kinds.len(), 5, "every kind Record has is built here: {kinds:?}");
         for r in &records {
             assert_valid(&v, r);
         }
@@ -332,6 +346,8 @@ mod tests {
             media_id: Some("1".into()),
             media_ids: Some(vec![]),
             idempotency_key: Some("k".into()),
+            reason: None,
+            raw: None,
             source_endpoint: "e".into(),
             synced_at: Some("t".into()),
             sent_at: Some("t".into()),
@@ -345,6 +361,23 @@ mod tests {
             in_schema.extend(doc["$defs"][kind]["properties"].as_object().unwrap().keys().cloned());
         }
         assert_eq!(written, in_schema, "Record's fields and the schema's differ");
+        // The two fields only dm_unparsed has, set on a record of that kind.
+        let u = Unparsed { reason: "r".into(), raw: serde_json::value::RawValue::from_string("{}".into()).unwrap() };
+        let ctx = Context {
+            provider: "xquik",
+            pipeline: "p",
+            account: "a",
+            account_user_id: None,
+            redact_text: false,
+            source_endpoint: "e",
+        };
+        let conv = Conversation::Peer { user_id: "1".into(), conversation_id: Some("1-2".into()) };
+        let line = unparsed_record(&ctx, &conv, &u, "t").to_line();
+        let written: BTreeSet<String> =
+            serde_json::from_str::<Map<String, Value>>(&line).unwrap().keys().cloned().collect();
+        let in_schema: BTreeSet<String> =
+            doc["$defs"]["dm_unparsed"]["properties"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(written, in_schema, "dm_unparsed's fields and the schema's differ");
         // dm_unparsed adds exactly `reason` and `raw` to the common header.
         let unparsed: BTreeSet<&str> =
             doc["$defs"]["dm_unparsed"]["properties"].as_object().unwrap().keys().map(String::as_str).collect();

@@ -22,7 +22,7 @@ pub fn report(cfg: &Config) -> Report {
     };
     for p in &cfg.pipelines {
         let _ = writeln!(out, "pipeline {} ({}):", p.name, p.provider);
-        let _ = writeln!(out, "  base_url      {}", p.base_url);
+        let _ = writeln!(out, "  base_url      {}", crate::config::shown::url(&p.base_url));
         let _ = writeln!(out, "  account       {}", p.account);
         if let Some(source) = &p.api_key {
             let key = match source.read(&p.name, "API key") {

@@ -57,7 +57,8 @@ pub fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(
     for c in only {
         if !pipelines.iter().any(|p| p.conversations.iter().any(|x| &x.to_string() == c)) {
             return Err(ConfigError(format!(
-                "conversation `{c}` is not configured in the selected pipelines; list it under `conversations` first"
+                "conversation `{}` is not configured in the selected pipelines; list it under `conversations` first",
+                crate::config::shown::short(c)
             )));
         }
     }
@@ -68,6 +69,8 @@ pub fn check_conversations(pipelines: &[&Pipeline], only: &[String]) -> Result<(
 pub fn report(mut reports: Vec<PipelineReport>, interrupted: bool) -> Report {
     reports.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
     let (mut out, mut err) = (String::new(), String::new());
+    // Conversations a stop signal cut short are said once, at the end, not once each.
+    let mut stopped = 0;
     for r in &reports {
         let _ = writeln!(out, "pipeline {}", r.summary());
         for c in &r.conversations {
@@ -100,10 +103,22 @@ pub fn report(mut reports: Vec<PipelineReport>, interrupted: bool) -> Report {
             continue;
         }
         for c in &r.conversations {
+            if c.cancelled {
+                stopped += 1;
+                continue;
+            }
             if let Some(e) = &c.error {
                 let _ = writeln!(err, "error: pipeline `{}` conversation {}: {e}", r.pipeline, c.conversation);
             }
         }
+    }
+    if stopped > 0 {
+        let _ = writeln!(
+            err,
+            "error: stopped by a signal before finishing: {stopped} conversation{} stopped at a page boundary \
+             (everything written is committed); run the same command again to continue",
+            if stopped == 1 { "" } else { "s" }
+        );
     }
     let exit = if interrupted {
         Exit::Interrupted

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 mod oauth;
 mod raw;
+pub mod shown;
 mod validate;
 
 pub use oauth::{loopback_callback, token_file, OAuthConfig, DEFAULT_SCOPES};
@@ -118,7 +119,12 @@ impl Config {
     }
 
     fn unknown(&self, name: &str) -> ConfigError {
-        ConfigError(format!("no pipeline named `{name}` in {}; configured: {}", self.path.display(), self.names()))
+        ConfigError(format!(
+            "no pipeline named `{}` in {}; configured: {}",
+            shown::short(name),
+            self.path.display(),
+            self.names()
+        ))
     }
 }
 
@@ -192,27 +198,29 @@ impl ConversationRef {
             return if ok {
                 Ok(ConversationRef::Username(user.to_string()))
             } else {
-                Err(format!("`{s}` is not a valid @username"))
+                Err(format!("`{}` is not a valid @username", shown::short(s)))
             };
         }
         if let Some(id) = s.strip_prefix("conv:") {
             if provider == ProviderKind::Xquik {
                 return Err(format!(
-                    "`{s}`: provider xquik has no conversation IDs; list the peer's user ID or @username"
+                    "`{}`: provider xquik has no conversation IDs; list the peer's user ID or @username",
+                    shown::short(s)
                 ));
             }
             let ok = !id.is_empty() && id.chars().all(|c| c.is_ascii_digit() || c == '-');
             return if ok {
                 Ok(ConversationRef::ConversationId(id.to_string()))
             } else {
-                Err(format!("`{s}` is not a valid conversation ID"))
+                Err(format!("`{}` is not a valid conversation ID", shown::short(s)))
             };
         }
         if crate::ids::is_numeric_id(s) {
             Ok(ConversationRef::Peer(s.to_string()))
         } else {
             Err(format!(
-                "`{s}` is neither a numeric user ID nor an @username{}",
+                "`{}` is neither a numeric user ID nor an @username{}",
+                shown::short(s),
                 if provider == ProviderKind::Xquik { "" } else { " nor conv:<id>" }
             ))
         }
@@ -293,6 +301,10 @@ pub struct Pipeline {
     /// Conversations of this pipeline synced at once.
     pub concurrency: Concurrency,
     pub retry: RetryPolicy,
+    /// The largest response body read from the provider; a larger page is refused.
+    pub max_response_bytes: u64,
+    /// Pages in a row that add nothing new before a pass stops with `cursor_loop`; 0 = no limit.
+    pub max_empty_pages: u32,
     /// X API v2 user tokens that renew themselves (SPEC 8.1); None: a static key in `api_key`.
     pub oauth: Option<OAuthConfig>,
     /// Sync every conversation of the account, not only `conversations` (SPEC 8.2).

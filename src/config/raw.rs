@@ -88,6 +88,10 @@ pub(super) struct RawPipeline {
     #[serde(default)]
     pub(super) inbox: bool,
     pub(super) inbox_tabs: Option<Vec<String>>,
+    #[serde(default = "default_max_response_bytes")]
+    pub(super) max_response_bytes: u64,
+    #[serde(default = "default_max_empty_pages")]
+    pub(super) max_empty_pages: u32,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -147,4 +151,11 @@ fn default_retry_base() -> String {
 }
 fn default_retry_max() -> String {
     "30s".into()
+}
+const fn default_max_response_bytes() -> u64 {
+    // 32 MiB: far above any real page, far below what would hurt the machine.
+    32 * 1024 * 1024
+}
+const fn default_max_empty_pages() -> u32 {
+    3
 }

@@ -6,11 +6,18 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{RawConcurrency, RawConfig};
+use super::shown::{short, url};
 use super::{err, Concurrency, Config, ConfigError, ConversationRef, KeySource, Pipeline, ProviderKind, RetryPolicy};
+
+/// The smallest `max_response_bytes`: below this, ordinary pages would be refused.
+const MIN_RESPONSE_BYTES: u64 = 64 * 1024;
 
 pub(super) fn parse_duration(key: &str, v: &str, what: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(v).map_err(|_| {
-        ConfigError(format!("{what}: `{key} = \"{v}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\""))
+        ConfigError(format!(
+            "{what}: `{key} = \"{}\"` is not a duration; write it like \"30s\", \"5m\" or \"1h\"",
+            short(v)
+        ))
     })
 }
 
@@ -58,7 +65,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         let at = format!("config {file}: pipelines[{i}]");
         let name = match rp.name {
             Some(n) if is_name(&n) => n,
-            Some(n) => return err(format!("{at}: name `{n}` must be 1-64 letters, digits, `-` or `_`; rename it")),
+            Some(n) => {
+                return err(format!("{at}: name `{}` must be 1-64 letters, digits, `-` or `_`; rename it", short(&n)))
+            }
             None => return err(format!("{at}: missing key `name`; give the pipeline a unique name")),
         };
         let at = format!("config {file}: pipeline `{name}`");
@@ -74,7 +83,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
             _ => {
                 return err(format!(
-                    "{at}: base_url `{base_url}` is not an http(s) URL; write it like \"https://xquik.com/api/v1\""
+                    "{at}: base_url `{}` is not an http(s) URL; write it like \"https://xquik.com/api/v1\"",
+                    url(&base_url)
                 ))
             }
         }
@@ -106,7 +116,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             }
             (Some(v), None) if is_env_name(&v) => Some(KeySource::Env(v)),
             (Some(v), None) => {
-                return err(format!("{at}: api_key_env must name an environment variable (like XQUIK_API_KEY), not `{v}`"))
+                return err(format!(
+                    "{at}: api_key_env must name an environment variable (like XQUIK_API_KEY), not `{}`",
+                    short(&v)
+                ))
             }
             (None, Some(p)) => Some(KeySource::File(key_file(p, base))),
             (None, None) => {
@@ -146,7 +159,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             }
         };
         if provider != ProviderKind::Xquik && !account.chars().all(|c| c.is_ascii_digit()) {
-            return err(format!("{at}: provider {provider} needs `account` as the numeric user ID, not `{account}`"));
+            return err(format!(
+                "{at}: provider {provider} needs `account` as the numeric user ID, not `{}`",
+                short(&account)
+            ));
         }
         let mut conversations = Vec::new();
         let mut seen = BTreeSet::new();
@@ -154,7 +170,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             let conv =
                 ConversationRef::parse(c, provider).map_err(|m| ConfigError(format!("{at}: conversations: {m}")))?;
             if !seen.insert(conv.to_string()) {
-                return err(format!("{at}: conversations lists `{conv}` twice; remove one"));
+                return err(format!("{at}: conversations lists `{}` twice; remove one", short(&conv.to_string())));
             }
             conversations.push(conv);
         }
@@ -165,13 +181,14 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         {
             return err(format!(
                 "{at}: schedule `{}` must be cron with seconds (6 fields), like \"*/30 * * * * *\"",
-                rp.schedule
+                short(&rp.schedule)
             ));
         }
         let output_dir = resolve(&rp.output_dir.unwrap_or_else(|| PathBuf::from("out").join(&name)));
-        if !outputs.insert(output_dir.clone()) {
+        // Compared as the folder they really are, whatever the spelling: symlinks and `..` resolved.
+        if !outputs.insert(real_path(&output_dir)) {
             return err(format!(
-                "{at}: output_dir {} is already used by another pipeline; give each pipeline its own",
+                "{at}: output_dir {} is already used by another pipeline (the same folder, perhaps through a symlink); give each pipeline its own",
                 output_dir.display()
             ));
         }
@@ -182,7 +199,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         {
             return err(format!(
                 "{at}: file_name `{}` must be a plain name ending in .jsonl with no other dot, like \"xquik-dm-handoff.jsonl\"",
-                rp.file_name
+                short(&rp.file_name)
             ));
         }
         if rp.rotate_max_bytes < 1024 {
@@ -212,6 +229,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         if retry.request_timeout.is_zero() {
             return err(format!("{at}: request_timeout must be more than 0"));
         }
+        if rp.max_response_bytes < MIN_RESPONSE_BYTES {
+            return err(format!("{at}: max_response_bytes must be at least {MIN_RESPONSE_BYTES} (64 KiB)"));
+        }
         pipelines.push(Pipeline {
             name,
             provider,
@@ -237,8 +257,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             oauth,
             inbox: rp.inbox,
             inbox_tabs,
+            max_response_bytes: rp.max_response_bytes,
+            max_empty_pages: rp.max_empty_pages,
         });
     }
+    let state_dir = resolve(&raw.state_dir);
+    check_folders(&file.to_string(), &state_dir, &pipelines)?;
     Ok(Config {
         path: path.to_path_buf(),
         state_dir,
@@ -274,4 +298,80 @@ pub(super) fn is_env_name(n: &str) -> bool {
         && n.len() <= 128
         && !n.starts_with(|c: char| c.is_ascii_digit())
         && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Folders that would make dm-handoff write where it must not: a state directory or output folder that is
+/// a file, an output folder that is `/`, or one that is the state directory, inside it or around it (by any
+/// spelling or symlink).
+fn check_folders(file: &str, state_dir: &Path, pipelines: &[Pipeline]) -> Result<(), ConfigError> {
+    if let Ok(m) = std::fs::metadata(state_dir) {
+        if !m.is_dir() {
+            return err(format!(
+                "config {file}: state_dir {} is a file, not a folder; point state_dir at a folder (it is created if missing)",
+                state_dir.display()
+            ));
+        }
+    }
+    let state = real_path(state_dir);
+    for p in pipelines {
+        let at = format!("config {file}: pipeline `{}`", p.name);
+        let out = real_path(&p.output_dir);
+        if out.parent().is_none() {
+            return err(format!(
+                "{at}: output_dir {} is the root folder; give the pipeline a folder of its own, like \"out/{}\"",
+                p.output_dir.display(),
+                p.name
+            ));
+        }
+        let relation = if out == state {
+            Some("is the state_dir")
+        } else if out.starts_with(&state) {
+            Some("is inside the state_dir")
+        } else if state.starts_with(&out) {
+            Some("contains the state_dir")
+        } else {
+            None
+        };
+        if let Some(relation) = relation {
+            return err(format!(
+                "{at}: output_dir {} {relation} ({}); loaders must never see the state database: keep the two apart, like state_dir = \"state\" and output_dir = \"out/{}\"",
+                p.output_dir.display(),
+                state_dir.display(),
+                p.name
+            ));
+        }
+        if let Ok(m) = std::fs::metadata(&p.output_dir) {
+            if !m.is_dir() {
+                return err(format!(
+                    "{at}: output_dir {} is a file, not a folder; point output_dir at a folder (it is created if missing)",
+                    p.output_dir.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The folder a path really names: its longest existing ancestor with symlinks resolved, plus the rest
+/// (which does not exist yet, so cannot be a symlink). Two spellings of one folder give the same result.
+fn real_path(p: &Path) -> PathBuf {
+    let absolute = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    };
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |acc: PathBuf, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return normalize(&absolute),
+        }
+    }
 }

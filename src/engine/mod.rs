@@ -6,6 +6,7 @@
 //! opens a state directory, reads the command line or decides an exit code. Its results are typed reports
 //! that the command layer renders.
 
+pub mod cursor_loop;
 pub mod health;
 pub mod manage;
 pub mod outbound;

@@ -28,13 +28,14 @@ mod inbox;
 
 pub use inbox::INBOX_NAME;
 
+use super::cursor_loop::LoopGuard;
 use super::pace::Answer;
 use super::poll::{Budget, Spent};
 use super::{OpenPipeline, UserError};
 use crate::config::ConversationRef;
 use crate::handoff::{Batch, Queued};
 use crate::provider::{with_retry, ErrorClass, Page, ProviderError, PACING};
-use crate::record::{id_cmp, message_record, Context, Conversation};
+use crate::record::{id_cmp, message_record, unparsed_record, Context, Conversation};
 use crate::state::{numeric_id, Commit, ConvState, Freshness};
 use crate::time::{now_string, unix_ms};
 
@@ -102,6 +103,10 @@ pub struct ConvReport {
     pub configured: String,
     /// Set when a credit budget stopped this conversation's run: the config key that did.
     pub budget: Option<String>,
+    /// The run was stopped (a signal, or a fatal error of the pipeline) before this conversation finished:
+    /// `error` says so, and a report says it once for all such conversations.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// How one pipeline's run went.
@@ -314,6 +319,7 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
             tracing::warn!(pipeline = %p.name, conversation = %report.conversation, budget = which, "credit budget spent; paused until the next run");
         }
         Err(Stop::Cancelled) => {
+            report.cancelled = true;
             report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
             tracing::info!(pipeline = %p.name, conversation = %report.conversation, pages = report.pages, records = report.written, "conversation stopped at a page boundary");
         }
@@ -416,6 +422,8 @@ impl Pass<'_> {
             self.shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
         let mut pages = 0u64;
         let mut in_flight: Option<InFlight> = None;
+        // A pass that is handed a cursor it already sent, or pages that bring nothing new, stops (SPEC 8.3).
+        let mut guard = LoopGuard::new(p.max_empty_pages);
         loop {
             // The state as it will be once the queued page is committed: what the next request depends on.
             let ahead = in_flight.as_ref().map_or(&self.st, |f| &f.next);
@@ -438,6 +446,7 @@ impl Pass<'_> {
                 self.settle(in_flight.take()).await?;
                 return Err(Stop::Cancelled);
             }
+            guard.sending(cursor.as_deref());
             let page = match in_flight.take() {
                 Some(InFlight { queued, next, written, credits }) => {
                     let (page, committed) = tokio::join!(self.fetch(cursor.as_deref()), queued);
@@ -451,9 +460,17 @@ impl Pass<'_> {
             let (next, done) = self.advance(walk, &page);
             let reached_since = walk == Walk::Backfill
                 && self.shared.opts.since.is_some_and(|since| oldest_time(&page).is_some_and(|t| t < since));
-            in_flight = Some(self.queue_page(&page, next)?);
+            let queued = self.queue_page(&page, next)?;
+            let added = queued.written;
+            in_flight = Some(queued);
             if done {
                 break;
+            }
+            if let Some(c) = page.next_cursor.as_deref() {
+                if let Err(e) = guard.follow(self.endpoint(), added, lowest_id(&page).as_deref(), c) {
+                    self.settle(in_flight.take()).await?;
+                    return Err(Stop::Provider(e));
+                }
             }
             if reached_since && in_flight.as_ref().is_some_and(|f| !f.next.backfill_done) {
                 self.report.limited = true;
@@ -485,7 +502,7 @@ impl Pass<'_> {
                     next.covered_from = lowest(page, st.covered_from.as_deref());
                 }
                 let reached = match &st.hwm {
-                    Some(hwm) => page.items.iter().any(|i| id_cmp(&i.id, hwm).is_le()),
+                    Some(hwm) => page_ids(page).any(|id| id_cmp(&id, hwm).is_le()),
                     None => false,
                 };
                 let done = reached || page.next_cursor.is_none();
@@ -506,6 +523,10 @@ impl Pass<'_> {
                 (next, done)
             }
         }
+    }
+
+    fn endpoint(&self) -> &'static str {
+        self.pipe.client.history_endpoint(self.conv)
     }
 
     async fn fetch(&self, cursor: Option<&str>) -> Result<Page, Stop> {
@@ -574,6 +595,18 @@ impl Pass<'_> {
             fresh.insert(key.clone());
             records.push((key, record));
         }
+        // Items the adapter could not normalize: kept as received, once each, never blocking the page.
+        for u in &page.unparsed {
+            let record = unparsed_record(&ctx, conv, u, &synced_at);
+            let Some(key) = record.key() else { continue };
+            if fresh.contains(&key) || pipe.store.is_seen_with(&p.name, &key, covered)? {
+                duplicates += 1;
+                continue;
+            }
+            tracing::warn!(pipeline = %p.name, conversation = %conv.key(), reason = %u.reason, "an item could not be normalized; written as dm_unparsed");
+            fresh.insert(key.clone());
+            records.push((key, record));
+        }
         // Order within a page is undefined upstream; oldest first makes each file read chronologically per page.
         records.sort_by(|a, b| id_cmp(&a.0.id, &b.0.id));
         next.messages_written += records.len() as u64;
@@ -633,11 +666,26 @@ impl Pass<'_> {
     }
 }
 
+/// The IDs a page shows: its items', and those of unparsed items that have a usable one. A pass moves its
+/// high-water mark over both (an unparsed item is written too), but never folds an unparsed ID into a
+/// covered range ([`lowest`] looks at items only).
+fn page_ids(page: &Page) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let items = page.items.iter().map(|i| std::borrow::Cow::Borrowed(i.id.as_str()));
+    let unparsed = page.unparsed.iter().filter_map(|u| {
+        let id = crate::record::unparsed_id(u.raw.get());
+        // A hash is no position in history; only a provider ID is.
+        numeric_id(&id).is_some().then_some(std::borrow::Cow::Owned(id))
+    });
+    items.chain(unparsed)
+}
+
+/// The page's lowest ID (items and unparsed items with one), for loop detection.
+fn lowest_id(page: &Page) -> Option<std::borrow::Cow<'_, str>> {
+    page_ids(page).min_by(|a, b| id_cmp(a, b))
+}
+
 fn newest(page: &Page, current: Option<&str>) -> Option<String> {
-    page.items
-        .iter()
-        .map(|i| i.id.as_str())
-        .fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(id)))
+    page_ids(page).fold(current.map(str::to_string), |acc, id| newest_of(acc.as_deref(), Some(&id)))
 }
 
 /// The lowest numeric item ID of a page, or `current` if that is lower. Non-numeric IDs are never folded,
@@ -659,7 +707,7 @@ fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {
 }
 
 fn oldest_time(page: &Page) -> Option<SystemTime> {
-    page.items.iter().filter_map(|i| i.created_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok())).min()
+    page.items.iter().filter_map(|i| i.created_at.as_deref().and_then(crate::record::parse_time)).min()
 }
 
 #[cfg(test)]
@@ -672,6 +720,7 @@ mod tests {
             items: ids.iter().map(|i| Item { id: i.to_string(), ..Item::default() }).collect(),
             next_cursor: next.map(str::to_string),
             credits: ids.len() as u64,
+            ..Page::default()
         }
     }
 

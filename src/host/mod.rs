@@ -57,9 +57,21 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::GroupSend(args) => Request::Manage { request: commands::manage::prepare_group_send(&cfg()?, args)? },
     };
     let cfg = cfg()?;
-    let forwarded = control::call::<Request, Report>(&cfg.state_dir, &req)
-        .await
-        .with_context(|| format!("talking to the daemon on {}", control::socket_path(&cfg.state_dir).display()))?;
+    let forwarded = match control::call::<Request, Report>(&cfg.state_dir, &req).await {
+        Ok(f) => f,
+        // The state directory is someone else's: say that, not a socket error.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(StateError::Denied {
+                dir: cfg.state_dir.clone(),
+                op: "connecting to the daemon's control socket",
+            }
+            .into())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("talking to the daemon on {}", control::socket_path(&cfg.state_dir).display())))
+        }
+    };
     if let Some(report) = forwarded {
         tracing::debug!("handled by the running daemon");
         return Ok(report.print());
@@ -67,14 +79,19 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
     local(&cfg, req).await
 }
 
-/// Maps an error that reached `main` to its exit code: a config problem is 2, another process holding the
-/// state directory 3, anything else 1.
+/// Maps an error that reached `main` to its exit code: a config problem (or a state directory that is a
+/// file) is 2, another process holding the state directory or a pipeline's output 3, anything else 1.
 pub fn exit_for(e: &anyhow::Error) -> Exit {
     for cause in e.chain() {
         if cause.downcast_ref::<ConfigError>().is_some() {
             return Exit::Config;
         }
-        if let Some(StateError::Locked { .. }) = cause.downcast_ref::<StateError>() {
+        match cause.downcast_ref::<StateError>() {
+            Some(StateError::Locked { .. }) => return Exit::Locked,
+            Some(StateError::NotADirectory { .. }) => return Exit::Config,
+            _ => {}
+        }
+        if let Some(crate::handoff::OpenError::Locked(_)) = cause.downcast_ref::<crate::handoff::OpenError>() {
             return Exit::Locked;
         }
     }
@@ -184,7 +201,7 @@ pub(crate) fn open_pipeline(
     max_concurrency: usize,
 ) -> anyhow::Result<Arc<OpenPipeline>> {
     let (handoff, _recovery) = Handoff::open(store.clone(), &p.name, sink_config(p))
-        .map_err(|e| anyhow::anyhow!("pipeline `{}`: {e}", p.name))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("pipeline `{}`", p.name)))?;
     Ok(Arc::new(OpenPipeline::new(p.clone(), client, handoff, store.clone(), max_concurrency)))
 }
 

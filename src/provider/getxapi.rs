@@ -17,16 +17,17 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 mod inbox;
 
 pub use inbox::LIST;
 
-use super::util::{http_client, Http, Id, Request};
+use super::util::{http_client, parse_item, Http, Id, Request, TimeText};
 use super::{ErrorClass, Page, ProviderError, Upload, User, WriteDone, WriteKind, WriteState};
 use crate::config::Pipeline;
 use crate::ids::{is_numeric_id, is_safe_id, one_to_one_id};
-use crate::record::{Conversation, Item};
+use crate::record::{Conversation, Item, Unparsed};
 
 /// Route templates, as they appear in records and logs.
 pub const HISTORY: &str = "POST /twitter/dm/conversation";
@@ -56,6 +57,8 @@ pub struct GetXApi {
     account: String,
     /// The account's session cookie, sent in every DM body.
     auth_token: Secret,
+    /// `max_response_bytes`: the largest body read.
+    max_body: u64,
 }
 
 impl GetXApi {
@@ -67,6 +70,7 @@ impl GetXApi {
             base: p.base_url.clone(),
             account: p.account.clone(),
             auth_token: Secret(auth_token.to_string()),
+            max_body: p.max_response_bytes,
         })
     }
 
@@ -104,7 +108,7 @@ impl GetXApi {
             body["cursor"] = serde_json::Value::String(c.to_string());
         }
         let url = format!("{}/twitter/dm/conversation", self.base);
-        let answer = send(self.http.post(url).json(&body), HISTORY).await?;
+        let answer = send(self.http.post(url).json(&body), HISTORY, self.max_body).await?;
         let page: HistoryBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_more && next_cursor.is_none() {
@@ -118,28 +122,18 @@ impl GetXApi {
             );
         }
         let group = matches!(conv, Conversation::Group { .. });
+        // The envelope is strict; each message is read on its own, and one that cannot be read is kept as
+        // received (`dm_unparsed`) instead of failing the page.
         let mut items = Vec::with_capacity(page.messages.len());
-        for m in page.messages {
-            let ok = is_safe_id(&m.id.0)
-                && m.sender_id.as_ref().is_none_or(|s| is_safe_id(&s.0))
-                && m.recipient_id.as_ref().is_none_or(|r| is_safe_id(&r.0));
-            if !ok {
-                return Err(ProviderError::malformed(HISTORY, "a message has an invalid id"));
+        let mut unparsed = Vec::new();
+        for raw in page.messages {
+            match parse_item::<WireMessage>(raw).and_then(|m| message_item(m, group, &conversation_id)) {
+                Ok(item) => items.push(item),
+                Err(reason) => unparsed.push(Unparsed { reason, raw: raw.to_owned() }),
             }
-            items.push(Item {
-                id: m.id.0,
-                event_type: None,
-                sender_id: m.sender_id.map(|s| s.0),
-                receiver_id: if group { None } else { m.recipient_id.map(|r| r.0) },
-                created_at: m.created_at,
-                text: m.text,
-                media_url: m.media.as_ref().and_then(WireMedia::url),
-                conversation_id: m.conversation_id.filter(|c| !c.is_empty()).or_else(|| Some(conversation_id.clone())),
-                participant_ids: None,
-            });
         }
         // GetXAPI bills per call.
-        Ok(Page { items, next_cursor: if page.has_more { next_cursor } else { None }, credits: 1 })
+        Ok(Page { items, unparsed, next_cursor: if page.has_more { next_cursor } else { None }, credits: 1 })
     }
 
     /// A user by ID or username, through the user-info route (`userName=` or `userId=`).
@@ -147,7 +141,7 @@ impl GetXApi {
         let who = id_or_username.trim_start_matches('@');
         let param = if is_numeric_id(who) { "userId" } else { "userName" };
         let url = format!("{}/twitter/user/info", self.base);
-        let answer = send(self.http.get(url).query(&[(param, who)]), USER).await?;
+        let answer = send(self.http.get(url).query(&[(param, who)]), USER, self.max_body).await?;
         let b: UserBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(USER, &e))?;
         let u = b.data.unwrap_or(b.flat);
         match u.id {
@@ -175,7 +169,7 @@ impl GetXApi {
         }
         let body = serde_json::json!({ "auth_token": self.auth_token.0, "recipient_id": to, "text": text });
         let url = format!("{}/twitter/dm/send", self.base);
-        let answer = send(self.http.post(url).json(&body), SEND_DM).await?;
+        let answer = send(self.http.post(url).json(&body), SEND_DM, self.max_body).await?;
         let b: SendBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(SEND_DM, &e))?;
         // The docs show `data.id`; the MCP server describes `message_id`. Either is the DM's ID.
         let d = b.data.unwrap_or_default();
@@ -209,10 +203,33 @@ impl GetXApi {
     }
 }
 
+/// A history message as an [`Item`], or why it is not one.
+fn message_item(m: WireMessage, group: bool, conversation_id: &str) -> Result<Item, String> {
+    if !is_safe_id(&m.id.0) {
+        return Err("id is not a usable ID".into());
+    }
+    for (field, id) in [("senderId", &m.sender_id), ("recipientId", &m.recipient_id)] {
+        if id.as_ref().is_some_and(|i| !is_safe_id(&i.0)) {
+            return Err(format!("{field} is not a usable ID"));
+        }
+    }
+    Ok(Item {
+        id: m.id.0,
+        event_type: None,
+        sender_id: m.sender_id.map(|s| s.0),
+        receiver_id: if group { None } else { m.recipient_id.map(|r| r.0) },
+        created_at: m.created_at.map(|t| t.0),
+        text: m.text,
+        media_url: m.media.as_ref().and_then(WireMedia::url),
+        conversation_id: m.conversation_id.filter(|c| !c.is_empty()).or_else(|| Some(conversation_id.to_string())),
+        participant_ids: None,
+    })
+}
+
 /// Sends a request; returns the body of a 2xx or the error classified by status (the body's `error`
 /// text is read for nothing but a `retry_after` number and whether it blames the `auth_token`).
-async fn send(req: Request, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    super::util::send_classified(req, endpoint, classify).await
+async fn send(req: Request, endpoint: &'static str, max_body: u64) -> Result<bytes::Bytes, ProviderError> {
+    super::util::send_classified(req, endpoint, max_body, classify).await
 }
 
 /// Maps a GetXAPI error to its class. There is no machine code, so the code is `http_<status>`, or
@@ -258,8 +275,9 @@ struct ErrorBody {
 }
 
 #[derive(Deserialize)]
-struct HistoryBody {
-    messages: Vec<WireMessage>,
+struct HistoryBody<'a> {
+    #[serde(borrow)]
+    messages: Vec<&'a RawValue>,
     #[serde(alias = "hasMore")]
     has_more: bool,
     #[serde(default, alias = "nextCursor")]
@@ -274,7 +292,7 @@ struct WireMessage {
     #[serde(default, rename = "conversationId", alias = "conversation_id")]
     conversation_id: Option<String>,
     #[serde(default, rename = "createdAt", alias = "created_at")]
-    created_at: Option<String>,
+    created_at: Option<TimeText>,
     #[serde(default, rename = "senderId", alias = "sender_id")]
     sender_id: Option<Id>,
     #[serde(default, rename = "recipientId", alias = "recipient_id")]
@@ -365,12 +383,15 @@ mod tests {
         )
         .unwrap();
         assert!(!b.has_more && b.next_cursor.is_none());
-        assert_eq!(b.messages[1].id.0, "2059239475419779073");
-        assert_eq!(
-            b.messages[1].media.as_ref().and_then(WireMedia::url).as_deref(),
-            Some("https://pbs.twimg.com/dm_media/1.jpg")
-        );
-        assert_eq!(b.messages[0].media.as_ref().and_then(WireMedia::url), None);
+        let items: Vec<Item> = b
+            .messages
+            .iter()
+            .map(|raw| parse_item::<WireMessage>(raw).and_then(|m| message_item(m, false, "1-2")).unwrap())
+            .collect();
+        assert_eq!(items[1].id, "2059239475419779073");
+        assert_eq!(items[1].media_url.as_deref(), Some("https://pbs.twimg.com/dm_media/1.jpg"));
+        assert_eq!(items[1].conversation_id.as_deref(), Some("1-2"));
+        assert_eq!(items[0].media_url, None);
         assert!(serde_json::from_str::<HistoryBody>(r#"{"status":"success"}"#).is_err());
         for m in [
             r#""https://a/b.png""#,

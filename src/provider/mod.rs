@@ -6,6 +6,7 @@
 //! `Retry-After`, and never repeats anything else. The engine holds a [`Client`], an enum over the
 //! adapters, so adding a provider never touches the engine.
 
+pub mod body;
 mod error;
 pub mod getxapi;
 pub mod oauth;
@@ -23,12 +24,14 @@ pub use error::{ErrorClass, ProviderError};
 pub use retry::{backoff, with_retry, PACING};
 
 use crate::config::{Pipeline, ProviderKind};
-use crate::record::{Conversation, Item};
+use crate::record::{Conversation, Item, Unparsed};
 
 /// One page of history, newest page first; order within `items` is whatever the provider sent.
 #[derive(Clone, Debug, Default)]
 pub struct Page {
     pub items: Vec<Item>,
+    /// Items of the page that could not be normalized, kept as received (one bad item never blocks a page).
+    pub unparsed: Vec<Unparsed>,
     /// The cursor of the next (older) page, exactly as received; None at the end of history.
     pub next_cursor: Option<String>,
     /// Provider credits this page cost.
@@ -165,6 +168,9 @@ pub enum InboxRoute {
 #[derive(Clone, Debug, Default)]
 pub struct InboxPage {
     pub items: Vec<(Conversation, Item)>,
+    /// Events that could not be normalized, kept as received (`dm_unparsed`), with their conversation when
+    /// the event names a valid one.
+    pub unparsed: Vec<(Option<Conversation>, crate::record::Unparsed)>,
     /// The next (older) page's cursor, exactly as received; None at the end.
     pub next_cursor: Option<String>,
     pub credits: u64,

@@ -28,6 +28,9 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, retry_after: Option<Duration>
     }
 }
 
+/// A wait the provider asked for that is longer than this is logged at WARN with the time it resumes.
+const LONG_WAIT: Duration = Duration::from_secs(10);
+
 /// Malformed pages are retried at most this many times: a broken proxy can recover, a changed API cannot.
 const MALFORMED_RETRIES: u32 = 2;
 
@@ -67,7 +70,13 @@ where
         }
         crate::metrics::global().retried(&policy.pipeline, reason(&err, paced));
         let wait = backoff(policy, attempt, err.retry_after, rand::thread_rng().gen());
-        tracing::debug!(endpoint = err.endpoint, status = err.status, code = %err.code, attempt, wait_ms = wait.as_millis() as u64, "retrying");
+        if err.retry_after.is_some() && wait > LONG_WAIT && !paced {
+            // A long wait the provider asked for must not look like a hang: say so, and until when.
+            let resumes = crate::time::format_time(std::time::SystemTime::now() + wait);
+            tracing::warn!(endpoint = err.endpoint, status = err.status, code = %err.code, wait_s = wait.as_secs(), resumes_at = %resumes, "the provider asked us to wait (Retry-After) before the next request; waiting until {resumes}");
+        } else {
+            tracing::debug!(endpoint = err.endpoint, status = err.status, code = %err.code, attempt, wait_ms = wait.as_millis() as u64, "retrying");
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => return Err(err),

@@ -12,7 +12,9 @@ use super::error::{ErrorClass, ProviderError};
 use crate::config::Pipeline;
 use crate::metrics::RequestMetrics;
 
-/// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages.
+/// The HTTP client every adapter uses: one per pipeline, so connections are reused across pages. Redirects
+/// are never followed: a provider that answers 3xx could otherwise send the key header (and a POST body
+/// with a token) to any host; [`super::body::receive`] turns a 3xx into an error naming the target host.
 pub fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<Http, crate::config::ConfigError> {
     let client = reqwest::Client::builder()
         .default_headers(headers)
@@ -20,6 +22,7 @@ pub fn http_client(p: &Pipeline, headers: HeaderMap) -> Result<Http, crate::conf
         .timeout(p.retry.request_timeout)
         .connect_timeout(p.retry.request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| crate::config::ConfigError(format!("pipeline `{}`: cannot set up HTTP: {e}", p.name)))?;
     Ok(Http { client, requests: crate::metrics::global().requests(&p.name, p.provider.name()) })
@@ -93,22 +96,22 @@ impl Request {
     }
 }
 
-/// Sends a request and returns the body of a 2xx; anything else goes to the provider's `classify`
-/// with the status, the body and the `Retry-After` header (seconds). A body cut short is a dropped
-/// connection: transient, never a half-parsed page.
+/// Sends a request and returns the body of a 2xx (at most `max_body` bytes, see [`super::body`]); a 3xx
+/// is refused, anything else goes to the provider's `classify` with the status, the body and the
+/// `Retry-After` header (seconds). A body cut short is a dropped connection: transient, never a
+/// half-parsed page.
 pub async fn send_classified(
     req: Request,
     endpoint: &'static str,
+    max_body: u64,
     classify: fn(&'static str, u16, &[u8], Option<Duration>) -> ProviderError,
 ) -> Result<bytes::Bytes, ProviderError> {
     let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    let status = resp.status().as_u16();
-    let retry_after = retry_after_header(resp.headers());
-    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    if (200..300).contains(&status) {
-        return Ok(body);
+    let answer = super::body::receive(resp, endpoint, max_body).await?;
+    if (200..300).contains(&answer.status) {
+        return Ok(answer.body);
     }
-    Err(classify(endpoint, status, &body, retry_after))
+    Err(classify(endpoint, answer.status, &answer.body, retry_after_header(&answer.headers)))
 }
 
 /// A `Retry-After` header in seconds (the only form our providers send).
@@ -183,5 +186,97 @@ impl Id {
     /// Whether the ID is one we can key records by (see [`crate::ids::is_safe_id`]).
     pub fn is_safe(&self) -> bool {
         crate::ids::is_safe_id(&self.0)
+    }
+}
+
+/// A timestamp that may arrive as a string or as a JSON number (epoch seconds or milliseconds); kept as
+/// text for [`crate::record::normalize_time`].
+#[derive(Debug)]
+pub struct TimeText(pub String);
+
+impl<'de> Deserialize<'de> for TimeText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            U(u64),
+            F(f64),
+        }
+        Ok(TimeText(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::U(n) => n.to_string(),
+            Raw::F(f) => format!("{f:.3}"),
+        }))
+    }
+}
+
+/// One item of a page into the adapter's wire type, or why not, in words that quote nothing from it. Pages
+/// are read item by item so that one bad item becomes a `dm_unparsed` record instead of failing its page.
+pub fn parse_item<T: serde::de::DeserializeOwned>(raw: &serde_json::value::RawValue) -> Result<T, String> {
+    if !raw.get().starts_with('{') {
+        return Err("the item is not a JSON object".to_string());
+    }
+    serde_json::from_str(raw.get()).map_err(|e| item_error(&e))
+}
+
+/// serde's message about an item, without the values it quotes (a string value could be message text) and
+/// without its position.
+pub fn item_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+    // serde quotes string values with Debug escaping ("…\"…"); drop everything between the quotes.
+    let mut out = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in msg.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, _, '"') => {
+                if !quoted {
+                    out.push_str("\"…\"");
+                }
+                quoted = !quoted;
+            }
+            (false, _, c) => out.push(c),
+            (true, false, _) => {}
+        }
+    }
+    format!("the item does not match the documented shape: {}", crate::config::shown::short(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Wire {
+        id: Id,
+        n: u64,
+    }
+
+    fn reason(json: &str) -> String {
+        let raw = serde_json::value::RawValue::from_string(json.to_string()).unwrap();
+        parse_item::<Wire>(&raw).unwrap_err()
+    }
+
+    #[test]
+    fn item_errors_name_the_problem_and_quote_nothing() {
+        assert!(reason(r#"{"n":1}"#).ends_with("missing field `id`"), "{}", reason(r#"{"n":1}"#));
+        let r = reason(r#"{"id":"1","n":"my \"secret\" text"}"#);
+        assert!(!r.contains("secret") && r.contains("invalid type"), "{r}");
+        assert_eq!(reason("5"), "the item is not a JSON object");
+        assert_eq!(reason(r#""secret""#), "the item is not a JSON object");
+    }
+
+    #[test]
+    fn times_arrive_as_strings_or_numbers() {
+        let t: TimeText = serde_json::from_str("1771927200000").unwrap();
+        assert_eq!(t.0, "1771927200000");
+        let t: TimeText = serde_json::from_str(r#""2026-02-24T10:00:00Z""#).unwrap();
+        assert_eq!(t.0, "2026-02-24T10:00:00Z");
+        let t: TimeText = serde_json::from_str("1771927200.5").unwrap();
+        assert_eq!(t.0, "1771927200.500");
     }
 }

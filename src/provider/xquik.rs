@@ -11,12 +11,14 @@ use std::time::Duration;
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
-use super::util::{http_client, Http, Id, Request};
+use serde_json::value::RawValue;
+
+use super::util::{http_client, parse_item, Http, Id, Request, TimeText};
 use super::{
     Dm, ErrorClass, Page, ProviderError, ReadBudget, Upload, User, WriteDone, WriteKind, WriteLimit, WriteState,
 };
 use crate::config::Pipeline;
-use crate::record::{Conversation, Item};
+use crate::record::{Conversation, Item, Unparsed};
 
 /// Route templates, as they appear in records and logs.
 pub const HISTORY: &str = "GET /x/dm/{userId}/history";
@@ -31,13 +33,20 @@ pub struct Xquik {
     base: String,
     /// The connected account's handle, sent as `account`.
     account: String,
+    /// `max_response_bytes`: the largest body read.
+    max_body: u64,
 }
 
 impl Xquik {
     pub fn new(p: &Pipeline, api_key: &str) -> Result<Xquik, crate::config::ConfigError> {
         let headers =
             super::util::secret_headers(p, reqwest::header::HeaderName::from_static("x-api-key"), api_key, "API key")?;
-        Ok(Xquik { http: http_client(p, headers)?, base: p.base_url.clone(), account: p.account.clone() })
+        Ok(Xquik {
+            http: http_client(p, headers)?,
+            base: p.base_url.clone(),
+            account: p.account.clone(),
+            max_body: p.max_response_bytes,
+        })
     }
 
     pub async fn history(&self, conv: &Conversation, cursor: Option<&str>) -> Result<Page, ProviderError> {
@@ -47,37 +56,33 @@ impl Xquik {
         if let Some(c) = cursor {
             req = req.query(&[("cursor", c)]);
         }
-        let body = send(req, HISTORY).await?;
+        let body = send(req, HISTORY, self.max_body).await?;
         let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_next_page && next_cursor.is_none() {
             return Err(ProviderError::malformed(HISTORY, "has_next_page is true but next_cursor is empty"));
         }
+        // The envelope is strict; each message is read on its own, and one that cannot be read is kept as
+        // received (`dm_unparsed`) instead of failing the page.
         let mut items = Vec::with_capacity(page.messages.len());
-        for m in page.messages {
-            if !m.id.is_safe() || !m.sender_id.is_safe() || !m.receiver_id.is_safe() {
-                return Err(ProviderError::malformed(HISTORY, "a message has an invalid id"));
+        let mut unparsed = Vec::new();
+        for raw in page.messages {
+            match parse_item::<WireMessage>(raw).and_then(message_item) {
+                Ok(item) => items.push(item),
+                Err(reason) => unparsed.push(Unparsed { reason, raw: raw.to_owned() }),
             }
-            items.push(Item {
-                id: m.id.0,
-                sender_id: Some(m.sender_id.0),
-                receiver_id: Some(m.receiver_id.0),
-                created_at: m.created_at,
-                text: m.text,
-                media_url: m.media_url,
-                ..Item::default()
-            });
         }
         Ok(Page {
-            credits: items.len() as u64,
+            credits: (items.len() + unparsed.len()) as u64,
             items,
+            unparsed,
             next_cursor: if page.has_next_page { next_cursor } else { None },
         })
     }
 
     pub async fn lookup_user(&self, id_or_username: &str) -> Result<User, ProviderError> {
         let url = format!("{}/x/users/{}", self.base, id_or_username.trim_start_matches('@'));
-        let body = send(self.http.get(url), USER).await?;
+        let body = send(self.http.get(url), USER, self.max_body).await?;
         let u: UserBody = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(USER, &e))?;
         if !u.id.is_safe() {
             return Err(ProviderError::malformed(USER, "the user has an invalid id"));
@@ -86,9 +91,27 @@ impl Xquik {
     }
 }
 
+/// A history message as an [`Item`], or why it is not one.
+fn message_item(m: WireMessage) -> Result<Item, String> {
+    for (field, id) in [("id", &m.id), ("senderId", &m.sender_id), ("receiverId", &m.receiver_id)] {
+        if !id.is_safe() {
+            return Err(format!("{field} is not a usable ID"));
+        }
+    }
+    Ok(Item {
+        id: m.id.0,
+        sender_id: Some(m.sender_id.0),
+        receiver_id: Some(m.receiver_id.0),
+        created_at: m.created_at.map(|t| t.0),
+        text: m.text,
+        media_url: m.media_url,
+        ..Item::default()
+    })
+}
+
 /// Sends a request and returns the body of a 2xx, or the error as Xquik's codes classify it.
-pub(crate) async fn send(req: Request, endpoint: &'static str) -> Result<bytes::Bytes, ProviderError> {
-    super::util::send_classified(req, endpoint, classify).await
+pub(crate) async fn send(req: Request, endpoint: &'static str, max_body: u64) -> Result<bytes::Bytes, ProviderError> {
+    super::util::send_classified(req, endpoint, max_body, classify).await
 }
 
 /// Maps an Xquik error response to its class and a hint, per PROVIDERS.md and SPEC section 5.
@@ -136,8 +159,9 @@ pub(crate) fn classify(
 }
 
 #[derive(Deserialize)]
-struct HistoryBody {
-    messages: Vec<WireMessage>,
+struct HistoryBody<'a> {
+    #[serde(borrow)]
+    messages: Vec<&'a RawValue>,
     #[serde(alias = "hasNextPage")]
     has_next_page: bool,
     #[serde(default, alias = "nextCursor")]
@@ -156,7 +180,7 @@ struct WireMessage {
     #[serde(rename = "receiverId")]
     receiver_id: Id,
     #[serde(default, rename = "createdAt", alias = "created_at")]
-    created_at: Option<String>,
+    created_at: Option<TimeText>,
     #[serde(default, rename = "mediaUrl", alias = "media_url")]
     media_url: Option<String>,
 }
@@ -236,7 +260,7 @@ impl Xquik {
             body["media_ids"] = serde_json::json!([m]);
         }
         let req = self.http.post(url).header("Idempotency-Key", idempotency_key).json(&body);
-        let answer = send_write(req, SEND_DM).await?;
+        let answer = send_write(req, SEND_DM, self.max_body).await?;
         write_state(SEND_DM, &answer, WriteKind::DirectMessage)
     }
 
@@ -252,14 +276,14 @@ impl Xquik {
             }
             Upload::Url(u) => req.json(&serde_json::json!({ "account": self.account, "url": u })),
         };
-        let answer = send_write(req, UPLOAD_MEDIA).await?;
+        let answer = send_write(req, UPLOAD_MEDIA, self.max_body).await?;
         write_state(UPLOAD_MEDIA, &answer, WriteKind::Media)
     }
 
     /// `GET /x/write-actions/{id}`: where a pending write stands now.
     pub async fn write_action(&self, action: &str, kind: WriteKind) -> Result<WriteState, ProviderError> {
         let url = format!("{}/x/write-actions/{action}", self.base);
-        let answer = send_write(self.http.get(url), WRITE_ACTION).await?;
+        let answer = send_write(self.http.get(url), WRITE_ACTION, self.max_body).await?;
         write_state(WRITE_ACTION, &answer, kind)
     }
 }
@@ -273,14 +297,13 @@ struct WriteAnswer {
 }
 
 /// As [`send`], keeping the status, `Retry-After` and `Location` of a 2xx (a 202 means "poll").
-async fn send_write(req: Request, endpoint: &'static str) -> Result<WriteAnswer, ProviderError> {
+async fn send_write(req: Request, endpoint: &'static str, max_body: u64) -> Result<WriteAnswer, ProviderError> {
     let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-    let status = resp.status().as_u16();
-    let header = |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
+    let super::body::Received { status, headers, body } = super::body::receive(resp, endpoint, max_body).await?;
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_string);
     let retry_after =
         header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
     let location = header(reqwest::header::LOCATION);
-    let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
     if (200..300).contains(&status) {
         return Ok(WriteAnswer { status, retry_after, location, body });
     }
@@ -465,14 +488,29 @@ mod tests {
     #[test]
     fn history_body_variants_parse() {
         let b: HistoryBody = serde_json::from_str(
-            r#"{"messages":[{"id":1,"senderId":"2","receiverId":3}],"has_next_page":false,"next_cursor":null}"#,
+            r#"{"messages":[{"id":1,"senderId":"2","receiverId":3,"createdAt":1771927200000}],"has_next_page":false,"next_cursor":null}"#,
         )
         .unwrap();
-        assert_eq!(b.messages[0].id.0, "1");
-        assert_eq!(b.messages[0].receiver_id.0, "3");
+        let item = parse_item::<WireMessage>(b.messages[0]).and_then(message_item).unwrap();
+        assert_eq!((item.id.as_str(), item.receiver_id.as_deref()), ("1", Some("3")));
+        assert_eq!(item.created_at.as_deref(), Some("1771927200000"), "a numeric time is kept, not a failed page");
         let b: HistoryBody = serde_json::from_str(r#"{"messages":[{"id":"1","sender_id":"2","receiver_id":"3","created_at":"x"}],"has_next_page":true,"next_cursor":"a+b/c="}"#).unwrap();
         assert_eq!(b.next_cursor.as_deref(), Some("a+b/c="));
         assert!(serde_json::from_str::<HistoryBody>(r#"{"data":[]}"#).is_err());
+    }
+
+    #[test]
+    fn a_bad_message_is_its_own_problem_not_the_page_s() {
+        let b: HistoryBody = serde_json::from_str(
+            r#"{"messages":[{"senderId":"2","receiverId":"3","text":"no id"},{"id":"../x","senderId":"2","receiverId":"3"},7,{"id":"5","senderId":"2","receiverId":"3"}],"has_next_page":false}"#,
+        )
+        .unwrap();
+        let results: Vec<Result<Item, String>> =
+            b.messages.iter().map(|raw| parse_item::<WireMessage>(raw).and_then(message_item)).collect();
+        assert!(results[0].as_ref().unwrap_err().ends_with("missing field `id`"), "{results:?}");
+        assert_eq!(results[1].as_ref().unwrap_err(), "id is not a usable ID");
+        assert_eq!(results[2].as_ref().unwrap_err(), "the item is not a JSON object");
+        assert_eq!(results[3].as_ref().unwrap().id, "5");
     }
 
     fn answer(status: u16, retry_after: Option<u64>, location: Option<&str>, body: &str) -> WriteAnswer {

@@ -569,7 +569,7 @@ mod tests {
             let gen1 = decoded(&first[0].path, c);
             let gen2 = decoded(&first[1].path, c);
             let cut = gen2.iter().position(|b| *b == b'\n').unwrap() as u64 + 1;
-            let old = CommitPoint { seq: 2, offset: cut, active_since_ms: None };
+            let old = CommitPoint { seq: 2, offset: cut, ..CommitPoint::default() };
             let (sink, recovered) = Sink::open(cfg.clone(), old).unwrap();
             let skipped = (gen1.iter().filter(|b| **b == b'\n').count() + 1) as usize;
             let want: Vec<String> = (skipped..30).map(line).collect();

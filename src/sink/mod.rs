@@ -49,6 +49,7 @@
 
 mod compress;
 mod finish;
+mod identity;
 mod manifest;
 mod recovery;
 mod rotation;
@@ -65,6 +66,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use self::identity::{AtPath, FileId};
 use self::rotation::{Active, Limits};
 
 /// Mode of every file the sink creates: the loader's group may read, nobody else.
@@ -86,6 +88,10 @@ pub struct CommitPoint {
     /// Unix ms when the first line went into the active generation (`None` while it is
     /// empty); stored so age rotation survives restarts.
     pub active_since_ms: Option<u64>,
+    /// The inode of the active file `offset` counts bytes of, so a restart can tell that
+    /// the file was replaced or recreated meanwhile (then all of it is read back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_ino: Option<u64>,
 }
 
 /// How one pipeline's sink is laid out and rotated.
@@ -134,6 +140,18 @@ pub enum SinkError {
         /// Index of the first offending line in the slice passed to `append`.
         index: usize,
     },
+    /// Another process holds the lock on the active file: it writes this output folder.
+    #[error(
+        "{} is being written by another process{}: another dm-handoff (perhaps with another state_dir) writes this output folder; stop it, or give each pipeline its own output_dir",
+        path.display(),
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The active file.
+        path: PathBuf,
+        /// The holder's PID, when `/proc/locks` says.
+        holder: Option<u32>,
+    },
     /// An earlier failure left disk and memory possibly out of step; drop the sink and
     /// reopen it from the last commit point.
     #[error("sink for {} is poisoned by an earlier failure ({cause}); reopen it", path.display())]
@@ -161,6 +179,8 @@ pub struct Sink {
     dir: File,
     /// The active file, opened for append (and read, for recovery); holds our `flock`.
     file: File,
+    /// What `file` is, to notice when the active file's path names another one.
+    id: FileId,
     /// Generation of the active file.
     seq: u64,
     /// Bytes in the active file, all durable and ending in `\n`; the file is cut back to
@@ -185,6 +205,7 @@ impl Sink {
         let active_path = cfg.dir.join(&cfg.file_name);
         // Lock before anything is read or cut: another writer's half-written line is not torn.
         let file = open_or_create_active(&dir, &cfg.dir, &active_path)?;
+        let id = FileId::of(&file).map_err(io_err("inspecting", &active_path))?;
 
         let torn_bytes_cut =
             recovery::cut_torn_tail(&file).map_err(io_err("cutting a torn last line of", &active_path))?;
@@ -215,7 +236,12 @@ impl Sink {
             }
         }
         // The active generation is never behind the commit point, so this is always Some.
-        let offset = recovery::resume_offset(committed, seq).unwrap_or(0);
+        let mut offset = recovery::resume_offset(committed, seq).unwrap_or(0);
+        if committed.seq == seq && committed.active_ino.is_some_and(|ino| ino != id.ino) && offset > 0 {
+            // Deleted or replaced while we were stopped: the offset counts bytes of another file.
+            tracing::warn!(path = %active_path.display(), "the active file is not the one the state last committed (replaced or recreated while dm-handoff was stopped); reading all of it back to reconcile");
+            offset = 0;
+        }
         let len = read_after(&file, &active_path, offset, &mut recovered.lines)?;
 
         let active_since_ms = if len == 0 {
@@ -242,6 +268,7 @@ impl Sink {
             stem,
             dir,
             file,
+            id,
             seq,
             len,
             active_since_ms,
@@ -264,15 +291,47 @@ impl Sink {
         if let Some(index) = lines.iter().position(|l| l.is_empty() || l.contains('\n')) {
             return Err(SinkError::InvalidLine { index });
         }
+        // Deleted or replaced since the last commit: nothing uncommitted is in the old file.
+        self.follow_active(0)?;
+        let mut pending = lines;
+        let mut wrote = false;
+        // Before the commit the caller makes: lines that went to a file the path no longer names are
+        // not delivered; they go again to whatever is the active file now. Bounded, so an operator
+        // racing us cannot keep the writer here.
+        for _ in 0..3 {
+            let in_active = self.append_planned(pending, now, &mut wrote)?;
+            match identity::at_path(&self.active_path(), self.id) {
+                Ok(AtPath::Ours) => return Ok(self.position()),
+                Ok(_) => {}
+                Err(e) => return Err(self.poison(io_err("inspecting", &self.active_path())(e))),
+            }
+            pending = &pending[in_active..];
+            if let Err(e) = self.follow_active(pending.len()) {
+                return Err(self.poison(e));
+            }
+        }
+        let e = SinkError::Io {
+            op: "writing (the active file keeps being deleted or replaced)",
+            path: self.active_path(),
+            source: io::ErrorKind::Other.into(),
+        };
+        Err(self.poison(e))
+    }
+
+    /// [`Sink::append`]'s writing: the lines in generations as the rotation plan says. Returns the
+    /// index of the first line that went to the active file as it is now (the lines before it are in
+    /// closed segments). `wrote` is set once anything was written.
+    fn append_planned(&mut self, lines: &[String], now: SystemTime, wrote: &mut bool) -> Result<usize, SinkError> {
         let now_ms = rotation::unix_ms(now);
         let plan =
             rotation::plan_append(self.active(), lines.iter().map(|l| l.len() as u64 + 1), &self.limits(), now_ms);
-        let mut wrote = false;
+        let mut in_active = 0;
         for batch in plan {
             if batch.rotate_first {
                 if let Err(e) = self.rotate(now) {
-                    return Err(if wrote { self.poison(e) } else { e });
+                    return Err(if *wrote { self.poison(e) } else { e });
                 }
+                in_active = batch.lines.start;
             }
             let batch_lines = &lines[batch.lines];
             let size = batch_lines.iter().map(|l| l.len() + 1).sum();
@@ -284,21 +343,56 @@ impl Sink {
             if let Err(e) = self.write_durably(&buf) {
                 // Lines already written by this append are durable but the caller will
                 // not commit them: only a reopen can hand them back.
-                return Err(if wrote { self.poison(e) } else { e });
+                return Err(if *wrote { self.poison(e) } else { e });
             }
-            wrote = true;
+            *wrote = true;
             if self.len == 0 {
                 self.active_since_ms = Some(now_ms);
             }
             self.len += buf.len() as u64;
         }
-        Ok(self.position())
+        #[cfg(test)]
+        if let Some(f) = self.faults.after_write.take() {
+            f(&self.active_path());
+        }
+        Ok(in_active)
+    }
+
+    /// If the active file's path no longer names the file we write, takes what it names now as the
+    /// active file (a new, empty one if nothing), as a restart would: its torn last line cut, its length
+    /// the position. `rewrite` lines written to the old file are about to be written again; the warning
+    /// says so. The generation stays: the stored inode tells a restart to read the new file from its start.
+    fn follow_active(&mut self, rewrite: usize) -> Result<(), SinkError> {
+        let path = self.active_path();
+        let what = identity::at_path(&path, self.id).map_err(io_err("inspecting", &path))?;
+        if what == AtPath::Ours {
+            return Ok(());
+        }
+        let file = open_or_create_active(&self.dir, &self.cfg.dir, &path)?;
+        let cut = recovery::cut_torn_tail(&file).map_err(io_err("cutting a torn last line of", &path))?;
+        let len = file.metadata().map_err(io_err("inspecting", &path))?.len();
+        self.id = FileId::of(&file).map_err(io_err("inspecting", &path))?;
+        self.file = file;
+        self.len = len;
+        self.active_since_ms = (len > 0).then(|| rotation::unix_ms(SystemTime::now()));
+        tracing::warn!(
+            path = %path.display(),
+            lines_written_again = rewrite,
+            torn_bytes_cut = cut,
+            "the active file {} while dm-handoff was writing it; lines written to the old file are not counted as delivered: writing them again to {} (a {} file)",
+            what.what(),
+            path.display(),
+            if len == 0 { "new" } else { "found" },
+        );
+        Ok(())
     }
 
     /// Rotates if the active file is non-empty and has reached `rotate_max_age`; returns
     /// the new position if it rotated.
     pub fn rotate_if_due(&mut self, now: SystemTime) -> Result<Option<CommitPoint>, SinkError> {
         self.check_poisoned()?;
+        // A deleted or replaced active file is not renamed into a closed segment.
+        self.follow_active(0)?;
         if !rotation::age_due(self.active(), &self.limits(), rotation::unix_ms(now)) {
             return Ok(None);
         }
@@ -308,7 +402,12 @@ impl Sink {
 
     /// Where the next line will go: generation, bytes written to it, and its age origin.
     pub fn position(&self) -> CommitPoint {
-        CommitPoint { seq: self.seq, offset: self.len, active_since_ms: self.active_since_ms }
+        CommitPoint {
+            seq: self.seq,
+            offset: self.len,
+            active_since_ms: self.active_since_ms,
+            active_ino: Some(self.id.ino),
+        }
     }
 
     /// Fsyncs the active file (data and metadata) and releases it; used on shutdown.
@@ -369,8 +468,10 @@ impl Sink {
             .and_then(|()| create_active(&self.dir, &self.cfg.dir, &active_path))
             .and_then(|file| lock(&file, &active_path).map(|()| file));
         let file = next.map_err(|e| self.poison(e))?;
+        let id = FileId::of(&file).map_err(io_err("inspecting", &active_path)).map_err(|e| self.poison(e))?;
         tracing::info!(segment = %closed_path.display(), seq = self.seq, bytes = self.len, "closed segment");
         self.file = file;
+        self.id = id;
         self.seq += 1;
         self.len = 0;
         self.active_since_ms = None;
@@ -501,11 +602,10 @@ fn create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<File, SinkE
 fn lock(file: &File, path: &Path) -> Result<(), SinkError> {
     match fs4::fs_std::FileExt::try_lock_exclusive(file) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(SinkError::Io {
-            op: "locking",
-            path: path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::WouldBlock, "another sink is already writing this file"),
-        }),
+        Ok(false) => Err(SinkError::Locked { path: path.to_path_buf(), holder: crate::flock::holder(path) }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(SinkError::Locked { path: path.to_path_buf(), holder: crate::flock::holder(path) })
+        }
         Err(e) => Err(io_err("locking", path)(e)),
     }
 }
@@ -602,6 +702,9 @@ struct Faults {
     fail_sync: bool,
     /// The truncation that undoes a failed write fails with EIO.
     fail_truncate: bool,
+    /// Runs on the active file's path once an append's lines are written, before the
+    /// identity check: an operator deleting or replacing the file at the worst moment.
+    after_write: Option<fn(&Path)>,
 }
 
 #[cfg(test)]

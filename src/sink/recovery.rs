@@ -148,7 +148,7 @@ mod tests {
     use std::io::Write;
 
     fn point(seq: u64, offset: u64) -> CommitPoint {
-        CommitPoint { seq, offset, active_since_ms: None }
+        CommitPoint { seq, offset, ..CommitPoint::default() }
     }
 
     fn file_with(bytes: &[u8]) -> (tempfile::TempDir, File) {

@@ -63,6 +63,11 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// A position without the active file's inode, which differs from run to run.
+fn bare(p: CommitPoint) -> CommitPoint {
+    CommitPoint { active_ino: None, ..p }
+}
+
 fn open(cfg: &SinkConfig, committed: CommitPoint) -> (Sink, Recovered) {
     Sink::open(cfg.clone(), committed).unwrap()
 }
@@ -78,7 +83,7 @@ fn open_creates_dir_0750_and_empty_active_file_0640() {
     assert_eq!(sink.active_path(), out.join(NAME));
     assert_eq!(mode(&sink.active_path()), 0o640);
     assert_eq!(fs::metadata(sink.active_path()).unwrap().len(), 0);
-    assert_eq!(sink.position(), CommitPoint { seq: 1, offset: 0, active_since_ms: None });
+    assert_eq!(bare(sink.position()), CommitPoint { seq: 1, offset: 0, active_since_ms: None, active_ino: None });
     sink.close().unwrap();
 }
 
@@ -116,7 +121,7 @@ fn invalid_lines_are_refused_before_anything_is_written() {
         assert!(matches!(err, SinkError::InvalidLine { index: i } if i == index), "{err}");
     }
     assert_eq!(fs::metadata(sink.active_path()).unwrap().len(), 0);
-    assert_eq!(sink.position(), CommitPoint { seq: 1, ..CommitPoint::default() });
+    assert_eq!(bare(sink.position()), CommitPoint { seq: 1, ..CommitPoint::default() });
     // An empty append is no error and writes nothing.
     assert_eq!(sink.append(&[], at(T0)).unwrap(), sink.position());
     // The sink is still usable.
@@ -128,7 +133,7 @@ fn appends_return_position_after_last_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut sink, _) = open(&config(tmp.path(), 1000), CommitPoint::default());
     let p = sink.append(&lines(0, 2), at(T0)).unwrap();
-    assert_eq!(p, CommitPoint { seq: 1, offset: 60, active_since_ms: Some(T0 * 1000) });
+    assert_eq!(bare(p), CommitPoint { seq: 1, offset: 60, active_since_ms: Some(T0 * 1000), active_ino: None });
     // The first line of a generation sets its age; later ones do not.
     let p = sink.append(&lines(2, 1), at(T0 + 5)).unwrap();
     assert_eq!((p.offset, p.active_since_ms), (90, Some(T0 * 1000)));
@@ -241,7 +246,7 @@ fn closed_segment_is_named_by_stem_closing_time_and_seq() {
     sink.append(&lines(0, 1), at(T0)).unwrap();
     assert_eq!(sink.rotate_if_due(at(T0 + 59)).unwrap(), None);
     let p = sink.rotate_if_due(at(T0 + 60)).unwrap();
-    assert_eq!(p, Some(CommitPoint { seq: 2, offset: 0, active_since_ms: None }));
+    assert_eq!(p.map(bare), Some(CommitPoint { seq: 2, offset: 0, active_since_ms: None, active_ino: None }));
     // 1700000060 = 2023-11-14T22:14:20Z
     let expected = tmp.path().join(format!("{STEM}.20231114T221420Z.000001.jsonl"));
     assert_eq!(fs::read(&expected).unwrap().len(), 30);
@@ -258,7 +263,7 @@ fn append_rotates_first_when_the_age_limit_is_reached() {
     let p = sink.append(&lines(1, 1), at(T0 + 9)).unwrap();
     assert_eq!(p.seq, 1);
     let p = sink.append(&lines(2, 2), at(T0 + 10)).unwrap();
-    assert_eq!(p, CommitPoint { seq: 2, offset: 60, active_since_ms: Some((T0 + 10) * 1000) });
+    assert_eq!(bare(p), CommitPoint { seq: 2, offset: 60, active_since_ms: Some((T0 + 10) * 1000), active_ino: None });
     assert_eq!(split(&closed(tmp.path())[0].2), lines(0, 2));
 }
 
@@ -413,7 +418,8 @@ fn second_sink_on_the_same_file_is_refused() {
     let cfg = config(tmp.path(), 1000);
     let (first, _) = open(&cfg, CommitPoint::default());
     let err = Sink::open(cfg.clone(), CommitPoint::default()).unwrap_err();
-    assert!(matches!(&err, SinkError::Io { op: "locking", .. }), "{err}");
+    assert!(matches!(&err, SinkError::Locked { holder: None, .. }), "{err}");
+    assert!(err.to_string().contains("is being written by another process"), "{err}");
     drop(first);
     let _ = open(&cfg, CommitPoint::default());
 }
@@ -516,4 +522,65 @@ fn failed_repair_poisons_and_reopen_cuts_the_partial_line() {
     let (sink, recovered) = open(&cfg, committed);
     assert_eq!(recovered, Recovered { torn_bytes_cut: 5, ..Recovered::default() });
     assert_eq!(sink.position(), committed);
+}
+
+#[test]
+fn an_active_file_deleted_between_appends_is_made_again_and_the_append_goes_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut sink, _) = open(&config(tmp.path(), 10_000), CommitPoint::default());
+    let before = sink.append(&lines(0, 2), at(T0)).unwrap();
+    fs::remove_file(sink.active_path()).unwrap();
+    let p = sink.append(&lines(2, 2), at(T0 + 1)).unwrap();
+    assert_eq!((p.seq, p.offset), (1, 60), "a new file, from its start");
+    assert_ne!(p.active_ino, before.active_ino);
+    assert_eq!(lines_on_disk(tmp.path()), lines(2, 2));
+    assert_eq!(mode(&sink.active_path()), 0o640);
+}
+
+#[test]
+fn lines_written_to_a_file_deleted_before_the_commit_are_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut sink, _) = open(&config(tmp.path(), 10_000), CommitPoint::default());
+    sink.append(&lines(0, 1), at(T0)).unwrap();
+    sink.faults.after_write = Some(|path| fs::remove_file(path).unwrap());
+    let p = sink.append(&lines(1, 3), at(T0 + 1)).unwrap();
+    // The three lines went to the old inode, which nobody can read any more; they are in the new file.
+    assert_eq!(lines_on_disk(tmp.path()), lines(1, 3));
+    assert_eq!((p.seq, p.offset), (1, 90));
+    assert!(sink.poisoned.is_none());
+}
+
+#[test]
+fn a_replaced_active_file_is_appended_to_from_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut sink, _) = open(&config(tmp.path(), 10_000), CommitPoint::default());
+    sink.append(&lines(0, 2), at(T0)).unwrap();
+    sink.faults.after_write = Some(|path| {
+        // An editor's save: a new file (with a torn last line) renamed over the old one.
+        let tmp = path.with_extension("swp");
+        fs::write(&tmp, format!("{}\n{{\"torn", line(0, 0))).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    });
+    let p = sink.append(&lines(2, 1), at(T0 + 1)).unwrap();
+    let mut want = vec![line(0, 0)];
+    want.extend(lines(2, 1));
+    assert_eq!(lines_on_disk(tmp.path()), want, "the torn tail cut, the uncommitted line written again");
+    assert_eq!(p.offset, fs::metadata(sink.active_path()).unwrap().len());
+}
+
+#[test]
+fn a_restart_reads_all_of_an_active_file_that_is_not_the_committed_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 10_000);
+    let (mut sink, _) = open(&cfg, CommitPoint::default());
+    let committed = sink.append(&lines(0, 2), at(T0)).unwrap();
+    sink.close().unwrap();
+    // Replaced while stopped by a longer file: the committed offset counts bytes of another file.
+    let path = tmp.path().join(NAME);
+    fs::remove_file(&path).unwrap();
+    let keep = fs::File::create(tmp.path().join("keep")).unwrap(); // so the inode is not reused at once
+    fs::write(&path, lines(5, 3).iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let (_sink, recovered) = open(&cfg, committed);
+    assert_eq!(recovered.lines, lines(5, 3));
+    drop(keep);
 }

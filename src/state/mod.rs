@@ -38,6 +38,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::mem::ManuallyDrop;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -57,7 +58,9 @@ pub use inbox::{Discovered, INBOX_STREAM};
 pub use keys::numeric_id;
 use keys::{is_history, key, padded, padded_id, seen_key, HISTORY_KINDS};
 
-/// Why the state could not be used. `Locked` is matched by callers (it has its own exit code).
+/// Why the state could not be used: one line that says what happened and what to do, and names its cause
+/// once (no variant has a `source`, so an error chain does not print the cause twice). `Locked` is matched
+/// by callers (exit 3), `NotADirectory` too (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
@@ -65,15 +68,80 @@ pub enum StateError {
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     Locked { dir: PathBuf, holder: Option<u32> },
-    #[error("state directory {dir}: {op}: {source}")]
-    Io { dir: PathBuf, op: &'static str, source: std::io::Error },
-    #[error("state database in {dir}: {source}; if the disk is full, free space and run again")]
-    Db { dir: PathBuf, source: sled::Error },
+    #[error("state directory {dir} is not a folder (it is a file, or a path through one); point state_dir at a folder (it is created if missing)")]
+    NotADirectory { dir: PathBuf },
+    #[error("state directory {dir}: permission denied while {op}; make the folder and everything in it writable by this user (chown/chmod), or run dm-handoff as the user that owns it")]
+    Denied { dir: PathBuf, op: &'static str },
+    #[error("state directory {dir}: the disk is full or over quota while {op}; free space (or raise the quota) and run again: nothing committed was lost")]
+    Full { dir: PathBuf, op: &'static str },
+    #[error("state directory {dir}: {op}: {detail}")]
+    Io { dir: PathBuf, op: &'static str, detail: String },
+    #[error("the state database in {dir} is corrupted ({detail}); restore the state directory from a backup, or move it away to start over (every record would then be written again)")]
+    Corrupted { dir: PathBuf, detail: String },
+    #[error("state database in {dir}: {detail}")]
+    Db { dir: PathBuf, detail: String },
     #[error("state database in {dir}: a stored value under {key} is unreadable: {detail}")]
     Corrupt { dir: PathBuf, key: String, detail: String },
     /// A value could not be serialized for the state; nothing was written.
     #[error("cannot encode {what} for the state: {detail}")]
     Encode { what: &'static str, detail: String },
+}
+
+impl StateError {
+    /// An I/O failure on the state directory, by what it means for the user.
+    fn io(dir: &Path, op: &'static str, e: &std::io::Error) -> StateError {
+        let dir = dir.to_path_buf();
+        // sled passes some OS errors on as text (`Os { code: 5, … }`): read the errno back from that too.
+        let errno = e.raw_os_error().or_else(|| {
+            let text = e.to_string();
+            let code = text.split("code: ").nth(1)?;
+            code.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        });
+        match (e.kind(), errno) {
+            (std::io::ErrorKind::PermissionDenied, _) | (_, Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+                StateError::Denied { dir, op }
+            }
+            (_, Some(libc::ENOSPC | libc::EDQUOT)) => StateError::Full { dir, op },
+            (_, Some(libc::ENOTDIR)) => StateError::NotADirectory { dir },
+            (_, Some(libc::EIO)) => StateError::Io {
+                dir,
+                op,
+                detail: "input/output error (EIO): the disk or its file system failed; check the kernel log (dmesg) and the disk, then run again".into(),
+            },
+            (_, Some(n)) => StateError::Io { dir, op, detail: std::io::Error::from_raw_os_error(n).to_string() },
+            _ => StateError::Io { dir, op, detail: crate::config::shown::short(&e.to_string()) },
+        }
+    }
+
+    /// A sled failure, by what it means for the user: sled's own lock (someone removed `LOCK` while a
+    /// dm-handoff runs), permission, a full disk, corruption. Never sled's Display, which can end in
+    /// `backtrace ()`.
+    fn sled(dir: &Path, op: &'static str, e: sled::Error) -> StateError {
+        match e {
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                StateError::Locked { dir: dir.to_path_buf(), holder: crate::flock::holder(&dir.join("db").join("db")) }
+            }
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::UnexpectedEof || io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StateError::Corrupted { dir: dir.to_path_buf(), detail: format!("{op}: {}", io.kind()) }
+            }
+            sled::Error::Io(io) => StateError::io(dir, op, &io),
+            sled::Error::Corruption { at, .. } => StateError::Corrupted {
+                dir: dir.to_path_buf(),
+                detail: match at {
+                    Some(at) => format!("unreadable data at {at:?}"),
+                    None => "unreadable data".into(),
+                },
+            },
+            // sled says its files are not ones it can open (a garbled settings file, another sled version).
+            sled::Error::Unsupported(_) => StateError::Corrupted {
+                dir: dir.to_path_buf(),
+                detail: "its settings or data files are unreadable, or from an incompatible version".into(),
+            },
+            other => StateError::Db { dir: dir.to_path_buf(), detail: crate::config::shown::short(&other.to_string()) },
+        }
+    }
 }
 
 /// A value as the state stores it (JSON). Failing here is a bug, but it must be an error, never an empty
@@ -233,8 +301,12 @@ impl Commit {
 }
 
 /// The open state database plus the directory lock. Cheap to share behind an `Arc`.
+///
+/// Dropping it flushes the database one last time, and cannot panic: sled 0.34's own `Drop` panics when its
+/// final fsync fails (EIO, ENOSPC, EDQUOT), after everything was committed. See [`Store`]'s `Drop`.
 pub struct Store {
-    db: sled::Db,
+    /// Dropped only through `Drop for Store`, never by sled's glue directly.
+    db: ManuallyDrop<sled::Db>,
     dir: PathBuf,
     seen_window: u64,
     /// Held for the life of the store: the flock is what makes us the one owner.
@@ -245,9 +317,11 @@ impl Store {
     /// Creates the directory (0750) if needed, takes the lock, opens sled with a bounded cache, and brings
     /// a state written by an earlier version to the current layout.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StateError> {
-        let io = |op: &'static str| move |source| StateError::Io { dir: dir.to_path_buf(), op, source };
-        if !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?;
+        let io = |op: &'static str| move |e: std::io::Error| StateError::io(dir, op, &e);
+        match fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => return Err(StateError::NotADirectory { dir: dir.to_path_buf() }),
+            Ok(_) => {}
+            Err(_) => fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?,
         }
         let mut lock = OpenOptions::new()
             .read(true)
@@ -257,12 +331,14 @@ impl Store {
             .mode(0o640)
             .open(dir.join("LOCK"))
             .map_err(io("opening LOCK"))?;
+        let held = |lock: &mut File| {
+            let holder = read_pid(lock).or_else(|| crate::flock::holder(&dir.join("LOCK")));
+            StateError::Locked { dir: dir.to_path_buf(), holder }
+        };
         match FileExt::try_lock_exclusive(&lock) {
             Ok(true) => {}
-            Ok(false) => return Err(StateError::Locked { dir: dir.to_path_buf(), holder: read_pid(&mut lock) }),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(StateError::Locked { dir: dir.to_path_buf(), holder: read_pid(&mut lock) })
-            }
+            Ok(false) => return Err(held(&mut lock)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(held(&mut lock)),
             Err(e) => return Err(io("locking LOCK")(e)),
         }
         // Record who holds it, for the next process's error message.
@@ -277,14 +353,20 @@ impl Store {
             // We flush explicitly after every commit; sled's timer flush would only add background writes.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| StateError::Db { dir: dir.to_path_buf(), source })?;
-        let store = Store { db, dir: dir.to_path_buf(), seen_window: opts.seen_window, _lock: lock };
+            .map_err(|e| {
+                // Not ours after all (sled's own lock is held, or the database is unusable): leave no PID of
+                // ours behind for the next process's message.
+                let _ = lock.set_len(0);
+                StateError::sled(dir, "opening the database", e)
+            })?;
+        let store =
+            Store { db: ManuallyDrop::new(db), dir: dir.to_path_buf(), seen_window: opts.seen_window, _lock: lock };
         store.upgrade()?;
         Ok(store)
     }
 
     fn db_err(&self) -> impl Fn(sled::Error) -> StateError + '_ {
-        move |source| StateError::Db { dir: self.dir.clone(), source }
+        move |e| StateError::sled(&self.dir, "using the database", e)
     }
 
     /// Whether a record with this key was already written for this pipeline: inside the conversation's
@@ -562,6 +644,59 @@ impl Store {
             key: String::from_utf8_lossy(k).replace('\0', "/"),
             detail: e.to_string(),
         }
+    }
+}
+
+impl Drop for Store {
+    /// Every commit was flushed when it was made; this last flush only catches a fold that was not. If it
+    /// fails, sled's own drop would do more I/O and panic on its `sync_all().unwrap()`, so the database is
+    /// left to the process's exit (the kernel closes its files; nothing committed depends on it). If it
+    /// succeeds, sled's drop runs, and a panic from its second fsync is caught and logged, not printed as
+    /// a crash.
+    fn drop(&mut self) {
+        // SAFETY: `db` is taken exactly once, here, and never used after.
+        let db = unsafe { ManuallyDrop::take(&mut self.db) };
+        if std::thread::panicking() {
+            // Unwinding already: a second panic would abort. Leave it to the exit.
+            std::mem::forget(db);
+            return;
+        }
+        if let Err(e) = db.flush() {
+            let e = StateError::sled(&self.dir, "flushing it on close", e);
+            tracing::error!(error = %e, "the state database's final flush failed; everything committed before was already flushed");
+            std::mem::forget(db);
+            return;
+        }
+        if !quiet::drop_catching_panics(db) {
+            tracing::error!(dir = %self.dir.display(), "the state database's final sync on close failed; everything committed was already flushed, nothing is lost");
+        }
+    }
+}
+
+/// Running a drop that may panic without the panic reaching the terminal as a crash report.
+mod quiet {
+    use std::cell::Cell;
+    use std::sync::Once;
+
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: Once = Once::new();
+
+    /// Drops `v`; false if its drop panicked (the panic is swallowed, and its message not printed).
+    pub(super) fn drop_catching_panics<T>(v: T) -> bool {
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(Cell::get) {
+                    previous(info);
+                }
+            }));
+        });
+        QUIET.with(|q| q.set(true));
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(v))).is_ok();
+        QUIET.with(|q| q.set(false));
+        ok
     }
 }
 

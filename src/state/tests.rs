@@ -20,7 +20,10 @@ fn commit_is_visible_after_reopen() {
         s.commit(&Commit {
             seen: vec![("p".into(), k("a", "1")), ("p".into(), k("a", "2"))],
             conversations: vec![("p".into(), "a".into(), st)],
-            sink_points: vec![("p".into(), CommitPoint { seq: 2, offset: 99, active_since_ms: Some(5) })],
+            sink_points: vec![(
+                "p".into(),
+                CommitPoint { seq: 2, offset: 99, active_since_ms: Some(5), active_ino: None },
+            )],
             raw: vec![Store::user_entry("xquik", "Dana", "42").unwrap()],
             credits: vec![("p".into(), 5), ("p".into(), 7)],
             folds: vec![],

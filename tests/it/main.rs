@@ -12,6 +12,8 @@ mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod hostile;
+mod hostile_server;
 mod inbox;
 mod loader;
 mod metrics;

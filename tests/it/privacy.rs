@@ -166,3 +166,47 @@ async fn redact_text_leaves_text_out_of_records_and_keeps_the_rest() {
         }
     }
 }
+
+/// SPEC 8.3 and 8.4's error paths: items kept as `dm_unparsed` (their reason and the WARN about them), a
+/// redirect, a body over `max_response_bytes`, a cursor loop, and credentials in `base_url`, all at trace
+/// level. No text of the items, no key, no `auth_token`, no password comes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_and_operator_mistakes_leak_no_text_or_key_at_trace_level() {
+    use crate::hostile_server::*;
+    let bad_items = crate::hostile::bad_items_provider();
+    let provider = Hostile::start(move |req| match xquik_peer(req).as_deref() {
+        Some("7300001") => bad_items(req),
+        Some("7300002") => Reply::status(302, &[("Location", "http://127.0.0.1:9/zqredir01")], &serde_json::json!({})),
+        Some("7300003") => Reply::Stream {
+            head: br#"{"messages":[{"id":"1","senderId":"1","receiverId":"2","text":""#.to_vec(),
+            filler: b"zqhuge001 ".to_vec(),
+            total: 40 * 1024 * 1024,
+            tail: br#""}],"has_next_page":false}"#.to_vec(),
+        },
+        _ => Reply::json(&xquik_page(
+            vec![xquik_msg(&snowflake(9), "7300004", "1", "loop text zqloop0001")],
+            Some(if req.query("cursor").is_some() { "A" } else { "B" }),
+        )),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("http://user:zqpassword@127.0.0.1:{}/api/v1", provider.port);
+    let cfg = write_config(dir.path(), &base, &["7300001", "7300002", "7300003", "7300004"], "");
+    let mut outputs = Vec::new();
+    for args in [&["sync", "--log-level", "trace"][..], &["status", "--json"], &["check"]] {
+        outputs.push(Cmd::new(args).config(&cfg).cwd(dir.path()).run().await);
+    }
+    outputs[0].expect_code(1);
+    let errors = outputs[0].error_lines().join("\n");
+    for code in ["redirect", "response_too_large", "cursor_loop"] {
+        assert!(errors.contains(code), "{code} is reported: {errors}");
+    }
+    let records = read_records(&dir.path().join("out").join(PIPELINE));
+    assert!(records.iter().any(|r| str_field(r, "kind") == Some("dm_unparsed")), "the bad items were kept");
+    for out in &outputs {
+        let all = out.all();
+        for needle in ["zq", KEY, &KEY[10..26], "password"] {
+            assert!(!all.contains(needle), "`{needle}` in the output of `{}`:\n{out}", out.what);
+        }
+    }
+}

@@ -300,6 +300,10 @@ pub struct Cmd {
     key: Option<String>,
     cwd: Option<PathBuf>,
     file_size_limit: Option<u64>,
+    /// A program (and its arguments) the binary runs under, like `strace … --`.
+    wrapper: Vec<OsString>,
+    /// Run as this user and group (the tests run as root in CI, where permissions do not bind root).
+    user: Option<u32>,
 }
 
 impl Cmd {
@@ -311,7 +315,21 @@ impl Cmd {
             key: Some(KEY.to_string()),
             cwd: None,
             file_size_limit: None,
+            wrapper: Vec::new(),
+            user: None,
         }
+    }
+
+    /// Runs the binary under `program args… BIN`, e.g. strace.
+    pub fn wrapped(mut self, program: &[&str]) -> Cmd {
+        self.wrapper = program.iter().map(OsString::from).collect();
+        self
+    }
+
+    /// Runs the child as this uid (and the same gid), with no supplementary groups.
+    pub fn run_as(mut self, uid: u32) -> Cmd {
+        self.user = Some(uid);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Cmd {
@@ -354,7 +372,14 @@ impl Cmd {
     pub fn spawn(&self) -> Running {
         let stdout = tempfile::tempfile().expect("temp file for stdout");
         let stderr = tempfile::tempfile().expect("temp file for stderr");
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => std::process::Command::new(BIN),
+        };
         cmd.args(&self.args)
             .env_clear()
             .stdin(Stdio::null())
@@ -381,6 +406,10 @@ impl Cmd {
                     Ok(())
                 });
             }
+        }
+        if let Some(uid) = self.user {
+            // std drops the supplementary groups too when it changes the uid from root.
+            cmd.uid(uid).gid(uid);
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         Running { child: Some(child), stdout, stderr, what: self.describe() }
@@ -436,6 +465,44 @@ impl Running {
         };
         let (stdout, stderr) = self.read_output();
         Output { status, stdout, stderr, what: self.what.clone() }
+    }
+
+    /// As [`Running::wait`], and the child's peak resident set size in KiB (`ru_maxrss` from `wait4`, this
+    /// child's alone).
+    pub async fn wait_with_peak_rss(mut self) -> (Output, u64) {
+        let child = self.child.take().expect("a child to wait for");
+        let pid = child.id() as libc::pid_t;
+        let waiter = tokio::task::spawn_blocking(move || {
+            let mut status = 0;
+            // SAFETY: rusage is plain data; wait4 on our own unreaped child writes both out-parameters.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            // Reaped: dropping the handle neither waits nor kills.
+            drop(child);
+            (rc, status, usage.ru_maxrss)
+        });
+        let (rc, status, max_rss) = match tokio::time::timeout(CHILD_TIMEOUT, waiter).await {
+            Ok(joined) => joined.expect("waiter task"),
+            Err(_) => {
+                // SAFETY: our own child, still unreaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                panic!("`{}` did not finish within {CHILD_TIMEOUT:?}; killed it", self.what);
+            }
+        };
+        assert_eq!(rc, pid, "wait4 failed: {}", std::io::Error::last_os_error());
+        let (stdout, stderr) = self.read_output();
+        let output = Output { status: ExitStatus::from_raw(status), stdout, stderr, what: self.what.clone() };
+        (output, u64::try_from(max_rss).unwrap_or(0))
+    }
+
+    /// What the child has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; 256 * 1024];
+        let n = self.stderr.read_at(&mut buf, 0).expect("read the child's stderr");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     /// What the child has written to stdout so far (read without moving the file offset it shares).

@@ -29,7 +29,7 @@ use crate::config::ConversationRef;
 use crate::engine::OpenPipeline;
 use crate::handoff::Batch;
 use crate::provider::{with_retry, ConversationList, ErrorClass, InboxPage, InboxRoute, ProviderError};
-use crate::record::{id_cmp, message_record, Context, Conversation};
+use crate::record::{id_cmp, message_record, unparsed_record, Context, Conversation};
 use crate::state::{Commit, ConvState, Discovered, Store, INBOX_STREAM};
 use crate::time::{now_string, unix_ms};
 
@@ -429,11 +429,30 @@ impl StreamPass<'_> {
                 }
             }
         }
-        let mut lines = Vec::with_capacity(records.len());
+        let mut lines = Vec::with_capacity(records.len() + page.unparsed.len());
         for (key, record, _) in records {
             lines.push(record.to_line());
             commit.seen.push((p.name.clone(), key));
         }
+        // Events that could not be normalized are kept as `dm_unparsed` under their conversation, or under
+        // the stream itself when they name none; they move no conversation's counters or high-water mark.
+        let stream = Conversation::Group { conversation_id: INBOX_STREAM.to_string() };
+        let mut unparsed_written = 0;
+        for (conv, u) in &page.unparsed {
+            let conv = conv.as_ref().unwrap_or(&stream);
+            let record = unparsed_record(&ctx, conv, u, &synced_at);
+            let Some(key) = record.key() else { continue };
+            if fresh.contains(&key) || pipe.store.is_seen(&p.name, &key)? {
+                self.report.duplicates += 1;
+                continue;
+            }
+            tracing::warn!(pipeline = %p.name, conversation = %conv.key(), reason = %u.reason, "an event could not be normalized; written as dm_unparsed");
+            fresh.insert(key.clone());
+            lines.push(record.to_line());
+            commit.seen.push((p.name.clone(), key));
+            unparsed_written += 1;
+        }
+        let written = written + unparsed_written;
         pipe.handoff.write(Batch { lines, commit }).await?;
         self.shared.beat();
         if let Some(progress) = &self.shared.opts.progress {

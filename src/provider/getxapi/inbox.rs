@@ -52,7 +52,7 @@ impl GetXApi {
             body["cursor"] = serde_json::Value::String(c.to_string());
         }
         let url = format!("{}/twitter/dm/list", self.base);
-        let answer = send(self.http.post(url).json(&body), LIST).await?;
+        let answer = send(self.http.post(url).json(&body), LIST, self.max_body).await?;
         let page: ListBody = serde_json::from_slice(&answer).map_err(|e| ProviderError::bad_json(LIST, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_more && next_cursor.is_none() {

@@ -69,9 +69,16 @@ impl Window {
 
 /// One window per bucket. Each sits behind a tokio mutex that is held across its request, so requests
 /// of one bucket go one at a time and every one sees what the previous answer said.
-#[derive(Default)]
 pub(super) struct Limits {
     pub(super) windows: [tokio::sync::Mutex<Window>; 5],
+    /// `max_response_bytes`: the largest body [`Limits::exchange`] reads.
+    pub(super) max_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { windows: Default::default(), max_body: 32 * 1024 * 1024 }
+    }
 }
 
 impl Limits {
@@ -105,10 +112,10 @@ impl Limits {
             *r = r.saturating_sub(1);
         }
         let resp = req.send().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
-        let status = resp.status().as_u16();
         w.observe(resp.headers(), SystemTime::now());
-        let retry_after_header = crate::provider::util::retry_after_header(resp.headers());
-        let body = resp.bytes().await.map_err(|e| ProviderError::transport(endpoint, &e))?;
+        let crate::provider::body::Received { status, headers, body } =
+            crate::provider::body::receive(resp, endpoint, self.max_body).await?;
+        let retry_after_header = crate::provider::util::retry_after_header(&headers);
         if (200..300).contains(&status) {
             return Ok(body);
         }

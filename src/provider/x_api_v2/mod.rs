@@ -41,11 +41,11 @@ use wire::{parse_events, DataBody, Deleted, WireEvent, WireMedia, WireSent, Wire
 
 use crate::config::Pipeline;
 use crate::ids::{is_conversation_id, is_numeric_id, is_safe_id, one_to_one_id};
-use crate::provider::util::{http_client, Http};
+use crate::provider::util::{http_client, parse_item, Http};
 use crate::provider::{
     ErrorClass, EventInfo, Page, ProviderError, Sent, Upload, User, WriteDone, WriteKind, WriteState,
 };
-use crate::record::{Conversation, Item};
+use crate::record::{Conversation, Item, Unparsed};
 
 /// Route templates, as they appear in records and logs.
 pub const HISTORY_WITH: &str = "GET /2/dm_conversations/with/{participant_id}/dm_events";
@@ -113,7 +113,7 @@ impl XApiV2 {
             auth,
             base: p.base_url.clone(),
             account: p.account.clone(),
-            limits: Box::default(),
+            limits: Box::new(Limits { max_body: p.max_response_bytes, ..Limits::default() }),
             reduced_fields: AtomicBool::new(false),
         })
     }
@@ -136,18 +136,31 @@ impl XApiV2 {
         let cursor = cursor.map(|c| ("pagination_token", c));
         let body = self.read_events(endpoint, &url, &[("max_results", MAX_RESULTS)], cursor).await?;
         let page = parse_events(endpoint, &body)?;
-        let items = page
-            .events
-            .into_iter()
-            .map(|e| self.item(conv, e, &page.media))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|what| ProviderError::malformed(endpoint, what))?;
+        let mut items = Vec::with_capacity(page.events.len());
+        let mut unparsed = Vec::new();
+        for raw in page.events {
+            match self.entry(conv, raw, &page.media) {
+                Ok(item) => items.push(item),
+                Err(reason) => unparsed.push(Unparsed { reason, raw: raw.to_owned() }),
+            }
+        }
         if page.next_token.is_none() {
             RETENTION_NOTE.call_once(|| {
                 tracing::info!("X API v2 keeps 30 days of DM history: a conversation's backfill ends there");
             });
         }
-        Ok(Page { items, next_cursor: page.next_token, credits: 1 })
+        Ok(Page { items, unparsed, next_cursor: page.next_token, credits: 1 })
+    }
+
+    /// One event of a page as an [`Item`], or why it cannot be one (the caller keeps it as received).
+    fn entry(
+        &self,
+        conv: &Conversation,
+        raw: &serde_json::value::RawValue,
+        media: &[WireMedia],
+    ) -> Result<Item, String> {
+        let e: WireEvent = parse_item(raw)?;
+        self.item(conv, e, media).map_err(str::to_string)
     }
 
     /// A GET of DM events with every field a record can use. If X rejects `sender_id`/`participant_ids` in
@@ -191,7 +204,7 @@ impl XApiV2 {
     /// Normalizes one event into an [`Item`]; the error names what is wrong, never a value.
     fn item(&self, conv: &Conversation, e: WireEvent, media: &[WireMedia]) -> Result<Item, &'static str> {
         if !is_safe_id(&e.id.0) || e.sender_id.as_ref().is_some_and(|s| !is_safe_id(&s.0)) {
-            return Err("an event has an invalid id");
+            return Err("id or sender_id is not a usable ID");
         }
         let sender_id = e.sender_id.map(|s| s.0);
         let event_type = e.event_type.filter(|t| !t.is_empty()).unwrap_or_else(|| "MessageCreate".to_string());
@@ -221,7 +234,7 @@ impl XApiV2 {
             event_type: Some(event_type),
             sender_id,
             receiver_id,
-            created_at: e.created_at,
+            created_at: e.created_at.map(|t| t.0),
             text: e.text,
             media_url,
             conversation_id,

@@ -35,8 +35,7 @@ fn a_page_becomes_items_with_media_direction_and_conversation() {
     let page = parse_events(HISTORY_WITH, body).unwrap();
     assert_eq!(page.next_token.as_deref(), Some("18LAA581J5II7LA00C00ZZZZ"));
     let c = client();
-    let items: Vec<Item> =
-        page.events.into_iter().map(|e| c.item(&peer("44196397"), e, &page.media).unwrap()).collect();
+    let items: Vec<Item> = page.events.iter().map(|e| c.entry(&peer("44196397"), e, &page.media).unwrap()).collect();
     assert_eq!(items[0].receiver_id.as_deref(), Some("100"));
     assert_eq!(items[0].conversation_id.as_deref(), Some("100-44196397"), "computed when not returned");
     assert_eq!(items[0].media_url.as_deref(), Some("https://pbs.twimg.com/dm_media/9.jpg"));
@@ -52,7 +51,7 @@ fn join_and_leave_events_keep_their_participants() {
     assert_eq!(page.next_token, None);
     let c = client();
     let conv = Conversation::Group { conversation_id: "1578398451921985538".into() };
-    let items: Vec<Item> = page.events.into_iter().map(|e| c.item(&conv, e, &[]).unwrap()).collect();
+    let items: Vec<Item> = page.events.iter().map(|e| c.entry(&conv, e, &[]).unwrap()).collect();
     assert_eq!(items[0].participant_ids, Some(vec!["7".to_string(), "8".to_string()]));
     assert_eq!(items[1].event_type.as_deref(), Some("ParticipantsLeave"));
     assert_eq!(items[1].conversation_id.as_deref(), Some("1578398451921985538"));

@@ -2,14 +2,16 @@
 //! tolerantly (IDs as strings or numbers, optional fields omitted).
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::errors::{LegacyError, ProblemBody};
-use crate::provider::util::Id;
+use crate::provider::util::{Id, TimeText};
 use crate::provider::{ErrorClass, ProviderError};
 
-/// A page of events, reduced to what [`XApiV2::item`] needs.
-pub(super) struct EventsPage {
-    pub(super) events: Vec<WireEvent>,
+/// A page of events, reduced to what [`XApiV2::entry`] needs. Each event is still its raw JSON: events
+/// are read one by one, so one that cannot be read is kept as received instead of failing the page.
+pub(super) struct EventsPage<'a> {
+    pub(super) events: Vec<&'a RawValue>,
     pub(super) media: Vec<WireMedia>,
     pub(super) next_token: Option<String>,
 }
@@ -17,8 +19,8 @@ pub(super) struct EventsPage {
 /// Reads a dm_events page. `meta` is required (X always sends it on list endpoints, also when empty), so
 /// a body of another shape is malformed rather than an empty last page. A 200 with only `errors` is X's
 /// way to say the conversation cannot be read.
-pub(super) fn parse_events(endpoint: &'static str, body: &[u8]) -> Result<EventsPage, ProviderError> {
-    let b: EventsBody = serde_json::from_slice(body).map_err(|e| ProviderError::bad_json(endpoint, &e))?;
+pub(super) fn parse_events<'a>(endpoint: &'static str, body: &'a [u8]) -> Result<EventsPage<'a>, ProviderError> {
+    let b: EventsBody<'a> = serde_json::from_slice(body).map_err(|e| ProviderError::bad_json(endpoint, &e))?;
     let Some(meta) = b.meta else {
         if b.data.is_none() && !b.errors.is_empty() {
             let p = ProblemBody { errors: b.errors, ..ProblemBody::default() };
@@ -44,9 +46,9 @@ pub(super) fn parse_events(endpoint: &'static str, body: &[u8]) -> Result<Events
 }
 
 #[derive(Deserialize)]
-pub(super) struct EventsBody {
-    #[serde(default)]
-    pub(super) data: Option<Vec<WireEvent>>,
+pub(super) struct EventsBody<'a> {
+    #[serde(default, borrow)]
+    pub(super) data: Option<Vec<&'a RawValue>>,
     #[serde(default)]
     pub(super) includes: Option<Includes>,
     #[serde(default)]
@@ -65,7 +67,7 @@ pub(super) struct WireEvent {
     #[serde(default)]
     pub(super) sender_id: Option<Id>,
     #[serde(default)]
-    pub(super) created_at: Option<String>,
+    pub(super) created_at: Option<TimeText>,
     #[serde(default)]
     pub(super) dm_conversation_id: Option<String>,
     #[serde(default)]
