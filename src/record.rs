@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Pipeline;
 use crate::time::format_time;
 
+mod line;
 mod times;
 mod unparsed;
 
+pub use line::{message_line, Line};
 pub use times::{normalize_time, parse_time};
 pub use unparsed::{unparsed_id, unparsed_record, RawJson, Unparsed, REDACTED};
 
@@ -211,7 +213,7 @@ impl Conversation {
 
 /// Normalizes one history item into its record.
 pub fn message_record(ctx: &Context<'_>, conv: &Conversation, item: &Item, synced_at: &str) -> Record {
-    let is_event = matches!(item.event_type.as_deref(), Some(t) if t != "MessageCreate");
+    let is_event = item_kind(item) == Kind::DmEvent;
     let created_at = item.created_at.as_deref().and_then(normalize_time).or_else(|| snowflake_time(&item.id));
     let (conversation_user_id, conversation_id) = match conv {
         Conversation::Peer { user_id, conversation_id } => {
@@ -322,6 +324,15 @@ pub fn delete_record(p: &Pipeline, conv: &Conversation, endpoint: &str, message_
     }
 }
 
+/// The kind of record a history item becomes: `dm_event` for X API v2's membership events, else
+/// `dm_message`. Its key is (this kind, the conversation's key, the item's ID).
+pub fn item_kind(item: &Item) -> Kind {
+    match item.event_type.as_deref() {
+        Some(t) if t != "MessageCreate" => Kind::DmEvent,
+        _ => Kind::DmMessage,
+    }
+}
+
 /// The creation time encoded in an X snowflake ID, for when the API omits `createdAt`.
 pub fn snowflake_time(id: &str) -> Option<String> {
     let n: u64 = id.parse().ok()?;
@@ -331,6 +342,13 @@ pub fn snowflake_time(id: &str) -> Option<String> {
 
 /// Orders two provider IDs: numerically when both are numbers (snowflakes), else by length then bytes.
 pub fn id_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    // Fast path for the usual case, two canonical decimals (no sign, no leading zero): by length, then
+    // bytes, which is their numeric order. Sorting every page compares IDs a lot.
+    let canonical =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0'));
+    if canonical(a) && canonical(b) {
+        return (a.len(), a).cmp(&(b.len(), b));
+    }
     match (a.parse::<u128>(), b.parse::<u128>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => (a.len(), a).cmp(&(b.len(), b)),
@@ -340,6 +358,20 @@ pub fn id_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_order_is_numeric_for_numbers_and_by_length_then_bytes_otherwise() {
+        let ids = ["0", "7", "10", "007", "99", "1893726451023847424", "18937264510238474240", "+5", "abc", "ab", ""];
+        for a in ids {
+            for b in ids {
+                let want = match (a.parse::<u128>(), b.parse::<u128>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => (a.len(), a).cmp(&(b.len(), b)),
+                };
+                assert_eq!(id_cmp(a, b), want, "{a} vs {b}");
+            }
+        }
+    }
 
     fn ctx(redact: bool) -> Context<'static> {
         Context {

@@ -247,6 +247,18 @@ pub enum Concurrency {
     Fixed(usize),
 }
 
+/// The read budget a pipeline paces its history requests to, per account (`read_rate_limit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRateLimit {
+    /// The provider's documented budget (Xquik: 300 reads per second; X API v2 and GetXAPI: none fixed,
+    /// X's announced windows are followed by the adapter).
+    Documented,
+    /// No rate gate of our own: only the in-flight limit and the provider's 429s pace the reads.
+    Off,
+    /// At most `requests` in any `window` (an account on a plan with other limits).
+    Custom { requests: u32, window: Duration },
+}
+
 /// Retry and timeout policy toward a provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -300,6 +312,8 @@ pub struct Pipeline {
     pub redact_text: bool,
     /// Conversations of this pipeline synced at once.
     pub concurrency: Concurrency,
+    /// The read budget history requests are paced to.
+    pub read_rate_limit: ReadRateLimit,
     pub retry: RetryPolicy,
     /// The largest response body read from the provider; a larger page is refused.
     pub max_response_bytes: u64,

@@ -69,6 +69,8 @@ pub(super) struct RawPipeline {
     pub(super) redact_text: bool,
     #[serde(default)]
     pub(super) concurrency: RawConcurrency,
+    #[serde(default)]
+    pub(super) read_rate_limit: RawRateLimit,
     #[serde(default = "default_request_timeout")]
     pub(super) request_timeout: String,
     #[serde(default = "default_max_retries")]
@@ -136,6 +138,21 @@ pub(super) enum RawConcurrency {
     Default,
     Number(i64),
     Word(String),
+    /// Anything else, so validation can say what the key takes instead of serde's "did not match".
+    Other(serde::de::IgnoredAny),
+}
+/// `read_rate_limit`: absent (the provider's documented budget), `"documented"`, `"off"`, or
+/// `[requests, seconds]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRateLimit {
+    #[default]
+    #[serde(skip)]
+    Default,
+    Word(String),
+    Pair(Vec<f64>),
+    /// Anything else, so validation can say what the key takes instead of serde's "did not match".
+    Other(serde::de::IgnoredAny),
 }
 fn default_adaptive_poll_max() -> String {
     "15m".into()

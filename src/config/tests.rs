@@ -108,6 +108,24 @@ fn bad_values_are_explained() {
 }
 
 #[test]
+fn read_rate_limit_is_documented_off_or_a_pair() {
+    assert_eq!(check(MINIMAL).unwrap().pipelines[0].read_rate_limit, ReadRateLimit::Documented);
+    let rate = |v: &str| check(&format!("{MINIMAL}read_rate_limit = {v}\n")).map(|c| c.pipelines[0].read_rate_limit);
+    assert_eq!(rate("\"off\"").unwrap(), ReadRateLimit::Off);
+    assert_eq!(rate("\"documented\"").unwrap(), ReadRateLimit::Documented);
+    assert_eq!(
+        rate("[600, 1.5]").unwrap(),
+        ReadRateLimit::Custom { requests: 600, window: Duration::from_millis(1500) }
+    );
+    for bad in ["[0, 1]", "[300]", "[1.5, 1]", "[300, 0]", "\"fast\"", "true"] {
+        let e = rate(bad).expect_err(bad).0;
+        assert!(e.contains("read_rate_limit") && e.contains("[requests, seconds]"), "{bad}: {e}");
+    }
+    let e = check_err(&format!("{MINIMAL}concurrency = true\n"));
+    assert!(e.contains("concurrency must be"), "{e}");
+}
+
+#[test]
 fn compress_takes_zstd_gzip_or_none() {
     use crate::sink::Compression;
     assert_eq!(check(MINIMAL).unwrap().pipelines[0].compress, Compression::None);

@@ -5,9 +5,12 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConcurrency, RawConfig};
+use super::raw::{RawConcurrency, RawConfig, RawRateLimit};
 use super::shown::{short, url};
-use super::{err, Concurrency, Config, ConfigError, ConversationRef, KeySource, Pipeline, ProviderKind, RetryPolicy};
+use super::{
+    err, Concurrency, Config, ConfigError, ConversationRef, KeySource, Pipeline, ProviderKind, ReadRateLimit,
+    RetryPolicy,
+};
 
 /// The smallest `max_response_bytes`: below this, ordinary pages would be refused.
 const MIN_RESPONSE_BYTES: u64 = 64 * 1024;
@@ -219,6 +222,26 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             RawConcurrency::Number(n) if n >= 1 => Concurrency::Fixed(usize::try_from(n).unwrap_or(usize::MAX)),
             _ => return err(format!("{at}: concurrency must be \"auto\" or a number of at least 1")),
         };
+        let read_rate_limit = match rp.read_rate_limit {
+            RawRateLimit::Default => ReadRateLimit::Documented,
+            RawRateLimit::Word(w) if w == "documented" => ReadRateLimit::Documented,
+            RawRateLimit::Word(w) if w == "off" => ReadRateLimit::Off,
+            RawRateLimit::Pair(p)
+                if p.len() == 2
+                    && p[0] >= 1.0
+                    && p[0].fract() == 0.0
+                    && p[0] <= f64::from(u32::MAX)
+                    && p[1] > 0.0
+                    && p[1] <= 86_400.0 =>
+            {
+                ReadRateLimit::Custom { requests: p[0] as u32, window: Duration::from_secs_f64(p[1]) }
+            }
+            _ => {
+                return err(format!(
+                    "{at}: read_rate_limit must be \"documented\", \"off\" or [requests, seconds], like [300, 1]"
+                ))
+            }
+        };
         let retry = RetryPolicy {
             pipeline: name.clone(),
             request_timeout: parse_duration("request_timeout", &rp.request_timeout, &at)?,
@@ -253,6 +276,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
             adaptive_poll_max,
             redact_text: rp.redact_text,
             concurrency,
+            read_rate_limit,
             retry,
             oauth,
             inbox: rp.inbox,

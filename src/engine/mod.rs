@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Concurrency, Pipeline};
+use crate::config::{Concurrency, Pipeline, ReadRateLimit};
 use crate::handoff::{Batch, Handoff, HandoffError};
-use crate::provider::{with_retry, Client, ErrorClass, ProviderError};
+use crate::provider::{with_retry, Client, ErrorClass, ProviderError, ReadBudget};
 use crate::state::{Commit, StateError, Store};
 
 /// One pipeline, open: its settings, its provider client, its writer (the only way its files and its part
@@ -47,7 +47,12 @@ impl OpenPipeline {
         // Pipelines that read as the same account share its budget.
         let account =
             format!("{}\u{0}{}\u{0}{}", config.provider.name(), config.base_url, config.account.to_ascii_lowercase());
-        let pace = pace::Pace::of(&account, client.read_budget(), max, pinned);
+        let budget = match config.read_rate_limit {
+            ReadRateLimit::Documented => client.read_budget(),
+            ReadRateLimit::Off => None,
+            ReadRateLimit::Custom { requests, window } => Some(ReadBudget { requests, window }),
+        };
+        let pace = pace::Pace::of(&account, budget, max, pinned);
         OpenPipeline { config, client, handoff, store, pace, conversations_at_once: max }
     }
 }

@@ -57,6 +57,10 @@ impl Xquik {
             req = req.query(&[("cursor", c)]);
         }
         let body = send(req, HISTORY, self.max_body).await?;
+        // The usual page is read in one pass; only a page with a bad item is read again, item by item.
+        if let Some(page) = whole_page(&body) {
+            return Ok(page);
+        }
         let page: HistoryBody = serde_json::from_slice(&body).map_err(|e| ProviderError::bad_json(HISTORY, &e))?;
         let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
         if page.has_next_page && next_cursor.is_none() {
@@ -89,6 +93,31 @@ impl Xquik {
         }
         Ok(User { id: u.id.0, username: u.username, name: u.name, can_dm: u.can_dm })
     }
+}
+
+/// A page whose every message reads and normalizes, in one pass over the body; None when anything does not
+/// (then the caller reads it item by item, which gives the same items and keeps the bad ones as received).
+fn whole_page(body: &[u8]) -> Option<Page> {
+    #[derive(Deserialize)]
+    struct WholeBody {
+        messages: Vec<WireMessage>,
+        #[serde(alias = "hasNextPage")]
+        has_next_page: bool,
+        #[serde(default, alias = "nextCursor")]
+        next_cursor: Option<String>,
+    }
+    let page: WholeBody = serde_json::from_slice(body).ok()?;
+    let next_cursor = page.next_cursor.filter(|c| !c.is_empty());
+    if page.has_next_page && next_cursor.is_none() {
+        return None;
+    }
+    let items = page.messages.into_iter().map(message_item).collect::<Result<Vec<Item>, String>>().ok()?;
+    Some(Page {
+        credits: items.len() as u64,
+        items,
+        unparsed: Vec::new(),
+        next_cursor: if page.has_next_page { next_cursor } else { None },
+    })
 }
 
 /// A history message as an [`Item`], or why it is not one.

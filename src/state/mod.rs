@@ -36,6 +36,7 @@
 //! The state directory is owned by one process at a time through an exclusive `flock` on `LOCK`, which also
 //! records the holder's PID so a second process can say who has it.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::mem::ManuallyDrop;
@@ -384,6 +385,57 @@ impl Store {
             return Ok(true);
         }
         self.db.contains_key(seen_key(pipeline, k)).map_err(self.db_err())
+    }
+
+    /// Which of a page's IDs (all of one conversation) the seen set holds, in the order given. A page's numeric
+    /// history IDs cost one range read per kind, not one lookup each: a backfill page of new messages reads
+    /// an empty range once. Same answers as [`Store::is_seen_with`] for each.
+    pub fn seen_among(
+        &self,
+        pipeline: &str,
+        conversation: &str,
+        ids: &[(Kind, &str)],
+        covered: Option<Covered>,
+    ) -> Result<Vec<bool>, StateError> {
+        let mut seen = vec![false; ids.len()];
+        // Per history kind: the span of numeric IDs the folded range does not answer.
+        let mut spans: Vec<(Kind, u64, u64)> = Vec::new();
+        let mut numeric: Vec<Option<u64>> = vec![None; ids.len()];
+        for (i, (kind, id)) in ids.iter().enumerate() {
+            match (is_history(*kind), numeric_id(id)) {
+                (true, Some(n)) if covered.is_some_and(|c| c.lo <= n && n <= c.hi) => seen[i] = true,
+                (true, Some(n)) => {
+                    numeric[i] = Some(n);
+                    match spans.iter_mut().find(|(k, _, _)| k == kind) {
+                        Some((_, lo, hi)) => (*lo, *hi) = ((*lo).min(n), (*hi).max(n)),
+                        None => spans.push((*kind, n, n)),
+                    }
+                }
+                _ => {
+                    let k = Key { kind: *kind, conversation: conversation.to_string(), id: id.to_string() };
+                    seen[i] = self.db.contains_key(seen_key(pipeline, &k)).map_err(self.db_err())?;
+                }
+            }
+        }
+        for (kind, lo, hi) in spans {
+            let bound = |n: u64| key(b's', &[pipeline, conversation, kind.as_str(), &padded(n)]);
+            let mut held = HashSet::new();
+            for kv in self.db.range(bound(lo)..=bound(hi)) {
+                let (k, _) = kv.map_err(self.db_err())?;
+                if let Some(n) = padded_id(&k) {
+                    held.insert(n);
+                }
+            }
+            if held.is_empty() {
+                continue;
+            }
+            for (i, (k, _)) in ids.iter().enumerate() {
+                if *k == kind && numeric[i].is_some_and(|n| held.contains(&n)) {
+                    seen[i] = true;
+                }
+            }
+        }
+        Ok(seen)
     }
 
     /// The folded part of a conversation's seen set, if anything was folded yet.

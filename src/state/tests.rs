@@ -245,3 +245,45 @@ fn state_dir_is_created_0750() {
     let _s = Store::open(&sd, opts()).unwrap();
     assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o777, 0o750);
 }
+
+/// `seen_among` answers exactly as `is_seen_with` does, key by key: folded range, exact keys of both history
+/// kinds, other conversations and pipelines, non-numeric IDs and non-history kinds.
+#[test]
+fn seen_among_a_page_agrees_with_one_lookup_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    let ids: Vec<String> = (0..=10).map(sf).collect();
+    write_and_fold(&s, &ids, conv_state(&sf(0), &sf(10)));
+    let event = |id: &str| Key { kind: Kind::DmEvent, conversation: "a".into(), id: id.into() };
+    let between = (sf(10).parse::<u64>().unwrap() + 5).to_string();
+    s.commit(&Commit {
+        seen: vec![
+            ("p".into(), event(&sf(3))),
+            ("p".into(), k("a", "not-a-number")),
+            ("p".into(), k("a", &between)),
+            ("p".into(), k("b", &sf(12))),
+            ("q".into(), k("a", &sf(12))),
+            ("p".into(), Key { kind: Kind::DmSend, conversation: "a".into(), id: sf(12) }),
+        ],
+        ..Commit::default()
+    })
+    .unwrap();
+    let covered = s.covered("p", "a").unwrap();
+    assert!(covered.is_some(), "the test needs a folded range");
+    let mut asked: Vec<(Kind, String)> = Vec::new();
+    for id in ids.iter().chain([&between, &sf(12), &sf(13), &"not-a-number".to_string(), &"other".to_string()]) {
+        for kind in [Kind::DmMessage, Kind::DmEvent, Kind::DmSend] {
+            asked.push((kind, id.clone()));
+        }
+    }
+    asked.push((Kind::DmMessage, (sf(0).parse::<u64>().unwrap() - 1).to_string()));
+    let borrowed: Vec<(Kind, &str)> = asked.iter().map(|(k, id)| (*k, id.as_str())).collect();
+    let got = s.seen_among("p", "a", &borrowed, covered).unwrap();
+    let mut held = 0;
+    for ((kind, id), got) in asked.iter().zip(got) {
+        let key = Key { kind: *kind, conversation: "a".into(), id: id.clone() };
+        assert_eq!(got, s.is_seen_with("p", &key, covered).unwrap(), "{kind:?} {id}");
+        held += usize::from(got);
+    }
+    assert!(held > 12, "the page mixes seen and unseen keys: {held} seen");
+}
