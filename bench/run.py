@@ -3,7 +3,8 @@
 
 Usage: python3 bench/run.py [--sizes 100x1000,1000x1000,10000x10] [--bin target/release/dm-handoff]
                             [--latency MIN,MAX] [--window] [--default-config]
-                            [--baseline 100x1000] [--steady 500x20 --ticks 60] [--inbox 100x20 --ticks 30]
+                            [--baseline 100x1000] [--dlt 100x1000] [--steady 500x20 --ticks 60]
+                            [--inbox 100x20 --ticks 30]
 
 Every backfill row is measured against the reference: `raw_fetch` (bench/raw_fetch.rs, built with
 `cargo build --release --example raw_fetch`), a plain loop that pages the same simulator with a fixed number of
@@ -17,6 +18,10 @@ floor (requests / 300 s) and the 429s drawn. `--default-config` syncs with dm-ha
 "auto"); otherwise with the fixed concurrency of earlier versions of this benchmark (32).
 
 --baseline runs bench/baseline.py (plain Python: urllib + sqlite3) on the same backfill for a ratio.
+--dlt runs bench/dlt_rest.py (dlt's `rest_api` source into its `filesystem` destination as JSONL) and a
+dm-handoff sync with its default config, each against a fresh copy of the same world with the read window
+off (and `read_rate_limit = "off"`), and reports `dlt_over_dm_handoff` (dlt's wall time / dm-handoff's). It
+needs network access once: it makes a venv at target/bench-venv and pip-installs dlt[filesystem]==DLT_VERSION.
 --steady runs the daemon with a one-second schedule for --ticks ticks while new messages arrive in 2% of
 the conversations per tick, once with adaptive polling and once without (same traffic), and reports
 credits spent per new message delivered.
@@ -44,8 +49,8 @@ import time
 import urllib.request
 
 
-def run_measured(cmd, env):
-    """Runs cmd; returns (wall seconds, peak RSS MiB of the child's own program, returncode, stderr).
+def run_measured(cmd, env, stdout=subprocess.DEVNULL):
+    """Runs cmd (its stdout to `stdout`, discarded by default); returns (wall seconds, peak RSS MiB of the child's own program, returncode, stderr).
 
     Peak RSS is the kernel's high-water mark of the child's address space (VmHWM in /proc/<pid>/status),
     read every 5 ms while it runs. Not getrusage: Python starts children with vfork, and Linux carries
@@ -53,7 +58,7 @@ def run_measured(cmd, env):
     whenever that is larger (it made the earlier figures of this benchmark read 30-70 MiB too high).
     """
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     hwm = [0]
 
     def sample():
@@ -112,6 +117,9 @@ def reference(binary, addr, peers, sim):
     for c in (RAW_CONCURRENCY if len(peers) > 1 else (1,)):
         if c > len(peers):
             break
+        if LATENCY and len(peers) > 1 and c < 16:
+            # At 100-200 ms per answer, 1 or 4 in flight take minutes and are never the best: skip them.
+            continue
         out = subprocess.run([raw, f"http://{addr}/api/v1", "bench_account", str(c), "-"],
                              input="\n".join(peers), capture_output=True, text=True,
                              env=dict(os.environ, BENCH_KEY="xq_bench"))
@@ -278,6 +286,86 @@ def baseline(binary, convs, msgs, workdir):
         sim.wait()
 
 
+# Pinned so --dlt rows stay comparable across runs and machines.
+DLT_VERSION = "1.31.0"
+
+
+def dlt_python():
+    """The venv's Python with dlt[filesystem]==DLT_VERSION, made (or upgraded) on first use."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = os.path.join(root, "target", "bench-venv")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    have = subprocess.run([py, "-c", "import dlt; print(dlt.__version__)"], capture_output=True, text=True)
+    if have.returncode != 0 or have.stdout.strip() != DLT_VERSION:
+        subprocess.run([py, "-m", "pip", "install", "-q", f"dlt[filesystem]=={DLT_VERSION}"], check=True)
+    return py
+
+
+def dlt_compare(binary, convs, msgs, workdir):
+    """dm-handoff (default config) and dlt's rest_api source on the same backfill, each against its own
+    simulator. The window is off for both: dlt has no notion of Xquik's budget, so with it on the row
+    would compare 429 handling, not the work of syncing."""
+    global WINDOW
+    py = dlt_python()
+    saved, WINDOW = WINDOW, False
+    try:
+        scenario = scenario_of(convs, msgs)
+    finally:
+        WINDOW = saved
+    peers = [c["peer_id"] for c in scenario["conversations"]]
+    total = convs * msgs
+    row = {"dlt": f"{convs}x{msgs}", "dlt_version": DLT_VERSION, "latency_ms": LATENCY, "messages": total}
+
+    dm_dir = os.path.join(workdir, "dm-handoff")
+    os.makedirs(dm_dir)
+    sim, addr = start_sim(binary, scenario, dm_dir)
+    try:
+        # As --default-config writes it, plus the client told there is no read window (as the simulator has none).
+        cfg = write_config(dm_dir, addr, peers, "0 * * * * *", f"state_cache_bytes = {STATE_CACHE}\n",
+                           f'compress = "{COMPRESS}"\nread_rate_limit = "off"\n')
+        env = dict(os.environ, BENCH_KEY="xq_bench", RUST_LOG="warn")
+        wall, rss, code, err, cpu = run_measured([binary, "sync", "--config", cfg, "--log-level", "warn"], env)
+        if code != 0:
+            sys.exit(f"sync failed ({code}): {err[-2000:]}")
+        lines = count_lines(os.path.join(dm_dir, "out"))
+        assert lines == total, f"dm-handoff wrote {lines} records, expected {total}"
+        stats = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        dm_wall = wall
+        row.update({"dm_handoff_wall_s": round(wall, 2), "dm_handoff_cpu_s": round(cpu, 2),
+                    "dm_handoff_peak_rss_mib": round(rss, 1), "dm_handoff_requests": stats["requests"]})
+    finally:
+        sim.terminate()
+        sim.wait()
+
+    dlt_dir = os.path.join(workdir, "dlt")
+    os.makedirs(dlt_dir)
+    sim, addr = start_sim(binary, scenario, dlt_dir)
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        cmd = [py, os.path.join(here, "dlt_rest.py"), f"http://{addr}/api/v1", "bench_account", "xq_bench",
+               dlt_dir, str(total), *peers]
+        out_json = os.path.join(dlt_dir, "result.json")
+        with open(out_json, "w") as f:
+            wall, rss, code, err, cpu = run_measured(cmd, dict(os.environ, RUNTIME__DLTHUB_TELEMETRY="false"), f)
+        if code != 0:
+            sys.exit(f"dlt_rest.py failed ({code}): {err[-2000:]}")
+        with open(out_json) as f:
+            res = json.load(f)
+        stats = json.load(urllib.request.urlopen(f"http://{addr}/_sim/stats"))
+        # Wall and CPU are the whole process for both tools, so dlt's include starting Python and importing dlt
+        # (dlt_run_s is pipeline.run alone: extract, normalize, load).
+        row.update({"dlt_wall_s": round(wall, 2), "dlt_run_s": round(res["run_s"], 2), "dlt_cpu_s": round(cpu, 2),
+                    "dlt_peak_rss_mib": round(rss, 1), "dlt_requests": stats["requests"],
+                    "dlt_records": res["records"],
+                    "dlt_over_dm_handoff": round(wall / dm_wall, 2)})
+    finally:
+        sim.terminate()
+        sim.wait()
+    return row
+
+
 def steady(binary, convs, msgs, ticks, adaptive, workdir):
     """Daemon on a 1 s schedule for `ticks` ticks; 2% of conversations get one new message per tick."""
     import random
@@ -387,6 +475,7 @@ def main():
     ap.add_argument("--sizes", default="100x1000,1000x1000,10000x10")
     ap.add_argument("--bin", default="target/release/dm-handoff")
     ap.add_argument("--baseline", default="")
+    ap.add_argument("--dlt", default="", help="dlt's rest_api source vs dm-handoff on this backfill, e.g. 100x1000")
     ap.add_argument("--steady", default="")
     ap.add_argument("--ticks", type=int, default=60)
     ap.add_argument("--inbox", default="", help="X API v2 requests per tick, inbox vs listed, e.g. 100x20")
@@ -411,6 +500,14 @@ def main():
         work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
         try:
             print(json.dumps(baseline(args.bin, convs, msgs, work)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    for size in [x for x in args.dlt.split(",") if x]:
+        convs, msgs = (int(x) for x in size.lower().split("x"))
+        work = tempfile.mkdtemp(prefix="dm-handoff-bench-")
+        try:
+            print(json.dumps(dlt_compare(args.bin, convs, msgs, work)))
+            sys.stdout.flush()
         finally:
             shutil.rmtree(work, ignore_errors=True)
     for size in [x for x in args.steady.split(",") if x]:
