@@ -145,7 +145,8 @@ async fn cursors_that_cycle_or_never_bring_anything_new_stop_with_cursor_loop() 
             let line = errors.iter().find(|l| l.contains(peer)).unwrap_or_else(|| panic!("{peer}: {out}"));
             assert!(line.contains("cursor_loop"), "{line}");
         }
-        // Cycle: A, B, then A again is refused. Same/empty: the first pages, then max_empty_pages (3) idle.
+        // Cycle: A, B, then A again is refused once a round brought nothing new. Same/empty: the first pages,
+        // then max_empty_pages (3) idle.
         let requests = provider.requests().len() - before;
         assert!(requests <= 20, "run {run}: {requests} requests");
         assert!(out.stdout.contains("pipeline support: 4 conversations"), "{out}");
