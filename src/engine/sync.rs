@@ -510,14 +510,7 @@ impl Pass<'_> {
                     Some(hwm) => page_ids(page).any(|id| id_cmp(&id, hwm).is_le()),
                     None => false,
                 };
-                let done = reached || page.next_cursor.is_none();
-                if done {
-                    next.hwm = newest_of(next.hwm.as_deref(), next.head_newest.as_deref());
-                    next.head_cursor = None;
-                    next.head_newest = None;
-                } else {
-                    next.head_cursor = page.next_cursor.clone();
-                }
+                let done = head_step(&mut next, reached, page.next_cursor.as_deref());
                 (next, done)
             }
             Walk::Backfill => {
@@ -724,6 +717,21 @@ fn lowest(page: &Page, current: Option<&str>) -> Option<String> {
         .filter_map(|id| numeric_id(id).map(|n| (n, id)))
         .min_by_key(|(n, _)| *n)
         .map(|(_, id)| id.to_string())
+}
+
+/// A head pass's state after a page: done when the page reached `hwm` or history ended, and then `hwm`
+/// moves up to the newest ID the pass saw; otherwise the pass resumes from the page's cursor. The one rule
+/// for the per-conversation head pass and the inbox stream's.
+fn head_step(next: &mut ConvState, reached: bool, next_cursor: Option<&str>) -> bool {
+    let done = reached || next_cursor.is_none();
+    if done {
+        next.hwm = newest_of(next.hwm.as_deref(), next.head_newest.as_deref());
+        next.head_cursor = None;
+        next.head_newest = None;
+    } else {
+        next.head_cursor = next_cursor.map(str::to_string);
+    }
+    done
 }
 
 fn newest_of(a: Option<&str>, b: Option<&str>) -> Option<String> {

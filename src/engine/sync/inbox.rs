@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::super::poll::Budget;
-use super::{newest_of, ConvReport, RunShared, Stop};
+use super::{head_step, newest_of, ConvReport, RunShared, Stop};
 use crate::config::ConversationRef;
 use crate::engine::OpenPipeline;
 use crate::handoff::Batch;
@@ -309,14 +309,7 @@ impl StreamPass<'_> {
                 Some(hwm) => page.items.iter().any(|(_, i)| id_cmp(&i.id, hwm).is_le()),
                 None => false,
             };
-            let done = reached || page.next_cursor.is_none();
-            if done {
-                next.hwm = newest_of(next.hwm.as_deref(), next.head_newest.as_deref());
-                next.head_cursor = None;
-                next.head_newest = None;
-            } else {
-                next.head_cursor = page.next_cursor.clone();
-            }
+            let done = head_step(&mut next, reached, page.next_cursor.as_deref());
             self.write_page(&page, next).await?;
             if done {
                 return Ok(());
