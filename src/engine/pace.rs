@@ -67,8 +67,7 @@ pub struct Pace {
     freed: Notify,
     /// Whose turn it is to wait at the gates: requests queue here in order (tokio's mutex is FIFO), and only
     /// the one at the head waits for `freed` or the rate window. Without it, every release woke every waiting
-    /// conversation (up to `max_concurrency`, 256) and all but one went back to sleep: measured at 1,000
-    /// conversations, a third of the sync's CPU.
+    /// conversation (up to `max_concurrency`, 256) and all but one went back to sleep.
     turn: tokio::sync::Mutex<()>,
 }
 
