@@ -658,3 +658,47 @@ async fn a_bad_event_in_the_inbox_stream_is_kept_and_blocks_nothing() {
     sync_cmd(dir.path(), &cfg).run().await.expect_code(0);
     assert_eq!(read_records(&dir.path().join("out").join(PIPELINE)).len(), records.len());
 }
+
+/// The inbox stream follows the same loop rules as a conversation's pass (SPEC 8.3): a provider that keeps
+/// handing out fresh `next_token`s for pages of events already written stops the stream with `cursor_loop`
+/// after `max_empty_pages`. Before: the stream only refused a token it had sent before, so fresh tokens kept
+/// `sync` going for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_stream_that_never_brings_anything_new_stops_with_cursor_loop() {
+    const PEER: &str = "44196397";
+    let conv = format!("{PEER}-{ME}");
+    let provider = Hostile::start(move |req: &Req| {
+        if req.path() != "/2/dm_events" {
+            return Reply::status(404, &[], &json!({"title": "Not Found Error", "type": "about:blank", "status": 404}));
+        }
+        let n: u64 = req.query("pagination_token").and_then(|t| t.trim_start_matches('t').parse().ok()).unwrap_or(0);
+        Reply::json(&json!({
+            "data": [{"id": snowflake(3), "event_type": "MessageCreate", "text": "same zqsame0001",
+                      "sender_id": PEER, "dm_conversation_id": conv, "created_at": "2026-02-24T10:00:00.000Z"}],
+            "meta": {"result_count": 1, "next_token": format!("t{}", n + 1)}
+        }))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "state_dir = \"state\"\n\n[[pipelines]]\nname = \"{PIPELINE}\"\nprovider = \"x-api-v2\"\n\
+         base_url = \"{}\"\napi_key_env = \"{KEY_VAR}\"\naccount = \"{ME}\"\ninbox = true\n\
+         output_dir = \"out/{PIPELINE}\"\nretry_base = \"20ms\"\nretry_max = \"200ms\"\n",
+        provider.root()
+    );
+    let cfg = dir.path().join("pipelines.toml");
+    fs::write(&cfg, text).unwrap();
+    for run in 1..=2 {
+        let before = provider.requests().len();
+        let started = Instant::now();
+        let out = sync_cmd(dir.path(), &cfg).run().await;
+        out.expect_code(1);
+        assert!(started.elapsed() < Duration::from_secs(30), "run {run} took {:?}", started.elapsed());
+        assert!(out.stderr.contains("cursor_loop"), "run {run}: {out}");
+        assert!(!out.all().contains("zq"), "no text in the output: {}", out.all());
+        let requests = provider.requests().len() - before;
+        assert!(requests <= 10, "run {run}: {requests} requests");
+    }
+    let records = read_records(&dir.path().join("out").join(PIPELINE));
+    assert_eq!(records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")).count(), 1, "{records:#?}");
+}

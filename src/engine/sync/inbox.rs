@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use super::super::cursor_loop::LoopGuard;
 use super::super::poll::Budget;
 use super::{head_step, newest_of, ConvReport, RunShared, Stop};
 use crate::config::ConversationRef;
@@ -146,17 +147,6 @@ where
     })
 }
 
-/// A cursor handed back twice within one pass would page forever.
-fn cursor_loop(endpoint: &'static str) -> Stop {
-    Stop::Provider(ProviderError::new(
-        ErrorClass::Conversation,
-        endpoint,
-        None,
-        "cursor_loop",
-        "the provider handed back a cursor this pass already followed; stopped this pass",
-    ))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Discovery (GetXAPI)
 
@@ -166,8 +156,10 @@ async fn discover(pipe: &OpenPipeline, shared: &RunShared, report: &mut ConvRepo
     let endpoint = pipe.client.inbox_endpoint();
     for tab in &p.inbox_tabs {
         let mut cursor: Option<String> = None;
-        let mut sent = HashSet::new();
+        // Listing pages name conversations already known on every run, so only the repeat rule applies here.
+        let mut guard = LoopGuard::new(0);
         loop {
+            guard.sending(cursor.as_deref());
             let page: ConversationList =
                 ask(pipe, shared, || pipe.client.list_conversations(tab, cursor.as_deref())).await?;
             shared.credits.fetch_add(page.credits, Ordering::Relaxed);
@@ -193,8 +185,10 @@ async fn discover(pipe: &OpenPipeline, shared: &RunShared, report: &mut ConvRepo
             report.credits += page.credits;
             tracing::debug!(pipeline = %p.name, tab = %tab, conversations = page.conversation_ids.len(), more = page.next_cursor.is_some(), "inbox page");
             match page.next_cursor {
-                Some(next) if !sent.insert(next.clone()) => return Err(cursor_loop(endpoint)),
-                Some(next) => cursor = Some(next),
+                Some(next) => {
+                    guard.follow(endpoint, 0, None, &next).map_err(Stop::Provider)?;
+                    cursor = Some(next);
+                }
                 None => break,
             }
         }
@@ -237,7 +231,7 @@ async fn discovered_refs(pipe: &OpenPipeline, shared: &RunShared) -> Result<Vec<
 /// One run of the stream: the head pass (or the first page ever), then backfill, as for a conversation.
 async fn stream(pipe: &OpenPipeline, shared: &RunShared, report: &mut ConvReport) -> Result<(), Stop> {
     let st = pipe.store.conversation(&pipe.config.name, INBOX_STREAM)?;
-    let mut pass = StreamPass { pipe, shared, st, report, sent: HashSet::new() };
+    let mut pass = StreamPass { pipe, shared, st, report };
     let outcome = pass.run().await;
     let mut st = pass.st;
     if matches!(outcome, Err(Stop::Write(_))) {
@@ -264,8 +258,6 @@ struct StreamPass<'a> {
     /// The stream's state as committed.
     st: ConvState,
     report: &'a mut ConvReport,
-    /// Cursors followed in this run, to stop a provider that hands one back twice.
-    sent: HashSet<String>,
 }
 
 impl StreamPass<'_> {
@@ -297,11 +289,13 @@ impl StreamPass<'_> {
 
     /// From the newest page down to the stream's high-water mark (or to the end while nothing was seen).
     async fn head_pass(&mut self) -> Result<(), Stop> {
+        let mut guard = LoopGuard::new(self.pipe.config.max_empty_pages);
         loop {
             if self.shared.stop.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
             let cursor = self.st.head_cursor.clone();
+            guard.sending(cursor.as_deref());
             let page = self.fetch(cursor.as_deref()).await?;
             let mut next = self.st.clone();
             next.head_newest = newest_item(&page, self.st.head_newest.as_deref());
@@ -310,10 +304,11 @@ impl StreamPass<'_> {
                 None => false,
             };
             let done = head_step(&mut next, reached, page.next_cursor.as_deref());
-            self.write_page(&page, next).await?;
+            let written = self.write_page(&page, next).await?;
             if done {
                 return Ok(());
             }
+            self.follow(&mut guard, &page, written)?;
         }
     }
 
@@ -323,6 +318,7 @@ impl StreamPass<'_> {
         let max_pages =
             self.shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
         let mut pages = 0u64;
+        let mut guard = LoopGuard::new(p.max_empty_pages);
         while !self.st.backfill_done {
             if self.shared.stop.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -332,6 +328,7 @@ impl StreamPass<'_> {
                 return Ok(());
             }
             let cursor = self.st.backfill_cursor.clone();
+            guard.sending(cursor.as_deref());
             let page = self.fetch(cursor.as_deref()).await?;
             pages += 1;
             let mut next = self.st.clone();
@@ -339,21 +336,24 @@ impl StreamPass<'_> {
             next.backfill_cursor = page.next_cursor.clone();
             let reached_since =
                 self.shared.opts.since.is_some_and(|since| oldest_item_time(&page).is_some_and(|t| t < since));
-            self.write_page(&page, next).await?;
+            let written = self.write_page(&page, next).await?;
             if reached_since && !self.st.backfill_done {
                 self.report.limited = true;
                 return Ok(());
             }
+            self.follow(&mut guard, &page, written)?;
         }
         Ok(())
     }
 
+    /// Whether the pass may follow the page's cursor: the same loop rules as a conversation's pass.
+    fn follow(&self, guard: &mut LoopGuard, page: &InboxPage, written: u64) -> Result<(), Stop> {
+        let Some(next) = page.next_cursor.as_deref() else { return Ok(()) };
+        let lowest = page.items.iter().map(|(_, i)| i.id.as_str()).min_by(|a, b| id_cmp(a, b));
+        guard.follow(self.pipe.client.inbox_endpoint(), written, lowest, next).map_err(Stop::Provider)
+    }
+
     async fn fetch(&mut self, cursor: Option<&str>) -> Result<InboxPage, Stop> {
-        if let Some(c) = cursor {
-            if !self.sent.insert(c.to_string()) {
-                return Err(cursor_loop(self.pipe.client.inbox_endpoint()));
-            }
-        }
         let pipe = self.pipe;
         let page = ask(pipe, self.shared, || pipe.client.inbox_stream(cursor)).await?;
         self.shared.credits.fetch_add(page.credits, Ordering::Relaxed);
@@ -363,7 +363,8 @@ impl StreamPass<'_> {
 
     /// Writes a page's unseen records, each under its own conversation, and commits the stream's `next`
     /// state, the touched conversations' counters and the newly discovered conversations with them.
-    async fn write_page(&mut self, page: &InboxPage, mut next: ConvState) -> Result<(), Stop> {
+    /// Returns how many records it wrote.
+    async fn write_page(&mut self, page: &InboxPage, mut next: ConvState) -> Result<u64, Stop> {
         let pipe = self.pipe;
         let p = &pipe.config;
         let ctx = Context {
@@ -456,7 +457,7 @@ impl StreamPass<'_> {
         self.report.pages += 1;
         self.report.written += written;
         self.report.credits += page.credits;
-        Ok(())
+        Ok(written)
     }
 }
 
