@@ -373,7 +373,8 @@ mod tests {
         }
     }
 
-    fn ctx(redact: bool) -> Context<'static> {
+    /// A context for record tests here and in `record`'s submodules.
+    pub(super) fn ctx(redact: bool) -> Context<'static> {
         Context {
             provider: "xquik",
             pipeline: "support",

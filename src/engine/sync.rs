@@ -165,6 +165,18 @@ impl RunShared {
             h.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         }
     }
+
+    /// A page is committed: the heartbeat, the progress line and the pass's report count it.
+    fn page_committed(&self, report: &mut ConvReport, written: u64, credits: u64) {
+        self.beat();
+        if let Some(progress) = &self.opts.progress {
+            progress.pages.fetch_add(1, Ordering::Relaxed);
+            progress.records.fetch_add(written, Ordering::Relaxed);
+        }
+        report.pages += 1;
+        report.written += written;
+        report.credits += credits;
+    }
 }
 
 /// Runs one pass over a pipeline's conversations. `global` bounds conversations across pipelines.
@@ -667,15 +679,8 @@ impl Pass<'_> {
 
     /// A page is committed: its state is the conversation's now, and the report counts it.
     fn apply(&mut self, next: ConvState, written: u64, credits: u64) {
-        self.shared.beat();
-        if let Some(progress) = &self.shared.opts.progress {
-            progress.pages.fetch_add(1, Ordering::Relaxed);
-            progress.records.fetch_add(written, Ordering::Relaxed);
-        }
+        self.shared.page_committed(self.report, written, credits);
         self.st = next;
-        self.report.pages += 1;
-        self.report.written += written;
-        self.report.credits += credits;
     }
 }
 

@@ -153,17 +153,7 @@ pub fn unparsed_id(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ctx(redact: bool) -> Context<'static> {
-        Context {
-            provider: "xquik",
-            pipeline: "support",
-            account: "acme_support",
-            account_user_id: None,
-            redact_text: redact,
-            source_endpoint: "GET /x/dm/{userId}/history",
-        }
-    }
+    use crate::record::tests::ctx;
 
     fn item(json: &str, reason: &str) -> Unparsed {
         Unparsed { reason: reason.into(), raw: RawValue::from_string(json.to_string()).unwrap() }

@@ -34,6 +34,18 @@ fn config(dir: &Path, base: &str, pipelines: &[(&str, &[&str], &str)]) -> PathBu
     path
 }
 
+/// An X API v2 pipeline with `inbox = true` against the scripted provider at `root`.
+fn inbox_config(dir: &Path, root: &str) -> PathBuf {
+    let text = format!(
+        "state_dir = \"state\"\n\n[[pipelines]]\nname = \"{PIPELINE}\"\nprovider = \"x-api-v2\"\n\
+         base_url = \"{root}\"\napi_key_env = \"{KEY_VAR}\"\naccount = \"{ME}\"\ninbox = true\n\
+         output_dir = \"out/{PIPELINE}\"\nretry_base = \"20ms\"\nretry_max = \"200ms\"\n"
+    );
+    let path = dir.join("pipelines.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
 fn sync_cmd(dir: &Path, cfg: &Path) -> Cmd {
     Cmd::new(&["sync"]).config(cfg).cwd(dir)
 }
@@ -631,14 +643,7 @@ async fn a_bad_event_in_the_inbox_stream_is_kept_and_blocks_nothing() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "state_dir = \"state\"\n\n[[pipelines]]\nname = \"{PIPELINE}\"\nprovider = \"x-api-v2\"\n\
-         base_url = \"{}\"\napi_key_env = \"{KEY_VAR}\"\naccount = \"{ME}\"\ninbox = true\n\
-         output_dir = \"out/{PIPELINE}\"\nretry_base = \"20ms\"\nretry_max = \"200ms\"\n",
-        provider.root()
-    );
-    let cfg = dir.path().join("pipelines.toml");
-    fs::write(&cfg, text).unwrap();
+    let cfg = inbox_config(dir.path(), &provider.root());
     let out = sync_cmd(dir.path(), &cfg).run().await;
     out.expect_code(0);
     assert!(!out.all().contains("zq"), "no text in the output: {}", out.all());
@@ -680,14 +685,7 @@ async fn an_inbox_stream_that_never_brings_anything_new_stops_with_cursor_loop()
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "state_dir = \"state\"\n\n[[pipelines]]\nname = \"{PIPELINE}\"\nprovider = \"x-api-v2\"\n\
-         base_url = \"{}\"\napi_key_env = \"{KEY_VAR}\"\naccount = \"{ME}\"\ninbox = true\n\
-         output_dir = \"out/{PIPELINE}\"\nretry_base = \"20ms\"\nretry_max = \"200ms\"\n",
-        provider.root()
-    );
-    let cfg = dir.path().join("pipelines.toml");
-    fs::write(&cfg, text).unwrap();
+    let cfg = inbox_config(dir.path(), &provider.root());
     for run in 1..=2 {
         let before = provider.requests().len();
         let started = Instant::now();

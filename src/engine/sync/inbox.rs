@@ -448,15 +448,8 @@ impl StreamPass<'_> {
         }
         let written = written + unparsed_written;
         pipe.handoff.write(Batch { lines, commit }).await?;
-        self.shared.beat();
-        if let Some(progress) = &self.shared.opts.progress {
-            progress.pages.fetch_add(1, Ordering::Relaxed);
-            progress.records.fetch_add(written, Ordering::Relaxed);
-        }
+        self.shared.page_committed(self.report, written, page.credits);
         self.st = next;
-        self.report.pages += 1;
-        self.report.written += written;
-        self.report.credits += page.credits;
         Ok(written)
     }
 }
