@@ -130,12 +130,29 @@ def reference(binary, addr, peers, sim):
     return runs, best
 
 
+def durable_floor(binary, addr, peers, concurrency, workdir):
+    """The raw loop in its durable mode (RAW_DURABLE_DIR, see bench/raw_fetch.rs) at the reference's best
+    concurrency: every item parsed and serialized as a record, appended, fdatasync'd and a sled batch
+    flushed per group. The least work the contract asks for, so a row can say what part of its cost is
+    that work."""
+    d = tempfile.mkdtemp(prefix="floor-", dir=workdir)
+    out = subprocess.run([raw_binary(binary), f"http://{addr}/api/v1", "bench_account", str(concurrency), "-"],
+                         input="\n".join(peers), capture_output=True, text=True,
+                         env=dict(os.environ, BENCH_KEY="xq_bench", RAW_DURABLE_DIR=d))
+    shutil.rmtree(d, ignore_errors=True)
+    if out.returncode != 0:
+        sys.exit(f"raw_fetch (durable) failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
 def bench(binary, convs, msgs, workdir):
     scenario = scenario_of(convs, msgs)
     # The reference first, against its own simulator (the same seeded world), so neither run warms the other.
     ref_sim, ref_addr = start_sim(binary, scenario, workdir)
     try:
-        _, best = reference(binary, ref_addr, [c["peer_id"] for c in scenario["conversations"]], ref_sim)
+        peers = [c["peer_id"] for c in scenario["conversations"]]
+        _, best = reference(binary, ref_addr, peers, ref_sim)
+        floor = None if LATENCY else durable_floor(binary, ref_addr, peers, best["concurrency"], workdir)
     finally:
         ref_sim.terminate()
         ref_sim.wait()
@@ -190,6 +207,12 @@ def bench(binary, convs, msgs, workdir):
             "resync_credits": stats2["credits"] - stats["credits"],
             "resync_exit": code2,
         }
+        if floor:
+            # The durable floor: the same fetches plus the least writing the contract asks for.
+            row["floor_wall_s"] = round(floor["wall_s"], 2)
+            row["floor_cpu_s"] = round(floor["cpu_s"], 2)
+            row["floor_cpu_ratio"] = round(floor["cpu_s"] / max(best["cpu_s"], 1e-3), 2)
+            row["floor_wall_ratio"] = round(floor["wall_s"] / best["wall_s"], 2)
         if WINDOW:
             # The provider's budget bounds any client: requests / 300 per second.
             floor = stats["requests"] / 300.0

@@ -230,14 +230,20 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut lines = Vec::new();
-            let mut commit = Commit::default();
+            // Sized once, and the first batch's commit is the group's: merging every batch into an empty
+            // one regrew each vector once per page (2% of a backfill's CPU in allocation alone).
+            let mut lines = Vec::with_capacity(group.iter().map(|(b, _)| b.lines.len()).sum());
+            let mut commit: Option<Commit> = None;
             let mut replies = Vec::with_capacity(group.len());
             for (batch, reply) in group {
                 lines.extend(batch.lines);
-                commit.merge(batch.commit);
+                match commit.as_mut() {
+                    Some(c) => c.merge(batch.commit),
+                    None => commit = Some(batch.commit),
+                }
                 replies.push(reply);
             }
+            let commit = commit.unwrap_or_default();
             let result = self.commit_group(lines, commit);
             if let Err(e) = &result {
                 tracing::error!(pipeline = %self.pipeline, error = %e, "write failed; nothing of this batch was committed");

@@ -99,7 +99,9 @@ pub fn message_line(ctx: &Context<'_>, conv: &Conversation, item: &Item, synced_
     let mut buf = Vec::with_capacity(384 + text_len + text_len / 8);
     // Serializing borrowed strings into a Vec cannot fail, and serde_json writes UTF-8 only.
     let _ = serde_json::to_writer(&mut buf, &record);
-    let line = String::from_utf8(buf).unwrap_or_default();
+    // SAFETY: serde_json's serializer writes only valid UTF-8 (it copies `&str`s and escapes, and emits
+    // ASCII for everything else), and nothing else wrote into `buf`. Checking it again was 1% of a backfill.
+    let line = unsafe { String::from_utf8_unchecked(buf) };
     Line { line, created_at }
 }
 

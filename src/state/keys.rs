@@ -4,7 +4,9 @@
 use crate::record::{Key, Kind};
 
 pub(super) fn key(prefix: u8, parts: &[&str]) -> Vec<u8> {
-    let mut k = vec![prefix];
+    // Sized once: a key is built for every page's commit and every lookup.
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.push(prefix);
     for p in parts {
         k.push(0);
         k.extend_from_slice(p.as_bytes());

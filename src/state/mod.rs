@@ -310,6 +310,13 @@ pub struct Store {
     db: ManuallyDrop<sled::Db>,
     dir: PathBuf,
     seen_window: u64,
+    /// Conversations (pipeline, conversation) whose seen set this process has folded and which have gained
+    /// no exact history key since: a fold of one would find nothing to do, so a commit skips it. Skipping a
+    /// fold can never lose or repeat a record (a fold only restates what the exact keys already say), it
+    /// only leaves the set less compact; so this memory needs no persistence, and a conversation it does not
+    /// know (every one after a restart) is folded as before. During a backfill the pages go straight into
+    /// the folded range (`add_seen`), so most folds were such no-ops: 7% of the 10^5 bench's CPU.
+    folded_clean: std::sync::Mutex<HashSet<(String, String)>>,
     /// Held for the life of the store: the flock is what makes us the one owner.
     _lock: File,
 }
@@ -360,8 +367,13 @@ impl Store {
                 let _ = lock.set_len(0);
                 StateError::sled(dir, "opening the database", e)
             })?;
-        let store =
-            Store { db: ManuallyDrop::new(db), dir: dir.to_path_buf(), seen_window: opts.seen_window, _lock: lock };
+        let store = Store {
+            db: ManuallyDrop::new(db),
+            dir: dir.to_path_buf(),
+            seen_window: opts.seen_window,
+            folded_clean: std::sync::Mutex::default(),
+            _lock: lock,
+        };
         store.upgrade()?;
         Ok(store)
     }
@@ -552,10 +564,21 @@ impl Store {
         // After the batch, so the fold sees this commit's keys and conversation states. A fold only
         // restates what the seen set already says, so it needs no atomicity with the commit, only its own.
         for (pipeline, conv) in &c.folds {
+            let key = (pipeline.clone(), conv.clone());
+            if self.clean_marks().contains(&key) {
+                continue;
+            }
             self.fold(pipeline, conv)?;
+            self.clean_marks().insert(key);
         }
         self.db.flush().map_err(self.db_err())?;
         Ok(())
+    }
+
+    /// The folded-and-unchanged conversations; a poisoned lock only means a panic elsewhere, and the set
+    /// is advisory (see `folded_clean`), so it is used as it is.
+    fn clean_marks(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.folded_clean.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts a commit's seen keys in the batch. A history ID that falls between the conversation's
@@ -591,6 +614,10 @@ impl Store {
                         continue;
                     }
                 }
+            }
+            if is_history(k.kind) {
+                // An exact history key: the next fold of its conversation may have work again.
+                self.clean_marks().remove(&(pipeline.clone(), k.conversation.clone()));
             }
             batch.insert(seen_key(pipeline, k), &[][..]);
         }

@@ -168,6 +168,36 @@ fn once_folded_older_pages_go_straight_into_the_range() {
     assert!(!s.is_seen("p", &k("a", &sf(2))).unwrap());
 }
 
+/// A commit's fold request is skipped while nothing can change, and honoured again as soon as an exact key
+/// is added: the skip only saves scans, it never stops compaction.
+#[test]
+fn a_commit_folds_again_once_its_conversation_gains_an_exact_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    let commit = |ids: Vec<String>, st: ConvState| {
+        s.commit(&Commit {
+            seen: ids.iter().map(|i| ("p".to_string(), k("a", i))).collect(),
+            conversations: vec![("p".into(), "a".into(), st)],
+            folds: vec![("p".into(), "a".into())],
+            ..Commit::default()
+        })
+        .unwrap();
+    };
+    commit((10..20).map(sf).collect(), conv_state(&sf(10), &sf(19)));
+    let first = s.covered("p", "a").unwrap().unwrap();
+    assert_eq!(first.hi.to_string(), sf(17), "the commit folded: sf(18), sf(19) are the window");
+    assert!(s.folded_clean.lock().unwrap().contains(&("p".to_string(), "a".to_string())));
+    // An older page goes straight into the range: no exact key, so the fold is skipped and changes nothing.
+    commit((5..10).map(sf).collect(), conv_state(&sf(5), &sf(19)));
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
+    // New messages above hwm are exact keys: the conversation is folded again, up to the new window.
+    commit((20..24).map(sf).collect(), conv_state(&sf(5), &sf(23)));
+    let c = s.covered("p", "a").unwrap().unwrap();
+    assert_eq!((c.lo.to_string(), c.hi.to_string()), (sf(5), sf(21)));
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2, "only sf(22), sf(23) stay exact");
+    assert!((5..24).map(sf).all(|id| s.is_seen("p", &k("a", &id)).unwrap()));
+}
+
 #[test]
 fn fold_does_nothing_without_a_gap_free_range_or_with_window_zero() {
     let dir = tempfile::tempdir().unwrap();
