@@ -168,17 +168,26 @@ pub fn file_part(
 pub struct Id(pub String);
 
 impl<'de> Deserialize<'de> for Id {
+    /// A string or a non-negative integer, read by one visitor: an `#[serde(untagged)]` enum would buffer
+    /// each ID into serde's `Content` and copy it again (three IDs a message: 5% of a backfill's parse).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a non-negative integer")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Id, E> {
+                Ok(Id(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
         }
-        Ok(match Raw::deserialize(d)? {
-            Raw::S(s) => Id(s),
-            Raw::N(n) => Id(n.to_string()),
-        })
+        d.deserialize_any(V)
     }
 }
 
@@ -195,19 +204,33 @@ impl Id {
 pub struct TimeText(pub String);
 
 impl<'de> Deserialize<'de> for TimeText {
+    /// A string, or a number kept as text (an integer as it is, a fraction to the millisecond); one visitor,
+    /// for the reason [`Id`] has one.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            U(u64),
-            F(f64),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TimeText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TimeText, E> {
+                Ok(TimeText(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<TimeText, E> {
+                Ok(TimeText(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TimeText, E> {
+                Ok(TimeText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TimeText, E> {
+                // A negative number is no time either way; as f64 it reads as the untagged form did.
+                Ok(TimeText(format!("{:.3}", v as f64)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TimeText, E> {
+                Ok(TimeText(format!("{v:.3}")))
+            }
         }
-        Ok(TimeText(match Raw::deserialize(d)? {
-            Raw::S(s) => s,
-            Raw::U(n) => n.to_string(),
-            Raw::F(f) => format!("{f:.3}"),
-        }))
+        d.deserialize_any(V)
     }
 }
 
