@@ -36,9 +36,9 @@ use crate::config::ConversationRef;
 use crate::handoff::{Batch, Queued};
 use crate::provider::{with_retry, ErrorClass, Page, ProviderError, PACING};
 use crate::record::{
-    id_cmp, item_kind, message_line, unparsed_record, Context, Conversation, Item, Key, Kind, Line, Record,
+    id_cmp, item_kind, message_line, unparsed_record, Context, Conversation, Item, Kind, Line, Record,
 };
-use crate::state::{numeric_id, Commit, ConvState, Freshness};
+use crate::state::{numeric_id, Commit, ConvState, Freshness, SeenPage};
 use crate::time::{now_string, unix_ms};
 
 /// A conversation's seen set is folded after every this many records it writes, and at the end of its run.
@@ -595,17 +595,23 @@ impl Pass<'_> {
         // Keys first, checked against the seen set for the whole page at once; only new items become lines.
         let kinds: Vec<(Kind, &str)> = page.items.iter().map(|i| (item_kind(i), i.id.as_str())).collect();
         let seen = pipe.store.seen_among(&p.name, conv.key(), &kinds, covered)?;
-        let mut fresh: HashSet<(Kind, &str)> = HashSet::with_capacity(kinds.len());
         let mut duplicates = 0;
         // Each new entry: its kind, its ID, and the item (or the unparsed item's finished record).
         let mut new: Vec<(Kind, std::borrow::Cow<'_, str>, Entry<'_>)> = Vec::with_capacity(kinds.len());
         for ((kind, id), (item, seen)) in kinds.iter().zip(page.items.iter().zip(seen)) {
-            if seen || !fresh.insert((*kind, id)) {
+            if seen {
                 duplicates += 1;
                 continue;
             }
             new.push((*kind, (*id).into(), Entry::Item(item)));
         }
+        // Order within a page is undefined upstream; oldest first makes each file read chronologically per
+        // page. The sort is stable, so an item the page repeats keeps its first copy, and the repeats (now
+        // next to it) are dropped: no hash set per page.
+        new.sort_by(|a, b| id_cmp(&a.1, &b.1).then(a.0.cmp(&b.0)));
+        let before = new.len();
+        new.dedup_by(|later, first| later.0 == first.0 && later.1 == first.1);
+        duplicates += (before - new.len()) as u64;
         // Items the adapter could not normalize: kept as received, once each, never blocking the page.
         let mut unparsed_keys = HashSet::new();
         for u in &page.unparsed {
@@ -619,8 +625,10 @@ impl Pass<'_> {
             unparsed_keys.insert(key.clone());
             new.push((key.kind, key.id.into(), Entry::Unparsed(Box::new(record))));
         }
-        // Order within a page is undefined upstream; oldest first makes each file read chronologically per page.
-        new.sort_by(|a, b| id_cmp(&a.1, &b.1));
+        // Unparsed entries (their own kind, so never equal to an item's key) join the same order.
+        if !unparsed_keys.is_empty() {
+            new.sort_by(|a, b| id_cmp(&a.1, &b.1));
+        }
         next.messages_written += new.len() as u64;
         next.credits_total += page.credits;
         if let Some((_, id, _)) = new.last() {
@@ -638,7 +646,7 @@ impl Pass<'_> {
         // Timestamps in record form compare as strings; the newest goes into the pipeline's freshness.
         let mut newest_created: Option<String> = None;
         let mut lines = Vec::with_capacity(new.len());
-        commit.seen.reserve(new.len());
+        let mut keys = Vec::with_capacity(new.len());
         for (kind, id, entry) in new {
             let (line, created_at) = match entry {
                 Entry::Item(item) => {
@@ -651,9 +659,9 @@ impl Pass<'_> {
                 newest_created = created_at;
             }
             lines.push(line);
-            let key = Key { kind, conversation: conv.key().to_string(), id: id.into_owned() };
-            commit.seen.push((p.name.clone(), key));
+            keys.push((kind, id.into_owned()));
         }
+        commit.pages.push(SeenPage { pipeline: p.name.clone(), conversation: conv.key().to_string(), keys });
         if let Some(at) = newest_created {
             commit.freshness =
                 vec![(p.name.clone(), Freshness { newest_created_at: Some(at), ..Freshness::default() })];

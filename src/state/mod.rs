@@ -57,7 +57,7 @@ mod upgrade;
 pub use inbox::{Discovered, INBOX_STREAM};
 
 pub use keys::numeric_id;
-use keys::{is_history, key, padded, padded_id, seen_key, HISTORY_KINDS};
+use keys::{is_history, key, padded, padded_id, seen_key, stored_id, HISTORY_KINDS};
 
 /// Why the state could not be used: one line that says what happened and what to do, and names its cause
 /// once (no variant has a `source`, so an error chain does not print the cause twice). `Locked` is matched
@@ -233,6 +233,9 @@ impl Default for StoreOptions {
 pub struct Commit {
     /// Keys to add to a pipeline's seen set.
     pub seen: Vec<(String, Key)>,
+    /// Keys to add, a page at a time: what a history page adds, naming its pipeline and conversation once
+    /// instead of once per record (two strings a record fewer on the backfill's hot path).
+    pub pages: Vec<SeenPage>,
     /// Conversation states to store, as (pipeline, conversation, state); later entries win.
     pub conversations: Vec<(String, String, ConvState)>,
     /// New sink positions, as (pipeline, point).
@@ -245,6 +248,14 @@ pub struct Commit {
     pub folds: Vec<(String, String)>,
     /// Freshness facts, as (pipeline, facts): merged into the pipeline's stored [`Freshness`].
     pub freshness: Vec<(String, Freshness)>,
+}
+
+/// One page's new keys, all of one pipeline and conversation: as (kind, ID) pairs.
+#[derive(Debug, Default)]
+pub struct SeenPage {
+    pub pipeline: String,
+    pub conversation: String,
+    pub keys: Vec<(Kind, String)>,
 }
 
 /// How fresh a pipeline's files are, as `status` and the metrics report it. Two separate facts, so an idle
@@ -281,6 +292,7 @@ pub struct DayCredits {
 impl Commit {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+            && self.pages.iter().all(|p| p.keys.is_empty())
             && self.conversations.is_empty()
             && self.sink_points.is_empty()
             && self.raw.is_empty()
@@ -292,6 +304,7 @@ impl Commit {
     /// Appends another commit's changes after this one's.
     pub fn merge(&mut self, other: Commit) {
         self.seen.extend(other.seen);
+        self.pages.extend(other.pages);
         self.conversations.extend(other.conversations);
         self.sink_points.extend(other.sink_points);
         self.raw.extend(other.raw);
@@ -592,21 +605,39 @@ impl Store {
             from: Option<u64>,
             grown: bool,
         }
-        let mut slots: std::collections::HashMap<(&str, &str), Slot> = std::collections::HashMap::new();
-        for (pipeline, k) in &c.seen {
-            if let (true, Some(n)) = (is_history(k.kind) && self.seen_window > 0, numeric_id(&k.id)) {
-                let slot = match slots.entry((pipeline.as_str(), k.conversation.as_str())) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let conv = k.conversation.as_str();
-                        let from = match c.conversations.iter().rev().find(|(p, cv, _)| p == pipeline && cv == conv) {
-                            Some((_, _, st)) => st.covered_from.clone(),
-                            None => self.conversation(pipeline, conv)?.covered_from,
+        // Slots by (pipeline, conversation); a run of keys of one conversation looks its slot up once.
+        let mut slots: Vec<((&str, &str), Slot)> = Vec::new();
+        let mut index: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+        let mut last: Option<((&str, &str), usize)> = None;
+        let singles = c.seen.iter().map(|(p, k)| (p.as_str(), k.conversation.as_str(), k.kind, k.id.as_str()));
+        let paged = c.pages.iter().flat_map(|pg| {
+            pg.keys.iter().map(move |(kind, id)| (pg.pipeline.as_str(), pg.conversation.as_str(), *kind, id.as_str()))
+        });
+        for (pipeline, conv, kind, id) in singles.chain(paged) {
+            if let (true, Some(n)) = (is_history(kind) && self.seen_window > 0, numeric_id(id)) {
+                let at = match last {
+                    Some((k, at)) if k == (pipeline, conv) => at,
+                    _ => {
+                        let at = match index.get(&(pipeline, conv)) {
+                            Some(&at) => at,
+                            None => {
+                                let from =
+                                    match c.conversations.iter().rev().find(|(p, cv, _)| p == pipeline && cv == conv) {
+                                        Some((_, _, st)) => st.covered_from.clone(),
+                                        None => self.conversation(pipeline, conv)?.covered_from,
+                                    };
+                                let from = from.as_deref().and_then(numeric_id);
+                                let slot = Slot { range: self.covered(pipeline, conv)?, from, grown: false };
+                                slots.push(((pipeline, conv), slot));
+                                index.insert((pipeline, conv), slots.len() - 1);
+                                slots.len() - 1
+                            }
                         };
-                        let from = from.as_deref().and_then(numeric_id);
-                        e.insert(Slot { range: self.covered(pipeline, conv)?, from, grown: false })
+                        last = Some(((pipeline, conv), at));
+                        at
                     }
                 };
+                let slot = &mut slots[at].1;
                 if let (Some(range), Some(from)) = (slot.range.as_mut(), slot.from) {
                     if from <= n && n <= range.hi {
                         range.lo = range.lo.min(from);
@@ -615,11 +646,11 @@ impl Store {
                     }
                 }
             }
-            if is_history(k.kind) {
+            if is_history(kind) {
                 // An exact history key: the next fold of its conversation may have work again.
-                self.clean_marks().remove(&(pipeline.clone(), k.conversation.clone()));
+                self.clean_marks().remove(&(pipeline.to_string(), conv.to_string()));
             }
-            batch.insert(seen_key(pipeline, k), &[][..]);
+            batch.insert(key(b's', &[pipeline, conv, kind.as_str(), &stored_id(id)]), &[][..]);
         }
         for ((pipeline, conv), slot) in slots {
             if let (true, Some(range)) = (slot.grown, slot.range) {

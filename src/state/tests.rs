@@ -19,6 +19,11 @@ fn commit_is_visible_after_reopen() {
         let st = ConvState { hwm: Some("10".into()), messages_written: 3, ..ConvState::default() };
         s.commit(&Commit {
             seen: vec![("p".into(), k("a", "1")), ("p".into(), k("a", "2"))],
+            pages: vec![SeenPage {
+                pipeline: "p".into(),
+                conversation: "b".into(),
+                keys: vec![(Kind::DmMessage, "7".into()), (Kind::DmSend, "job-1".into())],
+            }],
             conversations: vec![("p".into(), "a".into(), st)],
             sink_points: vec![(
                 "p".into(),
@@ -41,6 +46,9 @@ fn commit_is_visible_after_reopen() {
     assert!(s.is_seen("p", &k("a", "1")).unwrap());
     assert!(!s.is_seen("p", &k("a", "3")).unwrap());
     assert!(!s.is_seen("other", &k("a", "1")).unwrap(), "seen sets are per pipeline");
+    assert!(s.is_seen("p", &k("b", "7")).unwrap(), "a page's keys are seen like single ones");
+    assert!(s.is_seen("p", &Key { kind: Kind::DmSend, conversation: "b".into(), id: "job-1".into() }).unwrap());
+    assert!(!s.is_seen("p", &k("a", "7")).unwrap() && !s.is_seen("p", &k("b", "1")).unwrap());
     assert_eq!(s.conversation("p", "a").unwrap().hwm.as_deref(), Some("10"));
     assert_eq!(s.conversation("p", "b").unwrap(), ConvState::default());
     assert_eq!(s.commit_point("p").unwrap().offset, 99);
@@ -48,8 +56,8 @@ fn commit_is_visible_after_reopen() {
     assert_eq!(s.credits_today("p").unwrap(), 12);
     assert_eq!(s.credits_today("q").unwrap(), 0);
     assert_eq!(s.conversations("p").unwrap().len(), 1);
-    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2);
-    assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 0);
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 3, "a1, a2 and b7");
+    assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 1);
     let fresh = s.freshness("p").unwrap();
     assert_eq!(fresh, Freshness { last_success_ms: Some(9), newest_created_at: Some(at("26")) });
     assert_eq!(s.freshness("q").unwrap(), Freshness::default());
