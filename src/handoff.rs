@@ -108,6 +108,9 @@ pub struct Recovery {
 }
 
 /// What the writer thread is asked to do, in order.
+// `Close` is sent once per writer and `Write` once per page: boxing the batch to shrink the rare variant would
+// add an allocation to every page for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Request {
     Write {
         batch: Batch,
