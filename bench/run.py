@@ -10,7 +10,10 @@ Every backfill row is measured against the reference: `raw_fetch` (bench/raw_fet
 `cargo build --release --example raw_fetch`), a plain loop that pages the same simulator with a fixed number of
 requests in flight, parses each page only for its cursor and writes nothing. It runs at several concurrencies
 in the same run, and the row reports `wall_ratio` (dm-handoff's wall time / the loop's best) and `cpu_ratio`
-(dm-handoff's CPU seconds / the loop's at that concurrency). `--latency MIN,MAX` delays every answer of the
+(dm-handoff's CPU seconds / the loop's at that concurrency). Rows without latency also run the loop in
+its durable mode (RAW_DURABLE_DIR: every item parsed and serialized as a record, appended, fdatasync'd, a
+sled batch flushed per group) at the best concurrency, the *durable floor*, and report `floor_wall_ratio`
+and `floor_cpu_ratio` (the floor / the loop): the part of the gap the contract itself costs. `--latency MIN,MAX` delays every answer of the
 simulator by a uniform random time in [MIN, MAX] ms; `--window` keeps Xquik's 300-reads-per-second window on
 (off otherwise, with `read_rate_limit = "off"` in the config to match, so the no-latency rows measure our own
 CPU, not the provider's budget; everything else stays at its default) and reports the window's
