@@ -50,7 +50,12 @@ pub(super) fn padded_id(k: &[u8]) -> Option<u64> {
 }
 
 pub(super) fn seen_key(pipeline: &str, k: &Key) -> Vec<u8> {
-    key(b's', &[pipeline, &k.conversation, k.kind.as_str(), &stored_id(&k.id)])
+    seen_key_of(pipeline, &k.conversation, k.kind, &k.id)
+}
+
+/// [`seen_key`] from its parts, for keys that travel without a [`Key`] (a `SeenPage`'s).
+pub(super) fn seen_key_of(pipeline: &str, conversation: &str, kind: Kind, id: &str) -> Vec<u8> {
+    key(b's', &[pipeline, conversation, kind.as_str(), &stored_id(id)])
 }
 
 /// Kinds whose IDs come from a conversation's history, and so can be folded into its covered range.

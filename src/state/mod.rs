@@ -57,7 +57,7 @@ mod upgrade;
 pub use inbox::{Discovered, INBOX_STREAM};
 
 pub use keys::numeric_id;
-use keys::{is_history, key, padded, padded_id, seen_key, stored_id, HISTORY_KINDS};
+use keys::{is_history, key, padded, padded_id, seen_key, seen_key_of, HISTORY_KINDS};
 
 /// Why the state could not be used: one line that says what happened and what to do, and names its cause
 /// once (no variant has a `source`, so an error chain does not print the cause twice). `Locked` is matched
@@ -437,8 +437,8 @@ impl Store {
                     }
                 }
                 _ => {
-                    let k = Key { kind: *kind, conversation: conversation.to_string(), id: id.to_string() };
-                    seen[i] = self.db.contains_key(seen_key(pipeline, &k)).map_err(self.db_err())?;
+                    let k = seen_key_of(pipeline, conversation, *kind, id);
+                    seen[i] = self.db.contains_key(k).map_err(self.db_err())?;
                 }
             }
         }
@@ -609,6 +609,7 @@ impl Store {
         let mut slots: Vec<((&str, &str), Slot)> = Vec::new();
         let mut index: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
         let mut last: Option<((&str, &str), usize)> = None;
+        let mut dirty: HashSet<(&str, &str)> = HashSet::new();
         let singles = c.seen.iter().map(|(p, k)| (p.as_str(), k.conversation.as_str(), k.kind, k.id.as_str()));
         let paged = c.pages.iter().flat_map(|pg| {
             pg.keys.iter().map(move |(kind, id)| (pg.pipeline.as_str(), pg.conversation.as_str(), *kind, id.as_str()))
@@ -647,10 +648,16 @@ impl Store {
                 }
             }
             if is_history(kind) {
-                // An exact history key: the next fold of its conversation may have work again.
-                self.clean_marks().remove(&(pipeline.to_string(), conv.to_string()));
+                dirty.insert((pipeline, conv));
             }
-            batch.insert(key(b's', &[pipeline, conv, kind.as_str(), &stored_id(id)]), &[][..]);
+            batch.insert(seen_key_of(pipeline, conv, kind, id), &[][..]);
+        }
+        // Conversations that gained an exact history key: their next fold may have work again.
+        if !dirty.is_empty() {
+            let mut marks = self.clean_marks();
+            for (pipeline, conv) in dirty {
+                marks.remove(&(pipeline.to_string(), conv.to_string()));
+            }
         }
         for ((pipeline, conv), slot) in slots {
             if let (true, Some(range)) = (slot.grown, slot.range) {
