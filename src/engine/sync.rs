@@ -661,7 +661,9 @@ impl Pass<'_> {
             lines.push(line);
             keys.push((kind, id.into_owned()));
         }
-        commit.pages.push(SeenPage { pipeline: p.name.clone(), conversation: conv.key().to_string(), keys });
+        if !keys.is_empty() {
+            commit.pages.push(SeenPage { pipeline: p.name.clone(), conversation: conv.key().to_string(), keys });
+        }
         if let Some(at) = newest_created {
             commit.freshness =
                 vec![(p.name.clone(), Freshness { newest_created_at: Some(at), ..Freshness::default() })];

@@ -168,26 +168,45 @@ pub fn file_part(
 pub struct Id(pub String);
 
 impl<'de> Deserialize<'de> for Id {
-    /// A string or a non-negative integer, read by one visitor: an `#[serde(untagged)]` enum would buffer
+    /// A string or a non-negative integer. Read by [`TextOrNumber`]: an `#[serde(untagged)]` enum would buffer
     /// each ID into serde's `Content` and copy it again (three IDs a message: 5% of a backfill's parse).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Id;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or a non-negative integer")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id, E> {
-                Ok(Id(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Id, E> {
-                Ok(Id(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Id, E> {
-                Ok(Id(v.to_string()))
-            }
+        d.deserialize_any(TextOrNumber { any_number: false }).map(Id)
+    }
+}
+
+/// A JSON string or number as text, by one serde visitor: integers as they are; with `any_number`, also
+/// negative and fractional numbers, as `{:.3}` (a fraction to the millisecond).
+struct TextOrNumber {
+    any_number: bool,
+}
+
+impl serde::de::Visitor<'_> for TextOrNumber {
+    type Value = String;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.any_number { "a string or a number" } else { "a string or a non-negative integer" })
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        if !self.any_number {
+            return Err(E::invalid_type(serde::de::Unexpected::Signed(v), &self));
         }
-        d.deserialize_any(V)
+        // As f64, the way the untagged form this replaces read it.
+        self.visit_f64(v as f64)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+        if !self.any_number {
+            return Err(E::invalid_type(serde::de::Unexpected::Float(v), &self));
+        }
+        Ok(format!("{v:.3}"))
     }
 }
 
@@ -204,33 +223,9 @@ impl Id {
 pub struct TimeText(pub String);
 
 impl<'de> Deserialize<'de> for TimeText {
-    /// A string, or a number kept as text (an integer as it is, a fraction to the millisecond); one visitor,
-    /// for the reason [`Id`] has one.
+    /// A string, or any number kept as text (see [`TextOrNumber`]).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = TimeText;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or a number")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TimeText, E> {
-                Ok(TimeText(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<TimeText, E> {
-                Ok(TimeText(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TimeText, E> {
-                Ok(TimeText(v.to_string()))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TimeText, E> {
-                // A negative number is no time either way; as f64 it reads as the untagged form did.
-                Ok(TimeText(format!("{:.3}", v as f64)))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TimeText, E> {
-                Ok(TimeText(format!("{v:.3}")))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(TextOrNumber { any_number: true }).map(TimeText)
     }
 }
 

@@ -36,7 +36,7 @@
 //! The state directory is owned by one process at a time through an exclusive `flock` on `LOCK`, which also
 //! records the holder's PID so a second process can say who has it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::mem::ManuallyDrop;
@@ -292,7 +292,7 @@ pub struct DayCredits {
 impl Commit {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
-            && self.pages.iter().all(|p| p.keys.is_empty())
+            && self.pages.is_empty()
             && self.conversations.is_empty()
             && self.sink_points.is_empty()
             && self.raw.is_empty()
@@ -600,58 +600,15 @@ impl Store {
     /// it is folded the moment it is written. This is what keeps a long backfill from writing (and later
     /// deleting) one key per record.
     fn add_seen(&self, c: &Commit, batch: &mut sled::Batch) -> Result<(), StateError> {
-        struct Slot {
-            range: Option<Covered>,
-            from: Option<u64>,
-            grown: bool,
+        let mut adding = Adding { store: self, commit: c, batch, slots: HashMap::new(), dirty: HashSet::new() };
+        for (pipeline, k) in &c.seen {
+            adding.keys(pipeline, &k.conversation, [(k.kind, k.id.as_str())])?;
         }
-        // Slots by (pipeline, conversation); a run of keys of one conversation looks its slot up once.
-        let mut slots: Vec<((&str, &str), Slot)> = Vec::new();
-        let mut index: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
-        let mut last: Option<((&str, &str), usize)> = None;
-        let mut dirty: HashSet<(&str, &str)> = HashSet::new();
-        let singles = c.seen.iter().map(|(p, k)| (p.as_str(), k.conversation.as_str(), k.kind, k.id.as_str()));
-        let paged = c.pages.iter().flat_map(|pg| {
-            pg.keys.iter().map(move |(kind, id)| (pg.pipeline.as_str(), pg.conversation.as_str(), *kind, id.as_str()))
-        });
-        for (pipeline, conv, kind, id) in singles.chain(paged) {
-            if let (true, Some(n)) = (is_history(kind) && self.seen_window > 0, numeric_id(id)) {
-                let at = match last {
-                    Some((k, at)) if k == (pipeline, conv) => at,
-                    _ => {
-                        let at = match index.get(&(pipeline, conv)) {
-                            Some(&at) => at,
-                            None => {
-                                let from =
-                                    match c.conversations.iter().rev().find(|(p, cv, _)| p == pipeline && cv == conv) {
-                                        Some((_, _, st)) => st.covered_from.clone(),
-                                        None => self.conversation(pipeline, conv)?.covered_from,
-                                    };
-                                let from = from.as_deref().and_then(numeric_id);
-                                let slot = Slot { range: self.covered(pipeline, conv)?, from, grown: false };
-                                slots.push(((pipeline, conv), slot));
-                                index.insert((pipeline, conv), slots.len() - 1);
-                                slots.len() - 1
-                            }
-                        };
-                        last = Some(((pipeline, conv), at));
-                        at
-                    }
-                };
-                let slot = &mut slots[at].1;
-                if let (Some(range), Some(from)) = (slot.range.as_mut(), slot.from) {
-                    if from <= n && n <= range.hi {
-                        range.lo = range.lo.min(from);
-                        slot.grown = true;
-                        continue;
-                    }
-                }
-            }
-            if is_history(kind) {
-                dirty.insert((pipeline, conv));
-            }
-            batch.insert(seen_key_of(pipeline, conv, kind, id), &[][..]);
+        // A page's keys are all of one conversation: one slot lookup for the lot.
+        for pg in &c.pages {
+            adding.keys(&pg.pipeline, &pg.conversation, pg.keys.iter().map(|(kind, id)| (*kind, id.as_str())))?;
         }
+        let Adding { batch, slots, dirty, .. } = adding;
         // Conversations that gained an exact history key: their next fold may have work again.
         if !dirty.is_empty() {
             let mut marks = self.clean_marks();
@@ -761,6 +718,75 @@ impl Store {
             key: String::from_utf8_lossy(k).replace('\0', "/"),
             detail: e.to_string(),
         }
+    }
+}
+
+/// A conversation's folded range as [`Store::add_seen`] grows it within one commit.
+struct Slot {
+    range: Option<Covered>,
+    /// The conversation's `covered_from` as of this commit.
+    from: Option<u64>,
+    grown: bool,
+}
+
+/// [`Store::add_seen`]'s work in progress: the batch, each conversation's [`Slot`], and the conversations
+/// that gained an exact history key.
+struct Adding<'a> {
+    store: &'a Store,
+    commit: &'a Commit,
+    batch: &'a mut sled::Batch,
+    slots: HashMap<(&'a str, &'a str), Slot>,
+    dirty: HashSet<(&'a str, &'a str)>,
+}
+
+impl<'a> Adding<'a> {
+    /// Adds keys of one conversation: a history ID between its `covered_from` and the top of its folded
+    /// range grows the range, anything else becomes an exact key.
+    fn keys(
+        &mut self,
+        pipeline: &'a str,
+        conv: &'a str,
+        keys: impl IntoIterator<Item = (Kind, &'a str)>,
+    ) -> Result<(), StateError> {
+        let (store, commit) = (self.store, self.commit);
+        let mut slot: Option<&mut Slot> = None;
+        for (kind, id) in keys {
+            if let (true, Some(n)) = (is_history(kind) && store.seen_window > 0, numeric_id(id)) {
+                if slot.is_none() {
+                    let found = match self.slots.entry((pipeline, conv)) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let from = match commit
+                                .conversations
+                                .iter()
+                                .rev()
+                                .find(|(p, cv, _)| p == pipeline && cv == conv)
+                            {
+                                Some((_, _, st)) => st.covered_from.clone(),
+                                None => store.conversation(pipeline, conv)?.covered_from,
+                            };
+                            let from = from.as_deref().and_then(numeric_id);
+                            e.insert(Slot { range: store.covered(pipeline, conv)?, from, grown: false })
+                        }
+                    };
+                    slot = Some(found);
+                }
+                if let Some(s) = slot.as_deref_mut() {
+                    if let (Some(range), Some(from)) = (s.range.as_mut(), s.from) {
+                        if from <= n && n <= range.hi {
+                            range.lo = range.lo.min(from);
+                            s.grown = true;
+                            continue;
+                        }
+                    }
+                }
+            }
+            if is_history(kind) {
+                self.dirty.insert((pipeline, conv));
+            }
+            self.batch.insert(seen_key_of(pipeline, conv, kind, id), &[][..]);
+        }
+        Ok(())
     }
 }
 
