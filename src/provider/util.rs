@@ -168,7 +168,7 @@ pub fn file_part(
 pub struct Id(pub String);
 
 impl<'de> Deserialize<'de> for Id {
-    /// A string or a non-negative integer. Read by [`TextOrNumber`]: an `#[serde(untagged)]` enum would buffer
+    /// A string or a non-negative integer. Read by `TextOrNumber`: an `#[serde(untagged)]` enum would buffer
     /// each ID into serde's `Content` and copy it again (three IDs a message: 5% of a backfill's parse).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(TextOrNumber { any_number: false }).map(Id)
@@ -223,7 +223,7 @@ impl Id {
 pub struct TimeText(pub String);
 
 impl<'de> Deserialize<'de> for TimeText {
-    /// A string, or any number kept as text (see [`TextOrNumber`]).
+    /// A string, or any number kept as text (see `TextOrNumber`).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(TextOrNumber { any_number: true }).map(TimeText)
     }
