@@ -6,8 +6,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Keeps private X direct-message conversations flowing into a warehouse as exactly-once JSONL files.
 #[derive(Debug, Parser)]
-#[command(name = "dm-handoff", version, about, propagate_version = true)]
+#[command(name = "dm-handoff", version = version(), about, propagate_version = true)]
 pub struct Opts {
+    /// Print one JSON object on stdout instead of text (check, verify, status, schema, sync, backfill, send,
+    /// lookup, upload-media, delete, group-send, auth); errors too, as {"ok": false, "exit", "error"}.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// The pipelines file. Relative paths inside it are taken from its folder.
     #[arg(long, short, global = true, default_value = "pipelines.toml", env = "DM_HANDOFF_CONFIG")]
     pub config: PathBuf,
@@ -20,6 +24,24 @@ pub struct Opts {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The version `--version` prints: the crate's, and the git revision when built from a checkout.
+pub fn version() -> &'static str {
+    match env!("DM_HANDOFF_GIT_REVISION") {
+        "" => env!("CARGO_PKG_VERSION"),
+        _ => concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("DM_HANDOFF_GIT_REVISION"), ")"),
+    }
+}
+
+impl Command {
+    /// Whether the command has a JSON form for `--json`.
+    pub fn has_json(&self) -> bool {
+        !matches!(
+            self,
+            Command::Run | Command::Demo(_) | Command::Simulate(_) | Command::Completions(_) | Command::Man
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,6 +89,17 @@ pub enum Command {
     /// Authorize an x-api-v2 pipeline with `oauth_client_id` once (OAuth 2.0 with PKCE): prints the URL to open,
     /// waits for X's redirect on `oauth_redirect_uri`, and stores tokens that then renew themselves.
     Auth(AuthArgs),
+    /// Print the shell completion script for bash, zsh or fish (the Debian package installs them).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff); `dm-handoff man | man -l -` reads it.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -117,11 +150,7 @@ pub struct BackfillArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// One JSON document naming every configured conversation.
-    #[arg(long)]
-    pub json: bool,
-}
+pub struct StatusArgs {}
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -205,9 +234,6 @@ pub struct LookupArgs {
     /// A numeric X user ID or @username.
     #[arg(value_name = "ID|@USER")]
     pub user: String,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let opts = Opts::parse();
+    if opts.json && !opts.command.has_json() {
+        eprintln!("error: --json: this command prints no JSON (it has no output a program reads); drop --json");
+        std::process::exit(Exit::Config.code());
+    }
+    dm_handoff::commands::set_json_output(opts.json);
     // A file-size limit (RLIMIT_FSIZE) should fail the write with EFBIG, which we handle like a full disk,
     // instead of killing the process with SIGXFSZ in the middle of a record.
     // SAFETY: setting a signal's disposition to SIG_IGN before any thread starts has no preconditions.
@@ -27,10 +32,8 @@ fn main() {
     };
     let code = match runtime.block_on(host::run(opts)) {
         Ok(exit) => exit.code(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            host::exit_for(&e).code()
-        }
+        // The same `error:` line, and under --json the same line as a JSON object on stdout.
+        Err(e) => host::failure(&e).print().code(),
     };
     // Let background tasks (signal watchers) go without waiting on them.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

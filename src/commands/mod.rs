@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod docs;
 pub mod manage;
 pub mod send;
 pub mod status;
@@ -16,6 +17,7 @@ pub mod verify;
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,23 +58,54 @@ pub struct Report {
     pub exit: Exit,
     pub stdout: String,
     pub stderr: String,
+    /// The same outcome as one JSON object, printed instead of `stdout` under `--json`. It travels with the
+    /// text because a daemon renders the report for a caller whose `--json` it does not know. None where
+    /// `stdout` is JSON already (`status --json`, `schema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
 }
 
 impl Default for Report {
     fn default() -> Report {
-        Report { exit: Exit::Ok, stdout: String::new(), stderr: String::new() }
+        Report { exit: Exit::Ok, stdout: String::new(), stderr: String::new(), json: None }
     }
 }
 
+/// Whether this process prints JSON (`--json`): set once by `main`, read where a report is printed.
+static JSON_OUTPUT: AtomicBool = AtomicBool::new(false);
+
+/// Turns `--json` output on for this process.
+pub fn set_json_output(on: bool) {
+    JSON_OUTPUT.store(on, Ordering::Relaxed);
+}
+
+/// Whether `--json` was given.
+pub fn json_output() -> bool {
+    JSON_OUTPUT.load(Ordering::Relaxed)
+}
+
 impl Report {
-    /// A failure as one `error:` line.
+    /// A failure as one `error:` line; under `--json` also `{"ok": false, "exit": N, "error": "…"}` on stdout,
+    /// so a program reading stdout always gets one object.
     pub fn error(exit: Exit, line: impl std::fmt::Display) -> Report {
-        Report { exit, stderr: format!("error: {line}\n"), ..Report::default() }
+        let line = line.to_string();
+        let json = serde_json::json!({ "ok": false, "exit": exit.code(), "error": line });
+        Report { exit, stderr: format!("error: {line}\n"), json: Some(json), ..Report::default() }
     }
 
-    /// Prints the report and returns its exit code.
+    /// Sets the JSON form of this report.
+    pub fn with_json(mut self, json: serde_json::Value) -> Report {
+        self.json = Some(json);
+        self
+    }
+
+    /// Prints the report and returns its exit code. Under `--json` stdout gets the JSON form (one line)
+    /// where there is one; the `error:` lines stay on stderr for the person watching.
     pub fn print(self) -> Exit {
-        print!("{}", self.stdout);
+        match (&self.json, json_output()) {
+            (Some(v), true) => println!("{v}"),
+            _ => print!("{}", self.stdout),
+        }
         eprint!("{}", self.stderr);
         let _ = std::io::stdout().flush();
         self.exit
@@ -125,11 +158,15 @@ mod tests {
         let wire = serde_json::to_string(&req).unwrap();
         assert!(wire.starts_with("{\"op\":\"send\""), "{wire}");
         assert!(matches!(serde_json::from_str(&wire).unwrap(), Request::Send { .. }));
-        let report = Report { exit: Exit::Auth, stdout: "o".into(), stderr: "e".into() };
+        let report = Report { exit: Exit::Auth, stdout: "o".into(), stderr: "e".into(), json: None };
         let wire = serde_json::to_string(&report).unwrap();
         assert!(wire.contains("\"exit\":4"), "{wire}");
         assert_eq!(serde_json::from_str::<Report>(&wire).unwrap(), report);
         assert!(serde_json::from_str::<Report>("{\"exit\":5,\"stdout\":\"\",\"stderr\":\"\"}").is_err());
+        // The JSON form crosses the control socket with the text.
+        let report = Report::error(Exit::Config, "bad");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(back.json.unwrap()["exit"], 2);
     }
 
     #[test]

@@ -129,5 +129,18 @@ pub fn report(mut reports: Vec<PipelineReport>, interrupted: bool) -> Report {
     } else {
         Exit::Ok
     };
-    Report { exit, stdout: out, stderr: err }
+    let json = serde_json::json!({
+        "ok": exit == Exit::Ok,
+        "exit": exit.code(),
+        "interrupted": interrupted,
+        "pipelines": reports.iter().map(|r| serde_json::json!({
+            "pipeline": r.pipeline,
+            "written": r.written(),
+            "failed": r.failed(),
+            "credits": r.credits(),
+            "fatal": r.fatal,
+            "conversations": r.conversations,
+        })).collect::<Vec<_>>(),
+    });
+    Report { exit, stdout: out, stderr: err, json: Some(json) }
 }

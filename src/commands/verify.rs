@@ -61,12 +61,22 @@ pub fn report(cfg: &Config, names: &[String]) -> Result<CommandReport, ConfigErr
     let owner_live = state_owner(&cfg.state_dir).is_some();
     let mut out = String::new();
     let mut failed = false;
+    let mut json = Vec::new();
     for p in pipelines {
         let report = verify_dir(&p.output_dir, &p.file_name, owner_live, SystemTime::now());
         out.push_str(&report.render(&p.name));
         failed |= report.problems > 0;
+        json.push(serde_json::json!({
+            "pipeline": p.name,
+            "files": report.files,
+            "records": report.records,
+            "problems": report.problems,
+            "lines": report.lines,
+        }));
     }
-    Ok(CommandReport { exit: if failed { Exit::Failed } else { Exit::Ok }, stdout: out, stderr: String::new() })
+    let exit = if failed { Exit::Failed } else { Exit::Ok };
+    let json = serde_json::json!({ "ok": !failed, "exit": exit.code(), "pipelines": json });
+    Ok(CommandReport { exit, stdout: out, stderr: String::new(), json: Some(json) })
 }
 
 /// The PID of the process that holds `<state_dir>/LOCK`, if one does. Read without taking the

@@ -49,9 +49,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::Verify(args) => return Ok(commands::verify::report(&cfg()?, &args.pipelines)?.print()),
         Command::Schema => return Ok(Report { stdout: crate::schema::text(), ..Report::default() }.print()),
         Command::Auth(args) => return auth::run(&cfg()?, commands::auth::prepare(&args)?).await,
+        Command::Completions(args) => return Ok(commands::docs::completions(args.shell).print()),
+        Command::Man => return Ok(commands::docs::man().print()),
         Command::Sync(args) => commands::sync::sync_request(args),
         Command::Backfill(args) => commands::sync::backfill_request(args),
-        Command::Status(args) => Request::Status { json: args.json },
+        Command::Status(_) => Request::Status { json: opts.json },
         Command::Send(args) => Request::Send { request: commands::send::prepare(&args)? },
         Command::Delete(args) => Request::Manage { request: commands::manage::prepare_delete(&cfg()?, args)? },
         Command::GroupSend(args) => Request::Manage { request: commands::manage::prepare_group_send(&cfg()?, args)? },
@@ -309,7 +311,7 @@ async fn lookup(cfg: &Config, args: crate::cli::LookupArgs) -> anyhow::Result<Ex
         Err(e) => return Err(ConfigError(e.detail).into()),
     };
     let client = Client::new(p)?;
-    Ok(commands::send::lookup_report(who, outbound::lookup(&client, p, &name).await, args.json).print())
+    Ok(commands::send::lookup_report(who, outbound::lookup(&client, p, &name).await, commands::json_output()).print())
 }
 
 /// `upload-media`: checks, uploads and prints the media ID. Reads no state.
