@@ -8,6 +8,7 @@ use crate::config::{Config, ConversationRef};
 /// What `check` prints for a valid config.
 pub fn report(cfg: &Config) -> Report {
     let mut out = String::new();
+    let mut pipelines = Vec::new();
     let _ = writeln!(out, "config {}: valid", cfg.path.display());
     let _ = writeln!(
         out,
@@ -24,10 +25,12 @@ pub fn report(cfg: &Config) -> Report {
         let _ = writeln!(out, "pipeline {} ({}):", p.name, p.provider);
         let _ = writeln!(out, "  base_url      {}", crate::config::shown::url(&p.base_url));
         let _ = writeln!(out, "  account       {}", p.account);
+        let mut key_present = None;
         if let Some(source) = &p.api_key {
-            let key = match source.read(&p.name, "API key") {
-                Ok(_) => "present".to_string(),
-                Err(_) => "MISSING: sync would fail until it is set".to_string(),
+            key_present = Some(source.read(&p.name, "API key").is_ok());
+            let key = match key_present {
+                Some(true) => "present".to_string(),
+                _ => "MISSING: sync would fail until it is set".to_string(),
             };
             let _ = writeln!(out, "  api key       {} ({key})", source.describe());
         }
@@ -44,6 +47,21 @@ pub fn report(cfg: &Config) -> Report {
             let _ = writeln!(out, "  inbox         {how}");
         }
         let convs: Vec<String> = p.conversations.iter().map(ConversationRef::to_string).collect();
+        pipelines.push(serde_json::json!({
+            "name": p.name,
+            "provider": p.provider.to_string(),
+            "base_url": crate::config::shown::url(&p.base_url).to_string(),
+            "account": p.account,
+            "api_key_present": key_present,
+            "conversations": convs,
+            "inbox": p.inbox,
+            "schedule": p.schedule.to_string(),
+            "output": p.output_dir.join(&p.file_name),
+            "rotate_max_bytes": p.rotate_max_bytes,
+            "rotate_max_age_secs": p.rotate_max_age.map(|a| a.as_secs()),
+            "backfill": p.backfill,
+            "redact_text": p.redact_text,
+        }));
         let _ = writeln!(out, "  conversations {} [{}]", convs.len(), convs.join(", "));
         let _ = writeln!(out, "  schedule      {}", p.schedule);
         let _ = writeln!(out, "  output        {}", p.output_dir.join(&p.file_name).display());
@@ -65,5 +83,13 @@ pub fn report(cfg: &Config) -> Report {
             let _ = writeln!(out, "  text          redacted from records");
         }
     }
-    Report { stdout: out, ..Report::default() }
+    let json = serde_json::json!({
+        "ok": true,
+        "valid": true,
+        "config": cfg.path,
+        "state_dir": cfg.state_dir,
+        "metrics_listen": cfg.metrics_listen.map(|a| a.to_string()),
+        "pipelines": pipelines,
+    });
+    Report { stdout: out, json: Some(json), ..Report::default() }
 }

@@ -70,7 +70,17 @@ pub fn report(req: &ManageRequest, outcome: Outcome) -> Report {
         ManageRequest::GroupSend { .. } => "group-send".to_string(),
     };
     match outcome {
-        Ok(line) => Report { stdout: format!("{line}\n"), ..Report::default() },
+        Ok(line) => {
+            let json = match req {
+                ManageRequest::Delete { pipeline, message_id, .. } => serde_json::json!({
+                    "ok": true, "command": "delete", "pipeline": pipeline, "message_id": message_id, "result": line,
+                }),
+                ManageRequest::GroupSend { pipeline, .. } => {
+                    serde_json::json!({ "ok": true, "command": "group-send", "pipeline": pipeline, "result": line })
+                }
+            };
+            Report { stdout: format!("{line}\n"), json: Some(json), ..Report::default() }
+        }
         Err((class, line)) => {
             Report::error(if class == ErrorClass::Fatal { Exit::Auth } else { Exit::Failed }, format!("{what}: {line}"))
         }

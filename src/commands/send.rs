@@ -126,6 +126,21 @@ pub fn describe(o: &Outcome) -> String {
     }
 }
 
+/// What a job came to, as a JSON object (`status` `sent` or `already_sent`).
+pub fn outcome_json(o: &Outcome) -> serde_json::Value {
+    match o {
+        Outcome::Sent { message_id, recipient, key, media_id, resumed, confirmed_by_history } => serde_json::json!({
+            "ok": true, "status": "sent", "message_id": message_id, "recipient": recipient,
+            "idempotency_key": key, "media_id": media_id, "resumed": resumed,
+            "confirmed_by_history": confirmed_by_history,
+        }),
+        Outcome::AlreadySent { message_id, recipient, key } => serde_json::json!({
+            "ok": true, "status": "already_sent", "message_id": message_id, "recipient": recipient,
+            "idempotency_key": key,
+        }),
+    }
+}
+
 /// The line a job of a batch prints as it ends.
 pub fn job_line(n: u64, event: &JobEvent<'_>) -> String {
     match event {
@@ -142,10 +157,12 @@ pub fn finish(req: &SendRequest, single: Option<&Result<Outcome, JobError>>, r: 
         let Some(result) = single else { return report };
         let to = req.jobs.first().map(|j| j.job.to.trim()).unwrap_or_default();
         match result {
-            Ok(o) => report.stdout = format!("{}\n", describe(o)),
+            Ok(o) => {
+                report.stdout = format!("{}\n", describe(o));
+                report.json = Some(outcome_json(o));
+            }
             Err(e) => {
-                report.stderr = format!("error: send to {to}: {e}\n");
-                report.exit = job_exit(e);
+                report = Report::error(job_exit(e), format!("send to {to}: {e}"));
             }
         }
         return report;
@@ -185,6 +202,12 @@ pub fn finish(req: &SendRequest, single: Option<&Result<Outcome, JobError>>, r: 
         }
         None => Exit::Ok,
     };
+    // Under --json a batch's job lines stay text; this summary is the object a program reads.
+    report.json = Some(serde_json::json!({
+        "ok": report.exit == Exit::Ok, "exit": report.exit.code(), "jobs": total, "sent": r.sent,
+        "already_sent": r.already, "failed": r.failed, "unknown": r.unknown, "not_attempted": r.skipped,
+        "credits": r.credits,
+    }));
     report
 }
 
@@ -218,7 +241,9 @@ pub fn upload_report(result: Result<(WriteDone, String), JobError>) -> Report {
                 let _ = writeln!(out, "media_url        {url}");
             }
             let _ = writeln!(out, "idempotency_key  {key}");
-            Report { stdout: out, ..Report::default() }
+            let json =
+                serde_json::json!({ "ok": true, "media_id": done.id, "media_url": done.url, "idempotency_key": key });
+            Report { stdout: out, json: Some(json), ..Report::default() }
         }
         Err(e) => Report::error(job_exit(&e), format!("upload-media: {e}")),
     }

@@ -54,7 +54,9 @@ pub(super) async fn run(cfg: &Config, req: AuthRequest) -> anyhow::Result<Exit> 
     .context("storing the tokens")?
     .with_context(|| format!("pipeline `{}`: storing the tokens", p.name))?;
     tracing::info!(pipeline = %p.name, file = %o.token_file.display(), "OAuth tokens stored");
-    Ok(Report { stderr: words::stored_line(p, &words::token_status(o)), ..Report::default() }.print())
+    let status = words::token_status(o);
+    let json = serde_json::json!({ "ok": true, "pipeline": p.name, "tokens": status });
+    Ok(Report { stderr: words::stored_line(p, &status), json: Some(json), ..Report::default() }.print())
 }
 
 /// A refused exchange as the one line `auth` ends with: exit 4 when X refused the grant or the client,
