@@ -37,10 +37,7 @@ pub fn version() -> &'static str {
 impl Command {
     /// Whether the command has a JSON form for `--json`.
     pub fn has_json(&self) -> bool {
-        !matches!(
-            self,
-            Command::Run | Command::Demo(_) | Command::Simulate(_) | Command::Completions(_) | Command::Man
-        )
+        !matches!(self, Command::Run | Command::Demo(_) | Command::Simulate(_) | Command::Completions(_) | Command::Man)
     }
 }
 

@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod hostile_server;
 mod inbox;
+mod install_cli;
 mod loader;
 mod metrics;
 mod oauth;
