@@ -33,7 +33,7 @@ credits spent per new message delivered.
 polled every tick, listed with adaptive polling, and `inbox = true` with nothing listed (one GET /2/dm_events
 stream); it reports X API requests per tick (X allows 15 DM reads per 15 minutes per user).
 
-Builds nothing: run `cargo build --release` first. Starts `dm-handoff simulate` on a free loopback port
+Builds nothing: run `cargo build --release` first (to profile, `cargo build --profile profiling` and `--bin target/profiling/dm-handoff`: the same code with line tables). Starts `dm-handoff simulate` on a free loopback port
 (separate process, so its CPU is visible but not in our RSS), writes a config, runs `dm-handoff sync`,
 and reports wall time, messages/s, the sync process's peak RSS (its VmHWM, sampled), the CPU seconds of
 the sync and of the simulator, requests and credits the simulator counted, and bytes written. Then it runs a second sync with nothing new, which
