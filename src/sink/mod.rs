@@ -565,6 +565,8 @@ fn ensure_dir(dir: &Path) -> Result<(), SinkError> {
 
 /// Opens the existing active file, or creates it, and takes our lock on it.
 fn open_or_create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<File, SinkError> {
+    #[cfg(test)]
+    open_fault::check(path)?;
     let file = match OpenOptions::new().read(true).append(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => create_active(dir, dir_path, path)?,
@@ -584,6 +586,8 @@ fn open_or_create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<Fil
 
 /// Creates a new, empty active file with mode 0640 and makes its directory entry durable.
 fn create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<File, SinkError> {
+    #[cfg(test)]
+    open_fault::check(path)?;
     let file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -687,6 +691,34 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
             Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => return Ok(()),
             _ => return Err(err),
         }
+    }
+}
+
+/// Opening or creating the active file fails with EMFILE on this thread, as many times as armed: the
+/// file-handle exhaustion that hits a rotation between its rename and the new active file, and the
+/// reopen after it. Thread-local, so tests running beside each other do not see it.
+#[cfg(test)]
+pub(crate) mod open_fault {
+    use std::cell::Cell;
+
+    thread_local!(static LEFT: Cell<u32> = const { Cell::new(0) });
+
+    /// The next `n` opens of an active file on this thread fail.
+    pub(crate) fn arm(n: u32) {
+        LEFT.with(|l| l.set(n));
+    }
+
+    pub(super) fn check(path: &std::path::Path) -> Result<(), super::SinkError> {
+        let fire = LEFT.with(|l| {
+            let n = l.get();
+            l.set(n.saturating_sub(1));
+            n > 0
+        });
+        if fire {
+            let source = std::io::Error::from_raw_os_error(libc::EMFILE);
+            return Err(super::SinkError::Io { op: "opening", path: path.to_path_buf(), source });
+        }
+        Ok(())
     }
 }
 
