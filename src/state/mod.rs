@@ -339,11 +339,22 @@ impl Store {
     /// a state written by an earlier version to the current layout.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StateError> {
         let io = |op: &'static str| move |e: std::io::Error| StateError::io(dir, op, &e);
-        match fs::metadata(dir) {
+        // Only a folder we create gets our mode: an operator's folder keeps theirs (a shared 1777 one such as
+        // /var/tmp must never lose its sticky or world bits for every other user). A folder that others
+        // may write into is warned about, not refused: it is the operator's choice.
+        let created = match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StateError::NotADirectory { dir: dir.to_path_buf() }),
-            Ok(_) => {}
-            Err(_) => fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?,
-        }
+            Ok(m) => {
+                if m.permissions().mode() & 0o022 != 0 {
+                    tracing::warn!(dir = %dir.display(), mode = format!("{:o}", m.permissions().mode() & 0o7777), "the state_dir is writable by other users; give dm-handoff a folder of its own (0700 or 0750)");
+                }
+                false
+            }
+            Err(_) => {
+                fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?;
+                true
+            }
+        };
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -366,7 +377,10 @@ impl Store {
         lock.set_len(0).map_err(io("writing LOCK"))?;
         lock.rewind().map_err(io("writing LOCK"))?;
         writeln!(lock, "{}", std::process::id()).map_err(io("writing LOCK"))?;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+        if created {
+            // The umask may have taken bits off the mode asked for.
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+        }
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(opts.cache_bytes)

@@ -284,6 +284,19 @@ fn state_dir_is_created_0750() {
     assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o777, 0o750);
 }
 
+/// An existing folder keeps its mode: a shared 1777 one (`state_dir = "/var/tmp"`) and an operator's 0700.
+#[test]
+fn an_existing_state_dir_keeps_its_mode() {
+    for mode in [0o1777, 0o700] {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = dir.path().join("state");
+        fs::create_dir(&sd).unwrap();
+        fs::set_permissions(&sd, fs::Permissions::from_mode(mode)).unwrap();
+        let _s = Store::open(&sd, opts()).unwrap();
+        assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o7777, mode);
+    }
+}
+
 /// `seen_among` answers exactly as `is_seen_with` does, key by key: folded range, exact keys of both history
 /// kinds, other conversations and pipelines, non-numeric IDs and non-history kinds.
 #[test]
