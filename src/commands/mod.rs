@@ -10,6 +10,7 @@ pub mod auth;
 pub mod check;
 pub mod manage;
 pub mod send;
+pub mod state;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -242,11 +242,12 @@ impl Job {
 
     /// Finishes every segment of a generation below `before` that has no manifest yet, oldest
     /// first. Returns false if any failed (each failure is logged; the others still run).
+    #[cfg(test)]
     pub(super) fn finish_before(&self, dir: &File, before: u64) -> bool {
         self.finish_before_logged(dir, before, true)
     }
 
-    /// As [`Job::finish_before`]; a failure is a warning when `loud`, else a debug line.
+    /// Finishes every segment below `before` without a manifest (see `finish_before`); a failure is a warning when `loud`, else a debug line.
     fn finish_before_logged(&self, dir: &File, before: u64, loud: bool) -> bool {
         let groups = match self.list() {
             Ok(g) => g,

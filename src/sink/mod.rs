@@ -53,6 +53,7 @@ mod identity;
 mod manifest;
 mod recovery;
 mod rotation;
+pub mod walk;
 
 pub use self::compress::{scan, scan_limited, Compression, Digested, Scanned};
 pub use self::finish::Finisher;

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::{Key, Kind};
 use crate::sink::CommitPoint;
 
+pub mod audit;
 mod inbox;
 mod keys;
 pub mod tokens;
@@ -338,6 +339,13 @@ impl Store {
     /// Creates the directory (0750) if needed, takes the lock, opens sled with a bounded cache, and brings
     /// a state written by an earlier version to the current layout.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StateError> {
+        let lock = Self::lock_dir(dir)?;
+        Self::open_locked(dir, opts, lock)
+    }
+
+    /// Creates the directory (0750) if needed and takes its lock: the first half of [`Store::open`], for a
+    /// caller that must keep the directory while it swaps the database (`state rebuild`).
+    pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
         let io = |op: &'static str| move |e: std::io::Error| StateError::io(dir, op, &e);
         // Only a folder we create gets our mode: an operator's folder keeps theirs (a shared 1777 one such as
         // /var/tmp must never lose its sticky or world bits for every other user). A folder that others
@@ -381,6 +389,12 @@ impl Store {
             // The umask may have taken bits off the mode asked for.
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
         }
+        Ok(lock)
+    }
+
+    /// Opens the database of a directory whose lock `lock` holds (from [`Store::lock_dir`]); the store keeps
+    /// it. A clone of the lock's file keeps the directory locked after the store is dropped.
+    pub(crate) fn open_locked(dir: &Path, opts: StoreOptions, lock: File) -> Result<Store, StateError> {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(opts.cache_bytes)
