@@ -22,4 +22,5 @@ mod outbound;
 mod privacy;
 mod providers;
 mod rotation;
+mod sinkfix;
 mod sync;

@@ -1,0 +1,103 @@
+//! Issue 27 part B against the real binary: `state check` and `state rebuild` (the offline audit of the
+//! state against the files, and the rebuild of the state from them).
+
+use std::fs;
+
+use dm_handoff_simulator::CursorStyle;
+
+use crate::support::*;
+
+/// The last line of a command's output that starts with `prefix`.
+fn summary<'a>(out: &'a Output, prefix: &str) -> &'a str {
+    out.stdout.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line\n{out}"))
+}
+
+/// Opens the state database directly, as an adversary (or a disk) would change it: no process holds it.
+fn raw_db(fx: &Fixture) -> sled::Db {
+    sled::open(fx.state_dir().join("db")).expect("open sled")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_check_finds_a_lost_key_and_a_bad_cursor_and_rebuild_repairs_without_writing_twice() {
+    let cfg = sim_config(2701, convs(&[("5270001", 150, CursorStyle::Offset), ("5270002", 40, CursorStyle::MaxId)]));
+    let fx = Fixture::new(cfg, "rotate_max_bytes = 8192").await;
+    fx.sync().await.expect_code(0);
+    let before = fx.assert_exactly_once().len();
+
+    // After a normal sync the state agrees with the files.
+    let out = fx.cmd(&["state", "check"]).run().await;
+    out.expect_code(0);
+    assert!(summary(&out, "state check: pipeline").ends_with(" 0 problems"), "{out}");
+    assert!(!out.stdout.contains("problem:"), "{out}");
+    let out = fx.cmd(&["state", "check", "--json"]).run().await;
+    out.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["report"]["pipelines"][0]["records"].as_u64(), Some(before as u64), "{doc}");
+
+    // Lose the seen set of one conversation (its folded range and exact keys) and corrupt the other's
+    // high-water mark so it points past everything written.
+    {
+        let db = raw_db(&fx);
+        let mut removed = 0;
+        for prefix in [b's', b'r'] {
+            let mut p = vec![prefix, 0];
+            p.extend_from_slice(format!("{PIPELINE}\x005270001\x00").as_bytes());
+            for kv in db.scan_prefix(&p) {
+                db.remove(kv.unwrap().0).unwrap();
+                removed += 1;
+            }
+            // A range's key ends at the conversation.
+            let mut k = vec![prefix, 0];
+            k.extend_from_slice(format!("{PIPELINE}\x005270001").as_bytes());
+            if db.remove(&k).unwrap().is_some() {
+                removed += 1;
+            }
+        }
+        assert!(removed > 0);
+        let ck = format!("c\x00{PIPELINE}\x005270002");
+        let mut st: serde_json::Value = serde_json::from_slice(&db.get(ck.as_bytes()).unwrap().unwrap()).unwrap();
+        st["hwm"] = "2993456789012345678".into();
+        db.insert(ck.as_bytes(), serde_json::to_vec(&st).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    let out = fx.cmd(&["state", "check"]).run().await;
+    out.expect_code(1);
+    assert!(out.stdout.contains("of conversation 5270001 is in the files but not in the seen set"), "{out}");
+    assert!(out.stdout.contains("hwm 2993456789012345678 is newer than anything"), "{out}");
+    assert!(!summary(&out, "state check: pipeline").ends_with(" 0 problems"), "{out}");
+    assert!(!out.all().contains("panicked"), "{out}");
+
+    // Refused while another process owns the state directory (exit 3), and nothing was moved.
+    {
+        let _held = dm_handoff::state::Store::open(&fx.state_dir(), dm_handoff::state::StoreOptions::default())
+            .expect("hold the state");
+        fx.cmd(&["state", "rebuild"]).run().await.expect_code(3);
+        fx.cmd(&["state", "check"]).run().await.expect_code(3);
+    }
+    assert!(fs::read_dir(fx.state_dir()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".old-")));
+
+    let out = fx.cmd(&["state", "rebuild"]).run().await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("the old database is kept as"), "{out}");
+    assert!(out.stdout.contains("conversation 5270002 reset"), "{out}");
+    let aside: Vec<String> = fs::read_dir(fx.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("db.old-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let out = fx.cmd(&["state", "check"]).run().await;
+    out.expect_code(0);
+
+    // A sync after the rebuild writes nothing twice, and new messages still land.
+    let new = fx.sim.sim.add_messages("5270001", 3);
+    let new2 = fx.sim.sim.add_messages("5270002", 2);
+    fx.sync().await.expect_code(0);
+    let records = fx.assert_exactly_once();
+    assert_eq!(records.len(), before + new.len() + new2.len());
+    let out = fx.cmd(&["verify"]).run().await;
+    out.expect_code(0);
+    assert!(summary(&out, "verify:").ends_with(" 0 problems"), "{out}");
+    fx.cmd(&["state", "check"]).run().await.expect_code(0);
+}
