@@ -409,13 +409,16 @@ pub struct RebuildReport {
     pub pipelines: Vec<PipelineRebuild>,
 }
 
+/// Raw database entries, as (key, value).
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What the old database still says.
 #[derive(Default)]
 struct Old {
     /// Copied as they are.
-    raw: Vec<(Vec<u8>, Vec<u8>)>,
+    raw: Entries,
     /// Per configured pipeline: its seen set's entries (`s` and `r`), used when files are missing.
-    seen: HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    seen: HashMap<String, Entries>,
     convs: HashMap<String, BTreeMap<String, Result<ConvState, String>>>,
     points: HashMap<String, CommitPoint>,
     fresh: HashMap<String, Freshness>,

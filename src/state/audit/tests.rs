@@ -61,7 +61,7 @@ fn a_synced_state_checks_clean_and_a_deleted_key_or_a_bad_cursor_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let t = synced(tmp.path());
     let state = tmp.path().join("state");
-    let r = check(&state, StoreOptions::default(), &[t.clone()]).unwrap();
+    let r = check(&state, StoreOptions::default(), std::slice::from_ref(&t)).unwrap();
     assert_eq!(r.problems, 0, "{:?}", problems(&r));
     assert_eq!(r.pipelines[0].records, 3);
 
@@ -76,7 +76,7 @@ fn a_synced_state_checks_clean_and_a_deleted_key_or_a_bad_cursor_is_reported() {
         store.db.insert(key(b'c', &["p", "777"]), &b"{not json"[..]).unwrap();
         store.flush().unwrap();
     }
-    let r = check(&state, StoreOptions::default(), &[t.clone()]).unwrap();
+    let r = check(&state, StoreOptions::default(), std::slice::from_ref(&t)).unwrap();
     let p = problems(&r);
     assert!(
         p.iter().any(|l| l.contains("xquik-dm-handoff.jsonl:2")
@@ -90,7 +90,7 @@ fn a_synced_state_checks_clean_and_a_deleted_key_or_a_bad_cursor_is_reported() {
     assert_eq!(r.problems, p.len() as u64);
 
     // The rebuild keeps the old database aside, and then the check is clean again.
-    let rb = rebuild(&state, StoreOptions::default(), &[t.clone()], SystemTime::now()).unwrap();
+    let rb = rebuild(&state, StoreOptions::default(), std::slice::from_ref(&t), SystemTime::now()).unwrap();
     assert!(rb.old.as_ref().is_some_and(|o| o.exists() && o.starts_with(&state)), "{rb:?}");
     assert_eq!(rb.pipelines[0].records, 3);
     assert_eq!(rb.pipelines[0].reset.len(), 2, "{rb:?}");
@@ -110,7 +110,7 @@ fn check_and_rebuild_refuse_a_held_state() {
     let t = synced(tmp.path());
     let state = tmp.path().join("state");
     let _held = Store::open(&state, StoreOptions::default()).unwrap();
-    assert!(matches!(check(&state, StoreOptions::default(), &[t.clone()]), Err(StateError::Locked { .. })));
+    assert!(matches!(check(&state, StoreOptions::default(), std::slice::from_ref(&t)), Err(StateError::Locked { .. })));
     assert!(matches!(
         rebuild(&state, StoreOptions::default(), &[t], SystemTime::now()),
         Err(StateError::Locked { .. })
