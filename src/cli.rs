@@ -87,7 +87,7 @@ pub enum StateCommand {
     /// Exit 0 clean, 1 problems, 3 while another process (the daemon) owns the state.
     Check(StateArgs),
     /// Rebuild the seen set, conversation states and commit points from the files; the old database is
-    /// kept aside as <state_dir>/db.old-<time>. Refused while another process (the daemon) owns the state.
+    /// kept aside as STATE_DIR/db.old-TIME. Refused while another process (the daemon) owns the state.
     Rebuild(StateArgs),
 }
 
