@@ -244,6 +244,7 @@ fn check_pipeline(store: &Store, t: &Target) -> PipelineCheck {
     let (mut missing, mut after, mut foreign, mut records) = (0u64, 0u64, 0u64, 0u64);
     let mut shown: Vec<(String, String)> = Vec::new();
     let mut lookup_error: Option<String> = None;
+    let mut ranges: HashMap<String, Option<Covered>> = HashMap::new();
     let walked = sink::walk::walk(&t.dir, &t.file_name, committed, &mut |line| {
         records += 1;
         let record = std::str::from_utf8(line.bytes).ok().and_then(|l| serde_json::from_str::<Record>(l).ok());
@@ -256,7 +257,14 @@ fn check_pipeline(store: &Store, t: &Target) -> PipelineCheck {
             after += 1;
             return;
         }
-        match store.is_seen(&t.pipeline, &key) {
+        // One read of a conversation's folded range, not one per line.
+        let covered = match ranges.get(&key.conversation) {
+            Some(c) => Ok(*c),
+            None => store.covered(&t.pipeline, &key.conversation).inspect(|c| {
+                ranges.insert(key.conversation.clone(), *c);
+            }),
+        };
+        match covered.and_then(|c| store.is_seen_with(&t.pipeline, &key, c)) {
             Ok(true) => {}
             Ok(false) => {
                 missing += 1;
