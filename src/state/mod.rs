@@ -261,7 +261,8 @@ pub struct SeenPage {
 
 /// How fresh a pipeline's files are, as `status` and the metrics report it. Two separate facts, so an idle
 /// account (old newest record, recent successful run) never looks like a dead pipeline (neither moves).
-/// Both only move forward: a commit's values are merged into the stored ones by taking the later.
+/// A commit's values are merged into the stored ones: the newest record by taking the later, the last
+/// successful run by taking the commit's (see [`Freshness::merge`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Freshness {
@@ -273,9 +274,14 @@ pub struct Freshness {
 }
 
 impl Freshness {
-    /// Takes the later of each fact.
+    /// Takes the later record time, and `other`'s run time when it has one. The run time is replaced, not
+    /// maxed: a run stamped by a wall clock set forward and then corrected would otherwise stay "the last
+    /// successful run" until the clock caught up, and a staleness alert on it would see nothing. A pipeline's
+    /// runs commit in the order they end, so the commit's value is the last run's.
     pub fn merge(&mut self, other: &Freshness) {
-        self.last_success_ms = self.last_success_ms.max(other.last_success_ms);
+        if other.last_success_ms.is_some() {
+            self.last_success_ms = other.last_success_ms;
+        }
         if other.newest_created_at > self.newest_created_at {
             self.newest_created_at.clone_from(&other.newest_created_at);
         }
