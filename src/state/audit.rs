@@ -588,6 +588,7 @@ fn rebuild_pipeline(store: &Store, t: &Target, old: &mut Old) -> Result<Pipeline
         }) {
             Ok((st, problems)) if problems.is_empty() => {
                 out.kept += 1;
+                pending.folds.push((p.to_string(), conv.clone()));
                 st
             }
             Ok((st, problems)) => {
@@ -618,6 +619,9 @@ fn rebuild_pipeline(store: &Store, t: &Target, old: &mut Old) -> Result<Pipeline
     let mut fresh = old.fresh.remove(p).unwrap_or_default();
     fresh.merge(&Freshness { newest_created_at: facts.newest_created_at.clone(), ..Freshness::default() });
     pending.freshness.push((p.to_string(), fresh));
+    // The kept states' folds run after this commit's batch (see `Store::commit`): the seen set is as compact
+    // as the old one was, instead of one exact key per record until the next sync writes something. A reset
+    // state has no `covered_from`, so nothing of it is folded.
     store.commit(&pending)?;
     Ok(out)
 }
