@@ -101,3 +101,45 @@ async fn state_check_finds_a_lost_key_and_a_bad_cursor_and_rebuild_repairs_witho
     assert!(summary(&out, "verify:").ends_with(" 0 problems"), "{out}");
     fx.cmd(&["state", "check"]).run().await.expect_code(0);
 }
+
+/// `state check` is clean after ordinary syncs of every provider and route: X API v2 by conversation (a
+/// group included) and through its whole-inbox stream, GetXAPI discovering conversations, each with new
+/// messages between two syncs; and `state rebuild` keeps every conversation state of such a pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_check_is_clean_after_syncs_of_every_provider_and_route() {
+    let group = dm_handoff_simulator::SimGroup {
+        conversation_id: "1578398451921985538".into(),
+        participants: vec!["944480690".into(), "906948460078698496".into()],
+        events: 50,
+        membership_every: 6,
+    };
+    let base = || {
+        let mut cfg =
+            sim_config(2702, convs(&[("5270101", 120, CursorStyle::MaxId), ("5270102", 30, CursorStyle::Offset)]));
+        cfg.groups = vec![group.clone()];
+        cfg
+    };
+    let listed = ["5270101".to_string(), "5270102".to_string(), "conv:1578398451921985538".to_string()];
+    let cases = [
+        (Provider::XApiV2, listed.to_vec(), ""),
+        (Provider::XApiV2, Vec::new(), "inbox = true"),
+        (Provider::GetXApi, vec!["5270102".to_string()], "inbox = true"),
+    ];
+    for (provider, peers, extra) in cases {
+        let fx = Fixture::with_peers_for(provider, base(), &peers, &format!("rotate_max_bytes = 16384\n{extra}")).await;
+        fx.sync().await.expect_code(0);
+        fx.sim.sim.add_messages("5270101", 4);
+        fx.sync().await.expect_code(0);
+        let what = format!("{} {extra:?}", provider.name());
+        let out = fx.cmd(&["state", "check"]).run().await;
+        assert_eq!(out.code(), Some(0), "{what}\n{out}");
+        assert!(summary(&out, "state check: pipeline").ends_with(" 0 problems"), "{what}\n{out}");
+        let records = fx.records().len();
+        let out = fx.cmd(&["state", "rebuild"]).run().await;
+        assert_eq!(out.code(), Some(0), "{what}\n{out}");
+        assert!(summary(&out, "state rebuild: pipeline").ends_with(" 0 reset"), "{what}\n{out}");
+        fx.sync().await.expect_code(0);
+        assert_eq!(fx.records().len(), records, "{what}: nothing written twice after the rebuild");
+        fx.cmd(&["state", "check"]).run().await.expect_code(0);
+    }
+}
