@@ -29,7 +29,7 @@ pub fn utc_day(t: SystemTime) -> String {
 /// Time on a clock that never steps (`CLOCK_MONOTONIC`, through [`std::time::Instant`]), counted from its
 /// first reading in this process. Ages and intervals are measured on it, so a wall clock set forward and
 /// then corrected (or set back) can neither stop nor stretch them. Unit tests move it forward on their own
-/// thread with [`advance_monotonic`].
+/// thread with `advance_monotonic`.
 pub fn monotonic() -> std::time::Duration {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let real = START.get_or_init(std::time::Instant::now).elapsed();
