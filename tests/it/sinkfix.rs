@@ -143,3 +143,29 @@ async fn state_check_is_clean_after_syncs_of_every_provider_and_route() {
         fx.cmd(&["state", "check"]).run().await.expect_code(0);
     }
 }
+
+/// Both take the state directory's lock: while the daemon runs they refuse with exit 3 and its PID, and
+/// touch nothing; once it stopped they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_check_and_rebuild_refuse_while_the_daemon_runs() {
+    let fx = Fixture::new(sim_config(2703, convs(&[("5270201", 20, CursorStyle::Offset)])), "").await;
+    fx.sync().await.expect_code(0);
+    let daemon = fx.cmd(&["run"]).spawn();
+    let sock = fx.state_dir().join("control.sock");
+    wait_until("the daemon listens", || sock.exists()).await;
+    for sub in ["check", "rebuild"] {
+        let out = fx.cmd(&["state", sub]).run().await;
+        assert_eq!(out.code(), Some(3), "state {sub}\n{out}");
+        assert!(out.stderr.contains(&format!("pid {}", daemon.pid())), "state {sub}\n{out}");
+        assert!(!out.all().contains("panicked"), "{out}");
+    }
+    let names: Vec<String> =
+        fs::read_dir(fx.state_dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with("db.old-")), "{names:?}");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait().await.expect_code(0);
+    fx.cmd(&["state", "check"]).run().await.expect_code(0);
+    fx.cmd(&["state", "rebuild"]).run().await.expect_code(0);
+    fx.sync().await.expect_code(0);
+    fx.assert_exactly_once();
+}
