@@ -169,3 +169,36 @@ async fn state_check_and_rebuild_refuse_while_the_daemon_runs() {
     fx.sync().await.expect_code(0);
     fx.assert_exactly_once();
 }
+
+/// A database sled cannot open (a garbled settings file): `state check` reports it (exit 1, one problem
+/// naming the rebuild, no backtrace); `state rebuild` makes a new one from the files alone, every
+/// conversation reset; the next sync walks history again and writes only the new messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_database_is_reported_and_rebuilt_from_the_files_alone() {
+    let cfg = sim_config(2704, convs(&[("5270301", 90, CursorStyle::Offset), ("5270302", 25, CursorStyle::MaxId)]));
+    let fx = Fixture::new(cfg, "rotate_max_bytes = 8192").await;
+    fx.sync().await.expect_code(0);
+    let before = fx.assert_exactly_once().len();
+    fs::write(fx.state_dir().join("db").join("conf"), b"\x00\x13garbage that is not a sled config\xff").unwrap();
+
+    let out = fx.cmd(&["state", "check"]).run().await;
+    out.expect_code(1);
+    let problems: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("problem:")).collect();
+    assert_eq!(problems.len(), 1, "{out}");
+    assert!(problems[0].contains("corrupted") && problems[0].contains("state rebuild"), "{out}");
+    for wrong in ["backtrace", "panicked", "Os {"] {
+        assert!(!out.all().contains(wrong), "`{wrong}` in: {out}");
+    }
+
+    let out = fx.cmd(&["state", "rebuild"]).run().await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("could not be read"), "{out}");
+    assert!(summary(&out, "state rebuild: pipeline").ends_with("0 conversation states kept, 2 reset"), "{out}");
+    fx.cmd(&["state", "check"]).run().await.expect_code(0);
+
+    let new = fx.sim.sim.add_messages("5270302", 3);
+    fx.sync().await.expect_code(0);
+    assert_eq!(fx.assert_exactly_once().len(), before + new.len());
+    fx.cmd(&["verify"]).run().await.expect_code(0);
+    fx.cmd(&["state", "check"]).run().await.expect_code(0);
+}
