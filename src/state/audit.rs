@@ -489,10 +489,10 @@ pub fn rebuild(
         match Store::open_locked(dir, opts, lock.try_clone().map_err(io("opening LOCK"))?) {
             Ok(store) => {
                 if let Err(e) = old.read(&store, &configured) {
-                    old.error = Some(e.to_string());
+                    old.error = Some(why(&e));
                 }
             }
-            Err(e) => old.error = Some(e.to_string()),
+            Err(e) => old.error = Some(why(&e)),
         }
         let stamp: String = crate::time::format_time(now).chars().filter(char::is_ascii_alphanumeric).collect();
         let mut aside = dir.join(format!("db.old-{stamp}"));
@@ -507,6 +507,12 @@ pub fn rebuild(
     }
     report.old_unreadable = old.error.clone();
     let store = Store::open_locked(dir, opts, lock.try_clone().map_err(io("opening LOCK"))?)?;
+    // A failed open of the old database cleared our PID from LOCK; a second process's message names it.
+    {
+        use std::io::{Seek, Write};
+        let mut l = &lock;
+        let _ = l.set_len(0).and_then(|()| l.rewind()).and_then(|()| writeln!(l, "{}", std::process::id()));
+    }
     for chunk in old.raw.chunks(CHUNK) {
         let mut batch = sled::Batch::default();
         for (k, v) in chunk {
@@ -522,6 +528,15 @@ pub fn rebuild(
     drop(store);
     drop(lock);
     Ok(report)
+}
+
+/// Why the old database could not be read, for the rebuild's note: the error without its advice (to
+/// restore or move the state away), which the rebuild is already following.
+fn why(e: &StateError) -> String {
+    match e {
+        StateError::Corrupted { detail, .. } => format!("it is corrupted: {detail}"),
+        e => e.to_string(),
+    }
 }
 
 fn rebuild_pipeline(store: &Store, t: &Target, old: &mut Old) -> Result<PipelineRebuild, StateError> {
