@@ -81,6 +81,10 @@ pub enum Command {
     /// manifests that match their segments, none missing. Reads files only (safe while the daemon runs);
     /// one line per problem, then a summary. Exit 0 clean, 1 problems.
     Verify(VerifyArgs),
+    /// Audit the state against the files (`state check`), or rebuild it from them (`state rebuild`).
+    /// Both take the state directory's lock: stop the daemon first.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Print the JSON Schema (draft 2020-12) of every record kind.
     Schema,
     /// Authorize an x-api-v2 pipeline with `oauth_client_id` once (OAuth 2.0 with PKCE): prints the URL to open,
@@ -104,6 +108,27 @@ pub struct VerifyArgs {
     /// Only this pipeline (repeatable; default all).
     #[arg(long = "pipeline", value_name = "NAME")]
     pub pipelines: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Offline audit: the database opens and reads clean, every key in the files is in the seen set,
+    /// cursors, high-water marks and commit points are sane. One line per problem, then a summary.
+    /// Exit 0 clean, 1 problems, 3 while another process (the daemon) owns the state.
+    Check(StateArgs),
+    /// Rebuild the seen set, conversation states and commit points from the files; the old database is
+    /// kept aside as STATE_DIR/db.old-TIME. Refused while another process (the daemon) owns the state.
+    Rebuild(StateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Only this pipeline (repeatable; default all).
+    #[arg(long = "pipeline", value_name = "NAME")]
+    pub pipelines: Vec<String>,
+    /// One JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

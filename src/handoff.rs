@@ -24,7 +24,7 @@ use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::PipelineMetrics;
-use crate::record::{id_cmp, kind_of_line, Kind, Record};
+use crate::record::{id_cmp, kind_of_line, Key, Kind, Record};
 use crate::sink::{CommitPoint, Finisher, Sink, SinkConfig};
 use crate::state::{Commit, ConvState, Freshness, Store};
 
@@ -143,6 +143,7 @@ impl Handoff {
             metrics,
             freshness,
             committed_seq: None,
+            reconciled: HashSet::new(),
         };
         let recovery = writer.ensure_open()?;
         // Compression and manifests of closed segments run beside the writer, never in its way.
@@ -211,6 +212,12 @@ struct Writer {
     /// The sink generation of the last commit: a later commit's generation minus this is the number of
     /// segments it closed. None until the first commit of this writer.
     committed_seq: Option<u64>,
+    /// Keys the last reopen folded into the seen set from lines it found on disk after the commit point.
+    /// Batches checked against the seen set before that fold (queued while the sink could not be reopened:
+    /// a rotation's new file failed with EMFILE, ENOSPC, EIO) may carry the same records; their lines are
+    /// dropped here, so a record is written once whatever failed where. Cleared after the first group that
+    /// needed no drop and came after the reopen's group: batches queued later were checked after the fold.
+    reconciled: HashSet<Key>,
 }
 
 impl Writer {
@@ -272,10 +279,24 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
+    fn commit_group(&mut self, mut lines: Vec<String>, mut commit: Commit) -> Result<(), HandoffError> {
         // A poisoned gate only means another writer panicked; the gate guards no data.
         let _gate = WRITE_GATE.lock().unwrap_or_else(|p| p.into_inner());
+        let filter_was_armed = !self.reconciled.is_empty();
         self.ensure_open().map_err(HandoffError::from)?;
+        if !self.reconciled.is_empty() {
+            let before = lines.len();
+            lines.retain(|line| {
+                let key = serde_json::from_str::<Record>(line).ok().and_then(|r| r.key());
+                !key.is_some_and(|k| self.reconciled.contains(&k))
+            });
+            let dropped = before - lines.len();
+            if dropped > 0 {
+                tracing::warn!(pipeline = %self.pipeline, lines = dropped, "records already in the files (found there when the output was reopened) are not written again");
+            } else if filter_was_armed {
+                self.reconciled.clear();
+            }
+        }
         let Some(sink) = self.sink.as_mut() else {
             return Err(HandoffError("the output is not open".into()));
         };
@@ -359,6 +380,8 @@ impl Writer {
         })?;
         let mut commit =
             reconcile(&self.store, &self.pipeline, &recovered.lines).map_err(|e| HandoffError(e.to_string()))?;
+        // Replaced, not added to: older keys were folded before any batch of the groups since was checked.
+        self.reconciled = commit.seen.iter().filter(|(p, _)| *p == self.pipeline).map(|(_, k)| k.clone()).collect();
         let recovery =
             Recovery { torn_bytes_cut: recovered.torn_bytes_cut, lines_reconciled: recovered.lines.len() as u64 };
         if recovery.torn_bytes_cut > 0 || recovery.lines_reconciled > 0 {
@@ -440,6 +463,67 @@ mod tests {
 
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// A rotation renames the active file, then the new one cannot be made (EMFILE) and the reopen right after
+    /// fails too. The callers, told the write failed, check the seen set (which does not know the lines in the
+    /// closed segment yet) and send the same records again: the reopen folds those lines in and the writer
+    /// must not append them a second time. Then a new record still lands.
+    #[test]
+    fn records_resent_after_a_failed_rotation_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state"), StoreOptions::default()).unwrap());
+        let pipeline = "handoff-emfile-test";
+        let cfg = SinkConfig {
+            dir: dir.path().join("out"),
+            file_name: "xquik-dm-handoff.jsonl".into(),
+            rotate_max_bytes: 1024,
+            rotate_max_age: None,
+            compress: crate::sink::Compression::None,
+        };
+        let line = |id: u32| {
+            Record {
+                kind: Some(Kind::DmMessage),
+                pipeline: pipeline.into(),
+                conversation_user_id: Some("44196397".into()),
+                message_id: Some(format!("1893456789012{id:06}")),
+                text: Some("x".repeat(300)),
+                ..Record::default()
+            }
+            .to_line()
+        };
+        let mut w = Writer {
+            store: store.clone(),
+            pipeline: pipeline.into(),
+            cfg: cfg.clone(),
+            sink: None,
+            finisher: None,
+            metrics: crate::metrics::global().pipeline(pipeline),
+            freshness: Freshness::default(),
+            committed_seq: None,
+            reconciled: HashSet::new(),
+        };
+        w.ensure_open().unwrap();
+        // About 400 bytes a line under 1,024: two lines go in, then the rotation before the third.
+        let batch: Vec<String> = (0..4).map(line).collect();
+        crate::sink::open_fault::arm(2);
+        assert!(w.commit_group(batch.clone(), Commit::default()).is_err(), "the rotation's new file must fail");
+        assert!(w.sink.is_none(), "the reopen after the failure failed too");
+        w.commit_group(batch.clone(), Commit::default()).unwrap();
+        w.commit_group(vec![line(9)], Commit::default()).unwrap();
+
+        let mut ids: Vec<String> = Vec::new();
+        for e in std::fs::read_dir(&cfg.dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "jsonl") {
+                for l in std::fs::read_to_string(&path).unwrap().lines() {
+                    ids.push(serde_json::from_str::<Record>(l).unwrap().message_id.unwrap());
+                }
+            }
+        }
+        ids.sort();
+        let want: Vec<String> = [0, 1, 2, 3, 9].into_iter().map(|i| format!("1893456789012{i:06}")).collect();
+        assert_eq!(ids, want, "every record once, the new one included");
     }
 
     /// The metrics move by what a commit delivered, and the freshness gauges come back from the state when

@@ -26,6 +26,29 @@ pub fn utc_day(t: SystemTime) -> String {
     day
 }
 
+/// Time on a clock that never steps (`CLOCK_MONOTONIC`, through [`std::time::Instant`]), counted from its
+/// first reading in this process. Ages and intervals are measured on it, so a wall clock set forward and
+/// then corrected (or set back) can neither stop nor stretch them. Unit tests move it forward on their own
+/// thread with `advance_monotonic`.
+pub fn monotonic() -> std::time::Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let real = START.get_or_init(std::time::Instant::now).elapsed();
+    #[cfg(test)]
+    let real = real + fake::AHEAD.with(std::cell::Cell::get);
+    real
+}
+
+/// Moves [`monotonic`] forward by `by` on the calling thread (unit tests only: a fake clock).
+#[cfg(test)]
+pub fn advance_monotonic(by: std::time::Duration) {
+    fake::AHEAD.with(|a| a.set(a.get() + by));
+}
+
+#[cfg(test)]
+mod fake {
+    thread_local!(pub(super) static AHEAD: std::cell::Cell<std::time::Duration> = const { std::cell::Cell::new(std::time::Duration::ZERO) });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

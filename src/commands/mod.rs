@@ -11,6 +11,7 @@ pub mod check;
 pub mod docs;
 pub mod manage;
 pub mod send;
+pub mod state;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -283,7 +283,19 @@ impl Verifier {
                         .find_map(|t| File::open(path_of(t)).ok().map(|f| (t, f)));
                     match twin {
                         Some(t) => t,
-                        None => continue,
+                        // Gone with no copy left: deleted under its manifest (or since the listing).
+                        None => {
+                            let (at, what) =
+                                if named.is_some() { (manifest_path.clone(), "names") } else { (path_of(*c), "is") };
+                            self.report.problem(
+                                &at,
+                                format_args!(
+                                    "{what} {}, which does not exist (and no compressed copy does): deleted",
+                                    sink::segment_name(base, *c)
+                                ),
+                            );
+                            continue;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -628,6 +640,18 @@ mod tests {
                 .render("support")
                 .ends_with(&format!("verify: pipeline support: {} files, 50 records, 0 problems\n", segments + 1)));
         }
+    }
+
+    /// An uncompressed closed segment deleted under its manifest is a problem, not "0 problems".
+    #[test]
+    fn a_raw_segment_deleted_under_its_manifest_is_a_problem() {
+        let (_t, dir) = folder(Compression::None, 30);
+        let segs: Vec<PathBuf> = files_ending(&dir, ".jsonl").into_iter().filter(|p| !p.ends_with(NAME)).collect();
+        fs::remove_file(&segs[0]).unwrap();
+        let r = check(&dir, false);
+        let p = problems(&r);
+        assert_eq!(p.len(), 1, "{:#?}", r.lines);
+        assert!(p[0].contains("manifest.json") && p[0].contains("which does not exist"), "{}", p[0]);
     }
 
     #[test]

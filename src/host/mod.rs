@@ -47,6 +47,8 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::UploadMedia(args) => return upload_media(&cfg()?, args).await,
         // Files only, no lock: it may run beside the daemon, so it is never forwarded.
         Command::Verify(args) => return Ok(commands::verify::report(&cfg()?, &args.pipelines)?.print()),
+        // Takes the state lock itself (exit 3 while the daemon runs), so it is never forwarded.
+        Command::State(cmd) => return commands::state::run(&cfg()?, cmd),
         Command::Schema => return Ok(Report { stdout: crate::schema::text(), ..Report::default() }.print()),
         Command::Auth(args) => return auth::run(&cfg()?, commands::auth::prepare(&args)?).await,
         Command::Completions(args) => return Ok(commands::docs::completions(args.shell).print()),

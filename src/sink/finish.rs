@@ -55,6 +55,13 @@ pub struct Finisher {
 struct Shared {
     signal: Mutex<Signal>,
     wake: Condvar,
+    /// Finishing passes made, for the test that a failing segment waits between tries.
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+/// The wait after `failures` failed passes in a row: [`RETRY_AFTER`] doubled per failure, up to 16 times it.
+fn retry_delay(failures: u32) -> Duration {
+    RETRY_AFTER * (1u32 << failures.saturating_sub(1).min(4))
 }
 
 #[derive(Debug, Default)]
@@ -141,29 +148,41 @@ impl Job {
             }
         };
         self.remove_temporaries(&dir);
-        let mut done = 0;
+        // The committed generation the last pass was asked to reach, failed or not: waiting on "more than
+        // this" (not on "more than what succeeded") is what lets a failure wait out its delay instead of
+        // trying again at once, for ever (a directory named like a segment made this spin a core).
+        let mut attempted = 0;
+        let mut failures: u32 = 0;
         let mut failed_at: Option<Instant> = None;
         loop {
-            let (target, closing) = {
+            let delay = retry_delay(failures);
+            let (target, closing, retry) = {
                 let mut s = lock(&shared.signal);
                 loop {
-                    let retry_due = failed_at.is_some_and(|t| t.elapsed() >= RETRY_AFTER);
-                    if s.closing || s.committed_seq > done || retry_due {
-                        break;
+                    let retry_due = failed_at.is_some_and(|t| t.elapsed() >= delay);
+                    if s.closing || s.committed_seq > attempted || retry_due {
+                        break (s.committed_seq, s.closing, retry_due);
                     }
-                    let wait = failed_at.map_or(Duration::from_secs(3600), |t| RETRY_AFTER.saturating_sub(t.elapsed()));
+                    let wait = failed_at.map_or(Duration::from_secs(3600), |t| delay.saturating_sub(t.elapsed()));
                     s = match shared.wake.wait_timeout(s, wait) {
                         Ok((s, _)) => s,
                         Err(p) => p.into_inner().0,
                     };
                 }
-                (s.committed_seq, s.closing)
             };
-            if self.finish_before(&dir, target) {
-                done = target;
+            shared.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A pass a new commit brought while a failure waits out its delay logs that failure quietly:
+            // at most one warning per failing segment per backoff step.
+            let loud = failed_at.is_none() || retry || closing;
+            attempted = target;
+            if self.finish_before_logged(&dir, target, loud) {
+                failures = 0;
                 failed_at = None;
             } else {
-                failed_at = Some(Instant::now());
+                if loud {
+                    failures = failures.saturating_add(1);
+                }
+                failed_at = Some(failed_at.filter(|_| !loud).unwrap_or_else(Instant::now));
             }
             if closing {
                 return;
@@ -223,7 +242,13 @@ impl Job {
 
     /// Finishes every segment of a generation below `before` that has no manifest yet, oldest
     /// first. Returns false if any failed (each failure is logged; the others still run).
+    #[cfg(test)]
     pub(super) fn finish_before(&self, dir: &File, before: u64) -> bool {
+        self.finish_before_logged(dir, before, true)
+    }
+
+    /// Finishes every segment below `before` without a manifest (see `finish_before`); a failure is a warning when `loud`, else a debug line.
+    fn finish_before_logged(&self, dir: &File, before: u64, loud: bool) -> bool {
         let groups = match self.list() {
             Ok(g) => g,
             Err(e) => {
@@ -250,7 +275,11 @@ impl Job {
                 Ok(None) => {}
                 Err(e) => {
                     ok = false;
-                    tracing::warn!(segment = %base, error = %e, "finishing a closed segment failed; it is tried again later");
+                    if loud {
+                        tracing::warn!(segment = %base, error = %e, "finishing a closed segment failed; it is tried again later");
+                    } else {
+                        tracing::debug!(segment = %base, error = %e, "finishing a closed segment failed again");
+                    }
                 }
             }
         }
@@ -388,6 +417,38 @@ pub(super) fn finish_now(cfg: &SinkConfig, before: u64) -> bool {
 mod tests {
     use std::io::Read;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// A closed segment that cannot be finished (here a directory named like one) is tried once, then waits
+    /// out its delay: before, the wait condition stayed true after the failure and the thread spun a core,
+    /// logging a warning per try (35,000 a second).
+    #[test]
+    fn a_segment_that_cannot_be_finished_waits_between_tries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = super::SinkConfig {
+            dir: tmp.path().to_path_buf(),
+            file_name: "xquik-dm-handoff.jsonl".into(),
+            rotate_max_bytes: 1024,
+            rotate_max_age: None,
+            compress: Compression::None,
+        };
+        fs::create_dir(tmp.path().join("xquik-dm-handoff.20260101T000000Z.000001.jsonl")).unwrap();
+        let f = Finisher::start(&cfg, "spin").unwrap();
+        f.committed(2);
+        let attempts = || f.shared.attempts.load(std::sync::atomic::Ordering::Relaxed);
+        // The first pass, however loaded the machine (no lower bound on speed is asserted)...
+        let start = std::time::Instant::now();
+        while attempts() == 0 && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // ...then half a second in which the failure waits out its delay: before, thousands of passes.
+        std::thread::sleep(Duration::from_millis(500));
+        let attempts = attempts();
+        f.close();
+        assert!((1..=2).contains(&attempts), "{attempts} finishing passes in half a second after the first");
+        assert_eq!(super::retry_delay(1), super::RETRY_AFTER);
+        assert_eq!(super::retry_delay(3), super::RETRY_AFTER * 4);
+        assert_eq!(super::retry_delay(99), super::RETRY_AFTER * 16);
+    }
 
     use sha2::{Digest, Sha256};
 

@@ -53,6 +53,7 @@ mod identity;
 mod manifest;
 mod recovery;
 mod rotation;
+pub mod walk;
 
 pub use self::compress::{scan, scan_limited, Compression, Digested, Scanned};
 pub use self::finish::Finisher;
@@ -188,6 +189,12 @@ pub struct Sink {
     len: u64,
     /// Unix ms of the first line in the active file; age rotation counts from here.
     active_since_ms: Option<u64>,
+    /// The same origin on the monotonic clock ([`crate::time::monotonic`]), so the age keeps growing when
+    /// the wall clock is stepped (set forward and corrected, or set back).
+    since_monotonic: Option<Duration>,
+    /// The stamp of the newest closed segment: the next one is never stamped earlier, so names sort in
+    /// generation order even after the wall clock was set back.
+    last_stamp: Option<String>,
     /// Why the sink is poisoned, once it is; every call then fails.
     poisoned: Option<String>,
     /// Injected failures, so tests reach the error paths.
@@ -244,6 +251,7 @@ impl Sink {
         }
         let len = read_after(&file, &active_path, offset, &mut recovered.lines)?;
 
+        let now_ms = rotation::unix_ms(SystemTime::now());
         let active_since_ms = if len == 0 {
             None
         } else if committed.seq == seq && committed.active_since_ms.is_some() {
@@ -254,7 +262,16 @@ impl Sink {
             // towards rotating late rather than early.
             let modified = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
             Some(rotation::unix_ms(modified))
-        };
+        }
+        // An origin in the future was stamped by a clock set forward since corrected: counting from now
+        // rotates at most one `rotate_max_age` late, instead of when the clock catches up.
+        .map(|since| since.min(now_ms));
+        // The wall-clock age carries what came before this process; the monotonic one counts from now.
+        let since_monotonic = active_since_ms.map(|_| crate::time::monotonic());
+        let last_stamp = closed.last().and_then(|c| {
+            let name = c.path.file_name()?.to_str()?;
+            rotation::stamp_of(&stem, name).map(str::to_string)
+        });
 
         tracing::debug!(
             path = %active_path.display(),
@@ -272,6 +289,8 @@ impl Sink {
             seq,
             len,
             active_since_ms,
+            since_monotonic,
+            last_stamp,
             poisoned: None,
             #[cfg(test)]
             faults: Faults::default(),
@@ -348,6 +367,7 @@ impl Sink {
             *wrote = true;
             if self.len == 0 {
                 self.active_since_ms = Some(now_ms);
+                self.since_monotonic = Some(crate::time::monotonic());
             }
             self.len += buf.len() as u64;
         }
@@ -375,6 +395,7 @@ impl Sink {
         self.file = file;
         self.len = len;
         self.active_since_ms = (len > 0).then(|| rotation::unix_ms(SystemTime::now()));
+        self.since_monotonic = (len > 0).then(crate::time::monotonic);
         tracing::warn!(
             path = %path.display(),
             lines_written_again = rewrite,
@@ -422,7 +443,11 @@ impl Sink {
     }
 
     fn active(&self) -> Active {
-        Active { len: self.len, since_ms: self.active_since_ms }
+        Active {
+            len: self.len,
+            since_ms: self.active_since_ms,
+            age: self.since_monotonic.map(|t| crate::time::monotonic().saturating_sub(t)),
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -448,7 +473,8 @@ impl Sink {
     /// Closes the active file as generation `self.seq` and starts the next one.
     fn rotate(&mut self, now: SystemTime) -> Result<(), SinkError> {
         let active_path = self.active_path();
-        let closed_path = self.cfg.dir.join(rotation::closed_name(&self.stem, now, self.seq));
+        let closed_name = rotation::closed_name_after(&self.stem, now, self.seq, self.last_stamp.as_deref());
+        let closed_path = self.cfg.dir.join(&closed_name);
         // rename(2) would silently replace it; a segment with our seq can only be someone
         // else's, and its lines must not vanish.
         if closed_path.symlink_metadata().is_ok() {
@@ -475,6 +501,8 @@ impl Sink {
         self.seq += 1;
         self.len = 0;
         self.active_since_ms = None;
+        self.since_monotonic = None;
+        self.last_stamp = rotation::stamp_of(&self.stem, &closed_name).map(str::to_string);
         Ok(())
     }
 
@@ -565,6 +593,8 @@ fn ensure_dir(dir: &Path) -> Result<(), SinkError> {
 
 /// Opens the existing active file, or creates it, and takes our lock on it.
 fn open_or_create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<File, SinkError> {
+    #[cfg(test)]
+    open_fault::check(path)?;
     let file = match OpenOptions::new().read(true).append(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => create_active(dir, dir_path, path)?,
@@ -584,6 +614,8 @@ fn open_or_create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<Fil
 
 /// Creates a new, empty active file with mode 0640 and makes its directory entry durable.
 fn create_active(dir: &File, dir_path: &Path, path: &Path) -> Result<File, SinkError> {
+    #[cfg(test)]
+    open_fault::check(path)?;
     let file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -687,6 +719,34 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
             Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => return Ok(()),
             _ => return Err(err),
         }
+    }
+}
+
+/// Opening or creating the active file fails with EMFILE on this thread, as many times as armed: the
+/// file-handle exhaustion that hits a rotation between its rename and the new active file, and the
+/// reopen after it. Thread-local, so tests running beside each other do not see it.
+#[cfg(test)]
+pub(crate) mod open_fault {
+    use std::cell::Cell;
+
+    thread_local!(static LEFT: Cell<u32> = const { Cell::new(0) });
+
+    /// The next `n` opens of an active file on this thread fail.
+    pub(crate) fn arm(n: u32) {
+        LEFT.with(|l| l.set(n));
+    }
+
+    pub(super) fn check(path: &std::path::Path) -> Result<(), super::SinkError> {
+        let fire = LEFT.with(|l| {
+            let n = l.get();
+            l.set(n.saturating_sub(1));
+            n > 0
+        });
+        if fire {
+            let source = std::io::Error::from_raw_os_error(libc::EMFILE);
+            return Err(super::SinkError::Io { op: "opening", path: path.to_path_buf(), source });
+        }
+        Ok(())
     }
 }
 

@@ -23,9 +23,31 @@ pub fn stem(file_name: &str) -> &str {
 }
 
 /// The name generation `seq` gets when it is closed at `closed_at`.
+#[cfg(test)]
 pub(super) fn closed_name(stem: &str, closed_at: SystemTime, seq: u64) -> String {
-    let stamp = utc_stamp(unix_ms(closed_at) / 1000);
+    closed_name_after(stem, closed_at, seq, None)
+}
+
+/// As [`closed_name`], with a stamp never before `floor` (the previous segment's): a wall clock set back
+/// must not name a newer generation so that it sorts before an older one. Names then sort in generation
+/// order whatever the clock did (equal stamps are ordered by the six-digit `seq`).
+pub(super) fn closed_name_after(stem: &str, closed_at: SystemTime, seq: u64, floor: Option<&str>) -> String {
+    let mut stamp = utc_stamp(unix_ms(closed_at) / 1000);
+    if let Some(floor) = floor.filter(|f| is_stamp(f) && stamp_key(f) > stamp_key(&stamp)) {
+        stamp = floor.to_string();
+    }
     format!("{stem}.{stamp}.{seq:06}{EXT}")
+}
+
+/// Stamps in time order: a year past 9999 is longer, so by length first.
+fn stamp_key(s: &str) -> (usize, &str) {
+    (s.len(), s)
+}
+
+/// The `YYYYMMDDTHHMMSSZ` part of a segment's base name (`<stem>.<stamp>.<seq>`).
+pub(super) fn stamp_of<'a>(stem: &str, base: &'a str) -> Option<&'a str> {
+    let rest = base.strip_prefix(stem)?.strip_prefix('.')?;
+    rest.split_once('.').map(|(stamp, _)| stamp).filter(|s| is_stamp(s))
 }
 
 #[cfg(test)]
@@ -153,6 +175,9 @@ pub(super) struct Active {
     pub len: u64,
     /// Unix ms of the first line in it; the age limit counts from here.
     pub since_ms: Option<u64>,
+    /// Its age on the monotonic clock ([`crate::time::monotonic`]): since this process wrote its first
+    /// line, or since start-up for a file found then (whose earlier age only the wall clock knows).
+    pub age: Option<Duration>,
 }
 
 /// Whether the active file has reached the age limit (and so is due to be closed).
@@ -161,8 +186,12 @@ pub(super) fn age_due(active: Active, limits: &Limits, now_ms: u64) -> bool {
         return false;
     };
     let max_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-    // A clock that went backwards saturates to age 0: late rotation beats a burst of them.
-    active.len > 0 && now_ms.saturating_sub(since) >= max_ms
+    // A wall clock that went backwards saturates to age 0, and one set forward when the first line came
+    // and corrected since would hold the age at 0 until it catches up: the monotonic age still grows, so
+    // either reaching the limit rotates (a forward step can only close a file early).
+    let by_wall = now_ms.saturating_sub(since) >= max_ms;
+    let by_monotonic = active.age.is_some_and(|a| a >= max_age);
+    active.len > 0 && (by_wall || by_monotonic)
 }
 
 /// One `write_all` of an append: the lines that go into one generation.
@@ -232,7 +261,7 @@ mod tests {
     const LIMITS: Limits = Limits { max_bytes: 10, max_age: None };
 
     fn fresh() -> Active {
-        Active { len: 0, since_ms: None }
+        Active { len: 0, since_ms: None, age: None }
     }
 
     fn batch(rotate_first: bool, lines: Range<usize>) -> Batch {
@@ -369,13 +398,13 @@ mod tests {
 
     #[test]
     fn line_that_fills_the_file_exactly_fits() {
-        let active = Active { len: 6, since_ms: Some(0) };
+        let active = Active { len: 6, since_ms: Some(0), age: None };
         assert_eq!(plan_append(active, [4], &LIMITS, 0), [batch(false, 0..1)]);
     }
 
     #[test]
     fn one_byte_more_rotates_first() {
-        let active = Active { len: 6, since_ms: Some(0) };
+        let active = Active { len: 6, since_ms: Some(0), age: None };
         assert_eq!(plan_append(active, [5], &LIMITS, 0), [batch(true, 0..1)]);
     }
 
@@ -399,7 +428,7 @@ mod tests {
 
     #[test]
     fn no_lines_no_batches() {
-        let active = Active { len: 5, since_ms: Some(0) };
+        let active = Active { len: 5, since_ms: Some(0), age: None };
         let limits = Limits { max_bytes: 10, max_age: Some(Duration::ZERO) };
         assert!(plan_append(active, [], &limits, 99).is_empty());
     }
@@ -407,15 +436,15 @@ mod tests {
     #[test]
     fn age_due_at_the_limit_not_before() {
         let limits = Limits { max_bytes: 100, max_age: Some(Duration::from_secs(60)) };
-        let active = Active { len: 1, since_ms: Some(1_000) };
+        let active = Active { len: 1, since_ms: Some(1_000), age: None };
         assert!(!age_due(active, &limits, 60_999));
         assert!(age_due(active, &limits, 61_000));
         // Clock went backwards.
         assert!(!age_due(active, &limits, 0));
         // Empty or never-written files are never due.
-        let empty = Active { len: 0, since_ms: Some(0) };
+        let empty = Active { len: 0, since_ms: Some(0), age: None };
         assert!(!age_due(empty, &limits, u64::MAX));
-        let unknown = Active { len: 1, since_ms: None };
+        let unknown = Active { len: 1, since_ms: None, age: None };
         assert!(!age_due(unknown, &limits, u64::MAX));
         let no_limit = Limits { max_age: None, ..limits };
         assert!(!age_due(active, &no_limit, u64::MAX));
@@ -424,7 +453,7 @@ mod tests {
     #[test]
     fn age_rotates_before_the_first_line() {
         let limits = Limits { max_bytes: 10, max_age: Some(Duration::from_secs(1)) };
-        let active = Active { len: 2, since_ms: Some(0) };
+        let active = Active { len: 2, since_ms: Some(0), age: None };
         assert_eq!(plan_append(active, [5, 5, 5], &limits, 1_000), [batch(true, 0..2), batch(true, 2..3)]);
         assert_eq!(plan_append(active, [5, 5], &limits, 999), [batch(false, 0..1), batch(true, 1..2)]);
     }

@@ -584,3 +584,67 @@ fn a_restart_reads_all_of_an_active_file_that_is_not_the_committed_one() {
     assert_eq!(recovered.lines, lines(5, 3));
     drop(keep);
 }
+
+/// A wall clock set forward when the first line came, then corrected: the wall-clock age stays 0 until the
+/// clock catches up (a year here), so `rotate_max_age` never fired. The monotonic age still counts.
+#[test]
+fn age_rotation_survives_a_clock_set_forward_and_corrected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SinkConfig { rotate_max_age: Some(Duration::from_secs(3600)), ..config(tmp.path(), 1_000_000) };
+    let (mut sink, _) = open(&cfg, CommitPoint::default());
+    let year = 365 * 86_400;
+    sink.append(&lines(0, 1), at(T0 + year)).unwrap();
+    // Corrected: ten minutes of real time later.
+    crate::time::advance_monotonic(Duration::from_secs(600));
+    assert_eq!(sink.rotate_if_due(at(T0 + 600)).unwrap(), None);
+    crate::time::advance_monotonic(Duration::from_secs(3000));
+    let p = sink.rotate_if_due(at(T0 + 3600)).unwrap().expect("an hour old on the monotonic clock: rotated");
+    assert_eq!(p.seq, 2);
+    assert_eq!(closed(tmp.path()).len(), 1);
+    // A line appended once the file is an hour old rotates first, by the same rule.
+    sink.append(&lines(1, 1), at(T0 + 3600)).unwrap();
+    crate::time::advance_monotonic(Duration::from_secs(3600));
+    assert_eq!(sink.append(&lines(2, 1), at(T0 + 3600)).unwrap().seq, 3);
+}
+
+/// A stored age origin in the future (stamped by a clock set forward, corrected while stopped) counts
+/// from start-up instead: rotation comes at most one `rotate_max_age` late, not when the clock catches up.
+#[test]
+fn a_future_age_origin_found_at_start_up_counts_from_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SinkConfig { rotate_max_age: Some(Duration::from_secs(3600)), ..config(tmp.path(), 1_000_000) };
+    let (mut sink, _) = open(&cfg, CommitPoint::default());
+    let future = SystemTime::now() + Duration::from_secs(365 * 86_400);
+    let committed = sink.append(&lines(0, 1), future).unwrap();
+    drop(sink);
+    let (mut sink, _) = open(&cfg, committed);
+    let now = SystemTime::now();
+    assert!(sink.position().active_since_ms.unwrap() <= rotation::unix_ms(now) + 1000, "clamped to now");
+    assert_eq!(sink.rotate_if_due(now).unwrap(), None);
+    crate::time::advance_monotonic(Duration::from_secs(3600));
+    assert!(sink.rotate_if_due(now).unwrap().is_some(), "an hour after start-up");
+}
+
+/// A wall clock set back between two rotations must not name the newer segment so that it sorts before
+/// the older one: names sort in generation order whatever the clock did, across a restart too.
+#[test]
+fn segment_names_sort_in_generation_order_when_the_clock_goes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 60);
+    let (mut sink, _) = open(&cfg, CommitPoint::default());
+    sink.append(&lines(0, 3), at(T0)).unwrap();
+    sink.append(&lines(3, 2), at(T0 - 86_400)).unwrap();
+    let committed = sink.append(&lines(5, 2), at(T0 - 2 * 86_400)).unwrap();
+    drop(sink);
+    let (mut sink, _) = open(&cfg, committed);
+    sink.append(&lines(7, 2), at(T0 - 3 * 86_400)).unwrap();
+    let mut names: Vec<String> =
+        closed(tmp.path()).iter().map(|(_, p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let in_generation_order = names.clone();
+    names.sort();
+    assert_eq!(names, in_generation_order, "sorted by name = sorted by generation");
+    let stamp = rotation::stamp_of(STEM, &names[3]).unwrap().to_string();
+    assert_eq!(stamp, rotation::stamp_of(STEM, &names[0]).unwrap(), "held at the newest stamp so far");
+    assert_eq!(lines_on_disk(tmp.path()), lines(0, 9));
+}

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::{Key, Kind};
 use crate::sink::CommitPoint;
 
+pub mod audit;
 mod inbox;
 mod keys;
 pub mod tokens;
@@ -260,7 +261,8 @@ pub struct SeenPage {
 
 /// How fresh a pipeline's files are, as `status` and the metrics report it. Two separate facts, so an idle
 /// account (old newest record, recent successful run) never looks like a dead pipeline (neither moves).
-/// Both only move forward: a commit's values are merged into the stored ones by taking the later.
+/// A commit's values are merged into the stored ones: the newest record by taking the later, the last
+/// successful run by taking the commit's (see [`Freshness::merge`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Freshness {
@@ -272,9 +274,14 @@ pub struct Freshness {
 }
 
 impl Freshness {
-    /// Takes the later of each fact.
+    /// Takes the later record time, and `other`'s run time when it has one. The run time is replaced, not
+    /// maxed: a run stamped by a wall clock set forward and then corrected would otherwise stay "the last
+    /// successful run" until the clock caught up, and a staleness alert on it would see nothing. A pipeline's
+    /// runs commit in the order they end, so the commit's value is the last run's.
     pub fn merge(&mut self, other: &Freshness) {
-        self.last_success_ms = self.last_success_ms.max(other.last_success_ms);
+        if other.last_success_ms.is_some() {
+            self.last_success_ms = other.last_success_ms;
+        }
         if other.newest_created_at > self.newest_created_at {
             self.newest_created_at.clone_from(&other.newest_created_at);
         }
@@ -338,12 +345,30 @@ impl Store {
     /// Creates the directory (0750) if needed, takes the lock, opens sled with a bounded cache, and brings
     /// a state written by an earlier version to the current layout.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StateError> {
+        let lock = Self::lock_dir(dir)?;
+        Self::open_locked(dir, opts, lock)
+    }
+
+    /// Creates the directory (0750) if needed and takes its lock: the first half of [`Store::open`], for a
+    /// caller that must keep the directory while it swaps the database (`state rebuild`).
+    pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
         let io = |op: &'static str| move |e: std::io::Error| StateError::io(dir, op, &e);
-        match fs::metadata(dir) {
+        // Only a folder we create gets our mode: an operator's folder keeps theirs (a shared 1777 one such as
+        // /var/tmp must never lose its sticky or world bits for every other user). A folder that others
+        // may write into is warned about, not refused: it is the operator's choice.
+        let created = match fs::metadata(dir) {
             Ok(m) if !m.is_dir() => return Err(StateError::NotADirectory { dir: dir.to_path_buf() }),
-            Ok(_) => {}
-            Err(_) => fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?,
-        }
+            Ok(m) => {
+                if m.permissions().mode() & 0o022 != 0 {
+                    tracing::warn!(dir = %dir.display(), mode = format!("{:o}", m.permissions().mode() & 0o7777), "the state_dir is writable by other users; give dm-handoff a folder of its own (0700 or 0750)");
+                }
+                false
+            }
+            Err(_) => {
+                fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(io("creating it"))?;
+                true
+            }
+        };
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -366,7 +391,16 @@ impl Store {
         lock.set_len(0).map_err(io("writing LOCK"))?;
         lock.rewind().map_err(io("writing LOCK"))?;
         writeln!(lock, "{}", std::process::id()).map_err(io("writing LOCK"))?;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+        if created {
+            // The umask may have taken bits off the mode asked for.
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
+        }
+        Ok(lock)
+    }
+
+    /// Opens the database of a directory whose lock `lock` holds (from [`Store::lock_dir`]); the store keeps
+    /// it. A clone of the lock's file keeps the directory locked after the store is dropped.
+    pub(crate) fn open_locked(dir: &Path, opts: StoreOptions, lock: File) -> Result<Store, StateError> {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(opts.cache_bytes)

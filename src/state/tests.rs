@@ -38,7 +38,8 @@ fn commit_is_visible_after_reopen() {
             ],
         })
         .unwrap();
-        // A later commit moves a fact only forward.
+        // A later commit moves the newest record only forward; its run time replaces the stored one, even
+        // an earlier one (the clock was set forward for the run before, and corrected since).
         let later = Freshness { last_success_ms: Some(8), newest_created_at: Some(at("26")) };
         s.commit(&Commit { freshness: vec![("p".into(), later)], ..Commit::default() }).unwrap();
     }
@@ -59,7 +60,7 @@ fn commit_is_visible_after_reopen() {
     assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 3, "a1, a2 and b7");
     assert_eq!(s.count_seen("p", Some(Kind::DmSend)).unwrap(), 1);
     let fresh = s.freshness("p").unwrap();
-    assert_eq!(fresh, Freshness { last_success_ms: Some(9), newest_created_at: Some(at("26")) });
+    assert_eq!(fresh, Freshness { last_success_ms: Some(8), newest_created_at: Some(at("26")) });
     assert_eq!(s.freshness("q").unwrap(), Freshness::default());
 }
 
@@ -282,6 +283,19 @@ fn state_dir_is_created_0750() {
     let sd = dir.path().join("new/state");
     let _s = Store::open(&sd, opts()).unwrap();
     assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o777, 0o750);
+}
+
+/// An existing folder keeps its mode: a shared 1777 one (`state_dir = "/var/tmp"`) and an operator's 0700.
+#[test]
+fn an_existing_state_dir_keeps_its_mode() {
+    for mode in [0o1777, 0o700] {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = dir.path().join("state");
+        fs::create_dir(&sd).unwrap();
+        fs::set_permissions(&sd, fs::Permissions::from_mode(mode)).unwrap();
+        let _s = Store::open(&sd, opts()).unwrap();
+        assert_eq!(fs::metadata(&sd).unwrap().permissions().mode() & 0o7777, mode);
+    }
 }
 
 /// `seen_among` answers exactly as `is_seen_with` does, key by key: folded range, exact keys of both history

@@ -23,4 +23,5 @@ mod outbound;
 mod privacy;
 mod providers;
 mod rotation;
+mod sinkfix;
 mod sync;
