@@ -441,6 +441,8 @@ impl Pass<'_> {
         let mut in_flight: Option<InFlight> = None;
         // A pass that is handed a cursor it already sent, or pages that bring nothing new, stops (SPEC 8.3).
         let mut guard = LoopGuard::new(p.max_empty_pages);
+        // A cursor the provider no longer accepts restarts the pass once without it (`restart`).
+        let mut restarted = false;
         loop {
             // The state as it will be once the queued page is committed: what the next request depends on.
             let ahead = in_flight.as_ref().map_or(&self.st, |f| &f.next);
@@ -469,9 +471,19 @@ impl Pass<'_> {
                     let (page, committed) = tokio::join!(self.fetch(cursor.as_deref()), queued);
                     committed?;
                     self.apply(next, written, credits);
-                    page?
+                    page
                 }
-                None => self.fetch(cursor.as_deref()).await?,
+                None => self.fetch(cursor.as_deref()).await,
+            };
+            let page = match page {
+                Err(Stop::Provider(e)) if e.cursor_rejected && cursor.is_some() && !restarted => {
+                    // Nothing is in flight now: `self.st` is the committed state, the one to restart from.
+                    restarted = true;
+                    self.restart(walk, &e);
+                    guard = LoopGuard::new(p.max_empty_pages);
+                    continue;
+                }
+                page => page?,
             };
             pages += 1;
             let (next, done) = self.advance(walk, &page);
@@ -496,6 +508,22 @@ impl Pass<'_> {
             }
         }
         self.settle(in_flight).await
+    }
+
+    /// The provider refused the walk's cursor: the walk starts again from the newest page. A head pass keeps
+    /// what it has seen (`head_newest`) and ends at `hwm` as before; a backfill walks down from the newest
+    /// page to where it was and on, its pages below `covered_from` still contiguous with what is covered.
+    /// Every item is checked against the seen set, so the overlap writes nothing twice; the restarted
+    /// cursor is committed with the next page (or with the run's end), so a cursor that expired while the
+    /// daemon was down never wedges the conversation.
+    fn restart(&mut self, walk: Walk, e: &ProviderError) {
+        let p = &self.pipe.config;
+        tracing::warn!(pipeline = %p.name, conversation = %self.conv.key(), walk = ?walk, status = e.status, code = %e.code, "the provider no longer accepts this pass's cursor; restarting the pass from the newest page");
+        match walk {
+            Walk::First => {}
+            Walk::Head => self.st.head_cursor = None,
+            Walk::Backfill => self.st.backfill_cursor = None,
+        }
     }
 
     /// The state after `page` (given the committed state before it), and whether the walk ends with it.

@@ -44,6 +44,7 @@ mod writes;
 mod x_api_v2;
 mod xquik;
 
+pub use faults::reads::{ReadFault, ReadFaultKind};
 pub use writes::{SimProvider, SimWrite, SimWriteAction, WriteFault, WriteFaultKind};
 pub use x_api_v2::{OAuthStats, OAuthTokens, SimEvent, SimGroup, SimOAuthClient};
 
@@ -257,6 +258,10 @@ pub struct Faults {
     /// the first entry it matches, which counts down its `times`. See [`WriteFault`] and
     /// [`WriteFaultKind`].
     pub write_faults: Vec<WriteFault>,
+    /// Reads that fail on their cursor or with a 500, the ways each provider documents: each
+    /// upcoming history or inbox read takes the first entry it matches, which counts down its
+    /// `times`. See [`ReadFault`] and [`ReadFaultKind`].
+    pub read_faults: Vec<ReadFault>,
 }
 
 impl Default for Faults {
@@ -276,6 +281,7 @@ impl Default for Faults {
             pending_polls: 1,
             pending_retry_after_secs: 1,
             write_faults: Vec::new(),
+            read_faults: Vec::new(),
         }
     }
 }
@@ -329,6 +335,9 @@ pub struct Stats {
     pub rate_limited_by_family: BTreeMap<String, u64>,
     /// Write faults injected, by [`WriteFaultKind`] name.
     pub write_faults: BTreeMap<String, u64>,
+    /// Read faults injected, by [`ReadFaultKind`] name.
+    #[serde(default)]
+    pub read_faults: BTreeMap<String, u64>,
     /// The most provider requests in progress at once (latency included).
     pub peak_in_flight: u64,
     /// The most provider requests answered within one second (seconds aligned to the start).

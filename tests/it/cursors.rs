@@ -1,0 +1,104 @@
+//! The providers' documented cursor failures (issue 27): a busy cursor is waited for as long as the
+//! provider asks and asked for again; a cursor that is gone or invalid restarts the pass once without it,
+//! the seen set absorbing the overlap; a stored backfill cursor the provider stopped accepting never
+//! wedges a conversation; a 5xx on a read is retried. Each on every provider's routes, its own wording.
+
+use std::time::{Duration, Instant};
+
+use dm_handoff_simulator::{CursorStyle, Faults, ReadFault, ReadFaultKind};
+
+use crate::support::*;
+
+for_each_provider!(
+    a_busy_cursor_is_waited_for_and_asked_again,
+    a_gone_or_invalid_cursor_restarts_the_pass_once_without_it,
+    a_rejected_stored_backfill_cursor_never_wedges_the_conversation,
+    server_errors_on_reads_are_retried,
+);
+
+fn fault(kind: ReadFaultKind, peer: &str) -> ReadFault {
+    ReadFault { peer: Some(peer.to_string()), ..ReadFault::new(kind) }
+}
+
+fn with_faults(seed: u64, peer: &str, n: usize, read_faults: Vec<ReadFault>) -> dm_handoff_simulator::SimConfig {
+    let mut cfg = sim_config(seed, vec![conv(peer, n, CursorStyle::Offset)]);
+    cfg.faults = Faults { read_faults, ..Faults::default() };
+    cfg
+}
+
+fn read_faults(fx: &Fixture, kind: ReadFaultKind) -> u64 {
+    fx.sim.sim.stats().read_faults.get(&kind.name()).copied().unwrap_or(0)
+}
+
+async fn a_busy_cursor_is_waited_for_and_asked_again(provider: Provider) {
+    let peer = "710001";
+    let busy = ReadFault { retry_after_secs: 2, ..fault(ReadFaultKind::CursorBusy, peer) };
+    let fx = Fixture::new_for(provider, with_faults(71, peer, 120, vec![busy]), "backfill = true").await;
+    let started = Instant::now();
+    let out = fx.sync().await;
+    out.expect_code(0);
+    assert!(started.elapsed() >= Duration::from_secs(2), "the Retry-After was honoured\n{out}");
+    fx.assert_exactly_once();
+    assert_eq!(read_faults(&fx, ReadFaultKind::CursorBusy), 1);
+    if provider != Provider::GetXApi {
+        // The request after the 409 carries the same cursor (GetXAPI's is in the body, not logged).
+        let log = fx.sim.sim.stats().log;
+        let i = log.iter().position(|r| r.status == 409).expect("a 409 was served");
+        let again = log[i + 1..].iter().find(|r| r.path == log[i].path).expect("asked again");
+        assert_eq!(again.query, log[i].query, "the same cursor is asked for again");
+        assert_eq!(again.status, 200);
+    }
+}
+
+async fn a_gone_or_invalid_cursor_restarts_the_pass_once_without_it(provider: Provider) {
+    let peer = "720001";
+    let faults = vec![fault(ReadFaultKind::CursorGone, peer)];
+    let fx = Fixture::new_for(provider, with_faults(72, peer, 150, faults), "backfill = true").await;
+    let out = fx.sync().await;
+    out.expect_code(0);
+    fx.assert_exactly_once();
+    // New messages, and an invalid cursor in the next run's head pass.
+    fx.sim.sim.add_messages(peer, 70);
+    fx.sim.sim.set_faults(Faults { read_faults: vec![fault(ReadFaultKind::CursorInvalid, peer)], ..Faults::default() });
+    let out = fx.sync().await;
+    out.expect_code(0);
+    let records = fx.assert_exactly_once();
+    assert_no_duplicates(&records);
+    assert_eq!(read_faults(&fx, ReadFaultKind::CursorGone), 1);
+    assert_eq!(read_faults(&fx, ReadFaultKind::CursorInvalid), 1);
+    let status = fx.status_json().await;
+    assert!(conv_status(&status, peer)["last_error"].is_null(), "no error is left: {status}");
+}
+
+async fn a_rejected_stored_backfill_cursor_never_wedges_the_conversation(provider: Provider) {
+    let peer = "730001";
+    let extra = "backfill = true\nbackfill_max_pages_per_run = 3";
+    let fx = Fixture::new_for(provider, with_faults(73, peer, 260, Vec::new()), extra).await;
+    fx.sync().await.expect_code(0);
+    // Weeks later: the stored cursor has expired, on every provider's own terms.
+    fx.sim.sim.set_faults(Faults { read_faults: vec![fault(ReadFaultKind::CursorGone, peer)], ..Faults::default() });
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let out = fx.sync().await;
+        out.expect_code(0);
+        let status = fx.status_json().await;
+        if conv_status(&status, peer)["backfill_done"].as_bool() == Some(true) {
+            break;
+        }
+        assert!(runs < 20, "the backfill does not get anywhere: {status}");
+    }
+    assert_eq!(read_faults(&fx, ReadFaultKind::CursorGone), 1);
+    let records = fx.assert_exactly_once();
+    assert_no_duplicates(&records);
+}
+
+async fn server_errors_on_reads_are_retried(provider: Provider) {
+    let peer = "740001";
+    let errors = ReadFault { times: 3, ..fault(ReadFaultKind::ServerError, peer) };
+    let fx = Fixture::new_for(provider, with_faults(74, peer, 90, vec![errors]), "backfill = true").await;
+    fx.sync().await.expect_code(0);
+    fx.assert_exactly_once();
+    assert_eq!(read_faults(&fx, ReadFaultKind::ServerError), 3);
+    assert_eq!(fx.sim.sim.stats().by_status.get(&500).copied(), Some(3));
+}
