@@ -157,9 +157,43 @@ struct RunShared {
     /// Cancelled on shutdown or on a fatal provider error; conversations stop at a page boundary.
     stop: CancellationToken,
     fatal: std::sync::Mutex<Option<String>>,
+    /// Waits for a spent rate-limit window ([`PACING`]) and their total length, for the run's one summary.
+    paced: AtomicU64,
+    paced_ms: AtomicU64,
 }
 
 impl RunShared {
+    fn new(opts: RunOptions, stop: CancellationToken) -> RunShared {
+        RunShared {
+            opts,
+            credits: AtomicU64::new(0),
+            stop,
+            fatal: Default::default(),
+            paced: AtomicU64::new(0),
+            paced_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts an attempt that waits for a spent rate-limit window.
+    fn note_pacing<T>(&self, result: &Result<T, ProviderError>) {
+        if let Err(e) = result {
+            if e.code == PACING && e.status.is_none() {
+                self.paced.fetch_add(1, Ordering::Relaxed);
+                let ms = e.retry_after.map_or(0, |d| d.as_millis() as u64);
+                self.paced_ms.fetch_add(ms, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The run's one pacing line (each wait is logged at DEBUG only).
+    fn log_pacing(&self, pipeline: &str) {
+        let waits = self.paced.load(Ordering::Relaxed);
+        if waits > 0 {
+            let waited_s = self.paced_ms.load(Ordering::Relaxed) / 1000;
+            tracing::info!(pipeline = %pipeline, waits, waited_s, "the provider's rate-limit windows paced this run: {waits} waits, about {waited_s} s in all");
+        }
+    }
+
     fn beat(&self) {
         if let Some(h) = &self.opts.heartbeat {
             h.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
@@ -187,8 +221,7 @@ pub async fn sync_pipeline(
     cancel: CancellationToken,
 ) -> PipelineReport {
     let started = std::time::Instant::now();
-    let shared =
-        Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
+    let shared = Arc::new(RunShared::new(opts, cancel.child_token()));
     let local = Arc::new(Semaphore::new(pipe.conversations_at_once));
     let mut set = JoinSet::new();
     let mut reports = Vec::new();
@@ -237,6 +270,7 @@ pub async fn sync_pipeline(
     reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
     let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
     let report = PipelineReport { pipeline: pipe.config.name.clone(), conversations: reports, fatal };
+    shared.log_pacing(&pipe.config.name);
     end_of_run(&pipe, &report, started).await;
     report
 }
@@ -583,6 +617,7 @@ impl Pass<'_> {
             let permit = pipe.pace.acquire().await;
             shared.beat();
             let result = pipe.client.history(self.conv, cursor).await;
+            shared.note_pacing(&result);
             permit.done(match &result {
                 Err(e) if e.status == Some(429) || e.class == ErrorClass::Transient && e.code != PACING => {
                     Answer::PushedBack

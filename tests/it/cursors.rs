@@ -102,3 +102,28 @@ async fn server_errors_on_reads_are_retried(provider: Provider) {
     assert_eq!(read_faults(&fx, ReadFaultKind::ServerError), 3);
     assert_eq!(fx.sim.sim.stats().by_status.get(&500).copied(), Some(3));
 }
+
+/// Two pipelines of one account share its read pace: `check` refuses them when they disagree on
+/// `read_rate_limit` (before, the first one opened won silently), and accepts them when they agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_two_pipelines_of_one_account_with_different_read_rate_limits() {
+    let fx =
+        Fixture::new(sim_config(75, convs(&[("750001", 5, CursorStyle::Offset)])), "read_rate_limit = [100, 1]").await;
+    let text = std::fs::read_to_string(&fx.config).expect("read the config");
+    let second = |rate: &str| {
+        let table = &text[text.find("[[pipelines]]").expect("a pipeline table")..];
+        let copy = table
+            .replace(&format!("name = \"{PIPELINE}\""), "name = \"second\"")
+            .replace(&format!("out/{PIPELINE}"), "out/second")
+            .replace("read_rate_limit = [100, 1]", &format!("read_rate_limit = {rate}"));
+        format!("{text}\n{copy}")
+    };
+    std::fs::write(&fx.config, second("\"off\"")).expect("write the config");
+    let out = fx.cmd(&["check"]).run().await;
+    out.expect_code(2);
+    let e = out.all();
+    assert!(e.contains(&format!("`{PIPELINE}`")) && e.contains("`second`") && e.contains("read_rate_limit"), "{out}");
+    assert!(e.contains("[100, 1]") && e.contains("\"off\""), "both values are named\n{out}");
+    std::fs::write(&fx.config, second("[100, 1]")).expect("write the config");
+    fx.cmd(&["check"]).run().await.expect_code(0);
+}

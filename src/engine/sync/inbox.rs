@@ -135,7 +135,12 @@ where
     budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
     with_retry(&p.retry, &shared.stop, || {
         shared.beat();
-        op()
+        let attempt = op();
+        async move {
+            let result = attempt.await;
+            shared.note_pacing(&result);
+            result
+        }
     })
     .await
     .map_err(|e| {
