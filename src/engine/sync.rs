@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub heartbeat: Option<Arc<AtomicU64>>,
     /// Live totals for a progress display: pages fetched and records written by this run so far.
     pub progress: Option<Arc<Progress>>,
+    /// Leave out conversations another pass of this process holds (a backfill the daemon runs beside its
+    /// ticks), instead of waiting for them: what a scheduled tick does ([`super::passes`]).
+    pub skip_busy: bool,
 }
 
 impl RunOptions {
@@ -112,6 +115,9 @@ pub struct ConvReport {
     /// `error` says so, and a report says it once for all such conversations.
     #[serde(default)]
     pub cancelled: bool,
+    /// Left out of this run because another pass (a backfill beside the ticks) holds the conversation.
+    #[serde(default)]
+    pub busy: bool,
 }
 
 /// How one pipeline's run went.
@@ -235,12 +241,19 @@ pub async fn sync_pipeline(
     };
     let mut conversations = pipe.config.conversations.clone();
     if pipe.config.inbox {
-        // First and alone: it also updates the counters of conversations the passes below write.
-        let g = global.clone().acquire_owned().await.ok();
-        let run = inbox::run(&pipe, &shared).await;
-        drop(g);
-        reports.extend(run.report);
-        conversations.extend(run.extra);
+        // First and alone: it also updates the counters of conversations the passes below write. The stream
+        // writes any conversation, so it holds the whole pipeline; a tick leaves it out while a backfill runs.
+        let stream = pipe.client.inbox_route() == crate::provider::InboxRoute::Stream;
+        let held = if stream { pipe.passes.stream(!shared.opts.skip_busy).await } else { None };
+        if stream && held.is_none() {
+            tracing::debug!(pipeline = %pipe.config.name, "another pass holds the pipeline; the inbox stream waits for a later tick");
+        } else {
+            let g = global.clone().acquire_owned().await.ok();
+            let run = inbox::run(&pipe, &shared).await;
+            drop((g, held));
+            reports.extend(run.report);
+            conversations.extend(run.extra);
+        }
     }
     let quiet: HashSet<&str> = shared.opts.quiet.iter().map(String::as_str).collect();
     for conv in conversations {
@@ -296,6 +309,8 @@ enum Stop {
     Provider(ProviderError),
     Write(String),
     Cancelled,
+    /// Another pass holds the conversation and this run does not wait for it (`RunOptions::skip_busy`).
+    Busy,
 }
 
 impl From<crate::handoff::HandoffError> for Stop {
@@ -326,6 +341,10 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
     let result = async {
         let conv = resolve(pipe, conv_ref, shared).await?;
         report.conversation = conv.key().to_string();
+        // Held until the conversation's final commit below: no other pass writes it meanwhile.
+        let Some(_lease) = pipe.passes.conversation(conv.key(), !shared.opts.skip_busy).await else {
+            return Err(Stop::Busy);
+        };
         let st = pipe.store.conversation(&p.name, conv.key())?;
         let mut pass = Pass { pipe, conv: &conv, st, shared, report: &mut report, duplicates: AtomicU64::new(0) };
         let outcome = pass.run().await;
@@ -340,7 +359,7 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
         // Record how the run ended, whatever happened; the cursors in `st` are the committed ones.
         st.last_sync_ms = Some(unix_ms(SystemTime::now()));
         st.last_error = match &outcome {
-            Ok(()) | Err(Stop::Cancelled) | Err(Stop::Budget(_)) => None,
+            Ok(()) | Err(Stop::Cancelled) | Err(Stop::Budget(_)) | Err(Stop::Busy) => None,
             Err(Stop::Provider(e)) => Some(e.to_string()),
             Err(Stop::Write(e)) => Some(e.clone()),
         };
@@ -368,6 +387,10 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
             report.limited = true;
             report.budget = Some(which.to_string());
             tracing::warn!(pipeline = %p.name, conversation = %report.conversation, budget = which, "credit budget spent; paused until the next run");
+        }
+        Err(Stop::Busy) => {
+            report.busy = true;
+            tracing::debug!(pipeline = %p.name, conversation = %report.conversation, "another pass (a backfill) holds this conversation; left for a later tick");
         }
         Err(Stop::Cancelled) => {
             report.cancelled = true;

@@ -127,3 +127,86 @@ async fn check_refuses_two_pipelines_of_one_account_with_different_read_rate_lim
     std::fs::write(&fx.config, second("[100, 1]")).expect("write the config");
     fx.cmd(&["check"]).run().await.expect_code(0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A long backfill in the daemon (issue 27)
+
+/// Polls `f` every 100 ms until it holds or `limit` passes; returns whether it held.
+async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}
+
+/// Records of the 1:1 conversation with `peer` in the files so far (complete lines only).
+fn written(fx: &Fixture, peer: &str) -> usize {
+    read_complete_records(&fx.out_dir()).iter().filter(|r| str_field(r, "conversation_user_id") == Some(peer)).count()
+}
+
+/// A daemon on a 2-second schedule over a 3,000-message conversation (`long`) and a small one (`other`),
+/// both set up by one local sync first, every page then answered after 250 ms; and a `backfill` of `long`
+/// handed to it through the control socket, which walks for about 30 s (120 pages). Returns once the
+/// backfill is under way.
+async fn a_daemon_backfilling(seed: u64, long: &str, other: &str) -> (Fixture, Running, Running) {
+    let mut cfg = sim_config(seed, vec![conv(long, 3000, CursorStyle::MaxId), conv(other, 20, CursorStyle::Offset)]);
+    cfg.page_size = (25, 25);
+    // Scheduled runs fetch new messages only; older history comes from the `backfill` below.
+    let fx = Fixture::new(cfg, "backfill = false").await;
+    let text = std::fs::read_to_string(&fx.config).expect("read the config");
+    std::fs::write(&fx.config, text.replace("schedule = \"*/30 * * * * *\"", "schedule = \"*/2 * * * * *\""))
+        .expect("write the config");
+    fx.sync().await.expect_code(0);
+    fx.sim.sim.set_faults(Faults { slow_ms: 250, ..Faults::default() });
+    let daemon = fx.cmd(&["run"]).spawn();
+    let socket = fx.state_dir().join("control.sock");
+    assert!(eventually(Duration::from_secs(20), || socket.exists()).await, "no control socket");
+    let backfill = fx.cmd(&["backfill", "--conversation", long]).spawn();
+    assert!(eventually(Duration::from_secs(30), || written(&fx, long) >= 100).await, "the backfill does not walk");
+    (fx, daemon, backfill)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backfill_through_the_socket_does_not_hold_up_the_ticks() {
+    let (long, other) = ("760001", "760002");
+    let (fx, daemon, backfill) = a_daemon_backfilling(76, long, other).await;
+    fx.sim.sim.add_messages(other, 5);
+    // Three ticks are 6 s; the bound is generous, the point is that they land while the backfill walks.
+    assert!(eventually(Duration::from_secs(20), || written(&fx, other) == 25).await, "the new messages did not land");
+    let long_so_far = written(&fx, long);
+    assert!(long_so_far < 3000, "they landed only after the backfill ({long_so_far} of 3000 written)");
+    backfill.wait().await.expect_code(0);
+    daemon.signal(libc::SIGTERM);
+    daemon.wait().await.expect_code(0);
+    let records = fx.assert_exactly_once();
+    assert_no_duplicates(&records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_that_changes_a_backfilling_pipeline_leaves_the_daemon_answering() {
+    let (long, other) = ("770001", "770002");
+    let (fx, daemon, backfill) = a_daemon_backfilling(77, long, other).await;
+    // Changed config of the pipeline that is walking: it restarts once its backfill ends.
+    let text = std::fs::read_to_string(&fx.config).expect("read the config");
+    std::fs::write(&fx.config, text.replace("rotate_max_bytes = 67108864", "rotate_max_bytes = 33554432"))
+        .expect("write the config");
+    daemon.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let asked = Instant::now();
+        fx.cmd(&["status"]).run().await.expect_code(0);
+        // The backfill has about 25 s to go; before, `status` waited for all of it.
+        assert!(asked.elapsed() < Duration::from_secs(5), "status took {:?} during the reload", asked.elapsed());
+    }
+    assert!(written(&fx, long) < 3000, "the backfill ended before the daemon was asked");
+    backfill.wait().await.expect_code(0);
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait().await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("config reloaded"), "{out}");
+    fx.assert_exactly_once();
+}

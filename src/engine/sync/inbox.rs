@@ -103,6 +103,8 @@ fn conclude(pipe: &OpenPipeline, shared: &RunShared, report: &mut ConvReport, ou
         Err(Stop::Cancelled) => {
             report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
         }
+        // The stream holds the whole pipeline before it starts; it is never left out half-way.
+        Err(Stop::Busy) => report.busy = true,
         Err(Stop::Provider(e)) => {
             if e.class == ErrorClass::Fatal {
                 if let Ok(mut f) = shared.fatal.lock() {
