@@ -166,6 +166,27 @@ struct RunShared {
     /// Waits for a spent rate-limit window ([`PACING`]) and their total length, for the run's one summary.
     paced: AtomicU64,
     paced_ms: AtomicU64,
+    /// Pages asked for and not yet counted in `credits`, and the most credits one page has cost this run:
+    /// what [`RunShared::admit`] counts as good as spent.
+    pages_in_flight: AtomicU64,
+    largest_page: AtomicU64,
+    /// Woken whenever a page asked for is counted (or failed).
+    page_settled: tokio::sync::Notify,
+}
+
+/// Past a credit budget, at most this many pages are in flight: the documented overshoot, whatever
+/// `concurrency` is (under `"auto"` many more pages may be in flight while the budget is far).
+pub const PAGES_PAST_BUDGET: u64 = 4;
+
+/// A page admitted by [`RunShared::admit`]; counts as in flight until dropped, which must come after its
+/// credits were added.
+struct Admitted<'a>(&'a RunShared);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.pages_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.page_settled.notify_waiters();
+    }
 }
 
 impl RunShared {
@@ -177,7 +198,44 @@ impl RunShared {
             fatal: Default::default(),
             paced: AtomicU64::new(0),
             paced_ms: AtomicU64::new(0),
+            pages_in_flight: AtomicU64::new(0),
+            largest_page: AtomicU64::new(0),
+            page_settled: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Lets one more page be asked for within the credit budgets: never once one is spent, and while the
+    /// pages in flight (each counted as costing as much as the largest page so far) would reach it, only
+    /// while fewer than [`PAGES_PAST_BUDGET`] are in flight; otherwise it waits for one of them. So a budget
+    /// is overshot by at most that many pages, however many `concurrency = "auto"` keeps in flight.
+    async fn admit(&self, budget: &Budget, today: u64) -> Result<Admitted<'_>, Stop> {
+        loop {
+            // Registered before the check, so a page settling in between is not missed.
+            let settled = self.page_settled.notified();
+            let spent = self.credits.load(Ordering::Relaxed);
+            budget.check(spent, today).map_err(Stop::Budget)?;
+            let in_flight = self.pages_in_flight.load(Ordering::Relaxed);
+            let page = self.largest_page.load(Ordering::Relaxed);
+            let ahead = in_flight.saturating_mul(page);
+            let unbounded = budget.per_run == 0 && budget.per_day == 0;
+            // Before the first page the price of one is unknown: count as near the budget.
+            let fits =
+                unbounded || page > 0 && budget.check(spent.saturating_add(ahead), today.saturating_add(ahead)).is_ok();
+            if fits || in_flight < PAGES_PAST_BUDGET {
+                self.pages_in_flight.fetch_add(1, Ordering::Relaxed);
+                return Ok(Admitted(self));
+            }
+            tokio::select! {
+                _ = settled => {}
+                _ = self.stop.cancelled() => return Err(Stop::Cancelled),
+            }
+        }
+    }
+
+    /// A page's credits are in: counted this run, and its size known for [`RunShared::admit`].
+    fn page_cost(&self, credits: u64) {
+        self.credits.fetch_add(credits, Ordering::Relaxed);
+        self.largest_page.fetch_max(credits, Ordering::Relaxed);
     }
 
     /// Counts an attempt that waits for a spent rate-limit window.
@@ -634,7 +692,7 @@ impl Pass<'_> {
         let p = &pipe.config;
         let budget = Budget { per_run: p.max_credits_per_run, per_day: p.max_credits_per_day };
         let today = if budget.per_day > 0 { pipe.store.credits_today(&p.name)? } else { 0 };
-        budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
+        let admitted = shared.admit(&budget, today).await?;
         let page = with_retry(&p.retry, &shared.stop, || async {
             // Every attempt waits for its place in the account's pace, and tells it how the provider answered.
             let permit = pipe.pace.acquire().await;
@@ -657,7 +715,8 @@ impl Pass<'_> {
                 Stop::Provider(e)
             }
         })?;
-        shared.credits.fetch_add(page.credits, Ordering::Relaxed);
+        shared.page_cost(page.credits);
+        drop(admitted);
         tracing::debug!(pipeline = %p.name, conversation = %self.conv.key(), cursor = cursor.unwrap_or(""), items = page.items.len(), next_cursor = page.next_cursor.as_deref().unwrap_or(""), "page");
         Ok(page)
     }

@@ -210,3 +210,23 @@ async fn a_sighup_that_changes_a_backfilling_pipeline_leaves_the_daemon_answerin
     assert!(out.stderr.contains("config reloaded"), "{out}");
     fx.assert_exactly_once();
 }
+
+/// `concurrency = "auto"` may keep many pages in flight; a run's credit budget is still overshot by at
+/// most the documented four pages (as when `concurrency` is pinned at 4). Before, the AIMD limit let ~17
+/// pages past a 5,000-credit budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_concurrency_run_overshoots_its_credit_budget_by_at_most_four_pages() {
+    let peers: Vec<String> = (0..40).map(|i| format!("78{i:04}")).collect();
+    let mut cfg = sim_config(78, peers.iter().map(|p| conv(p, 400, CursorStyle::MaxId)).collect());
+    cfg.page_size = (25, 25);
+    cfg.latency_ms = Some((40, 60));
+    let extra = "concurrency = \"auto\"\nbackfill = true\nmax_credits_per_run = 5000";
+    let fx = Fixture::new(cfg, extra).await;
+    let out = fx.sync().await;
+    let spent = fx.sim.sim.stats().credits;
+    assert!(spent >= 5000, "the budget was reached: {spent}\n{out}");
+    assert!(spent <= 5000 + 4 * 25, "{spent} credits for a 5,000 budget: more than four pages past it\n{out}");
+    assert!(out.stdout.contains("max_credits_per_run"), "the report says which budget stopped the run\n{out}");
+    let records = fx.records();
+    assert_no_duplicates(&records);
+}
