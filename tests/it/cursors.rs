@@ -230,3 +230,31 @@ async fn an_auto_concurrency_run_overshoots_its_credit_budget_by_at_most_four_pa
     let records = fx.records();
     assert_no_duplicates(&records);
 }
+
+/// `backfill --since` stops at the same boundary on X's inbox stream as on the per-conversation route,
+/// whatever time form the provider sends (here Unix ms): the stream read RFC 3339 only and walked past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_since_stops_at_the_same_boundary_on_the_inbox_stream_with_epoch_ms_times() {
+    let peer = "790001";
+    let world = || {
+        let mut cfg = sim_config(79, vec![conv(peer, 600, CursorStyle::MaxId)]);
+        cfg.x_created_at_epoch_ms = true;
+        cfg
+    };
+    let stream = Fixture::with_peers_for(Provider::XApiV2, world(), &[], "inbox = true\nbackfill = false").await;
+    let listed = Fixture::new_for(Provider::XApiV2, world(), "backfill = false").await;
+    let mut truth = stream.sim.sim.messages(peer);
+    truth.sort_by_key(|m| m.id.parse::<u64>().unwrap_or(0));
+    let since = truth[300].created_at.clone();
+    for fx in [&stream, &listed] {
+        fx.cmd(&["backfill", "--since", &since]).run().await.expect_code(0);
+        let ids: std::collections::BTreeSet<String> =
+            fx.records().iter().filter_map(|r| str_field(r, "message_id").map(str::to_string)).collect();
+        let newer = truth[300..].iter().filter(|m| !ids.contains(&m.id)).count();
+        assert_eq!(newer, 0, "everything since {since} is written");
+        // A page reaches past --since and the walk stops there: at most one page (100) older than it.
+        let older = truth[..300].iter().filter(|m| ids.contains(&m.id)).count();
+        assert!(older <= 100, "{older} messages older than {since} were written: the walk went past --since");
+        assert!(!ids.contains(&truth[0].id), "the oldest message was reached");
+    }
+}

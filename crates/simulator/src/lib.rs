@@ -109,6 +109,10 @@ pub struct SimConfig {
     /// v2.167 spec's enum reads (clients must fall back to the expansions).
     #[serde(default)]
     pub x_strict_fields: bool,
+    /// X API v2 pages give `created_at` as Unix milliseconds (a number) instead of RFC 3339: a
+    /// client must read every time form (SPEC 8.3) on every route, the inbox stream's included.
+    #[serde(default)]
+    pub x_created_at_epoch_ms: bool,
     /// Group conversations (X API v2 and GetXAPI), with join and leave events.
     #[serde(default)]
     pub groups: Vec<SimGroup>,
@@ -165,6 +169,7 @@ impl Default for SimConfig {
             x_rate_limit: default_x_rate_limit(),
             x_history_days: None,
             x_strict_fields: false,
+            x_created_at_epoch_ms: false,
             groups: Vec::new(),
             getxapi_auth_token: None,
             oauth_clients: Vec::new(),

@@ -508,6 +508,8 @@ struct Shape {
     expansions: BTreeSet<String>,
     media_fields: BTreeSet<String>,
     event_types: Option<BTreeSet<String>>,
+    /// `created_at` as Unix ms (`x_created_at_epoch_ms`).
+    epoch_ms: bool,
 }
 
 impl Shape {
@@ -531,7 +533,7 @@ impl Shape {
             return Err(bad_value("expansions", bad, &EXPANSIONS));
         }
         let event_types = q.contains_key("event_types").then(|| list("event_types"));
-        Ok(Shape { fields, expansions, media_fields: list("media.fields"), event_types })
+        Ok(Shape { fields, expansions, media_fields: list("media.fields"), event_types, epoch_ms: false })
     }
 
     fn has(&self, field: &str) -> bool {
@@ -605,7 +607,8 @@ impl Ev {
             o.insert("participant_ids".into(), json!(self.participants.iter().map(u64::to_string).collect::<Vec<_>>()));
         }
         if shape.has("created_at") {
-            o.insert("created_at".into(), json!(content::rfc3339_ms(self.ms)));
+            let at = if shape.epoch_ms { json!(self.ms) } else { json!(content::rfc3339_ms(self.ms)) };
+            o.insert("created_at".into(), at);
         }
         if shape.has("dm_conversation_id") {
             o.insert("dm_conversation_id".into(), json!(self.conversation_id));
@@ -760,7 +763,7 @@ fn history(sim: &Simulator, target: Target, query: Result<Query<HashMap<String, 
         Some(_) => return invalid("The `max_results` query parameter value is not between 1 and 100"),
     };
     let shape = match Shape::parse(&q, cfg.x_strict_fields) {
-        Ok(s) => s,
+        Ok(s) => Shape { epoch_ms: cfg.x_created_at_epoch_ms, ..s },
         Err(resp) => return resp,
     };
     let token = match q.get("pagination_token") {

@@ -68,7 +68,7 @@ pub(super) async fn dm_events(
         Some(_) => return invalid("The `max_results` query parameter value is not between 1 and 100"),
     };
     let shape = match Shape::parse(&q, cfg.x_strict_fields) {
-        Ok(s) => s,
+        Ok(s) => Shape { epoch_ms: cfg.x_created_at_epoch_ms, ..s },
         Err(resp) => return resp,
     };
     let bound = match q.get("pagination_token") {
