@@ -258,3 +258,26 @@ async fn backfill_since_stops_at_the_same_boundary_on_the_inbox_stream_with_epoc
         assert!(!ids.contains(&truth[0].id), "the oldest message was reached");
     }
 }
+
+/// X's inbox stream follows the same rule: a `pagination_token` X no longer accepts (in the head pass or
+/// the backfill) restarts that pass once from the newest page, and nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x_inbox_stream_restarts_once_on_a_rejected_pagination_token() {
+    let peer = "800001";
+    let mut cfg = sim_config(80, vec![conv(peer, 450, CursorStyle::MaxId)]);
+    let invalid = ReadFault {
+        provider: Some(dm_handoff_simulator::SimProvider::XApiV2),
+        ..ReadFault::new(ReadFaultKind::CursorInvalid)
+    };
+    cfg.faults = Faults { read_faults: vec![invalid.clone()], ..Faults::default() };
+    let fx = Fixture::with_peers_for(Provider::XApiV2, cfg, &[], "inbox = true\nbackfill = true").await;
+    fx.sync().await.expect_code(0);
+    fx.sim.sim.add_messages(peer, 250);
+    fx.sim.sim.set_faults(Faults { read_faults: vec![invalid], ..Faults::default() });
+    fx.sync().await.expect_code(0);
+    assert_eq!(read_faults(&fx, ReadFaultKind::CursorInvalid), 2);
+    let records = fx.records();
+    assert_no_duplicates(&records);
+    let messages = records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")).count();
+    assert_eq!(messages, fx.sim.sim.messages(peer).len(), "every message once");
+}
