@@ -287,6 +287,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
     }
     let state_dir = resolve(&raw.state_dir);
     check_folders(&file.to_string(), &state_dir, &pipelines)?;
+    check_shared_pace(&file.to_string(), &pipelines)?;
     Ok(Config {
         path: path.to_path_buf(),
         state_dir,
@@ -370,6 +371,38 @@ fn check_folders(file: &str, state_dir: &Path, pipelines: &[Pipeline]) -> Result
                     "{at}: output_dir {} is a file, not a folder; point output_dir at a folder (it is created if missing)",
                     p.output_dir.display()
                 ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pipelines that read as one account share its read pace (`engine::pace`), which is built from the first
+/// one opened: two that disagree on `read_rate_limit` would get whichever came first. Refused instead.
+fn check_shared_pace(file: &str, pipelines: &[Pipeline]) -> Result<(), ConfigError> {
+    let shown = |r: &super::ReadRateLimit| match r {
+        super::ReadRateLimit::Documented => "\"documented\"".to_string(),
+        super::ReadRateLimit::Off => "\"off\"".to_string(),
+        super::ReadRateLimit::Custom { requests, window } => format!("[{requests}, {}]", window.as_secs_f64()),
+    };
+    let mut first: std::collections::HashMap<(&str, &str, String), &Pipeline> = std::collections::HashMap::new();
+    for p in pipelines {
+        let account = (p.provider.name(), p.base_url.as_str(), p.account.to_ascii_lowercase());
+        match first.get(&account) {
+            Some(q) if q.read_rate_limit != p.read_rate_limit => {
+                return err(format!(
+                    "config {file}: pipelines `{}` and `{}` read as the same {} account but set different \
+                     read_rate_limit ({} and {}); they share one read budget, so give both the same read_rate_limit",
+                    q.name,
+                    p.name,
+                    p.provider.name(),
+                    shown(&q.read_rate_limit),
+                    shown(&p.read_rate_limit)
+                ));
+            }
+            Some(_) => {}
+            None => {
+                first.insert(account, p);
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod manage;
 pub mod outbound;
 pub mod pace;
+pub mod passes;
 pub mod poll;
 pub mod sync;
 
@@ -35,6 +36,9 @@ pub struct OpenPipeline {
     pub pace: Arc<pace::Pace>,
     /// Conversations synced at once: `max_concurrency`, or the pinned `concurrency`.
     pub conversations_at_once: usize,
+    /// Which passes hold which conversations: a backfill beside the ticks never writes a conversation a
+    /// tick writes.
+    pub passes: passes::Passes,
 }
 
 impl OpenPipeline {
@@ -53,7 +57,7 @@ impl OpenPipeline {
             ReadRateLimit::Custom { requests, window } => Some(ReadBudget { requests, window }),
         };
         let pace = pace::Pace::of(&account, budget, max, pinned);
-        OpenPipeline { config, client, handoff, store, pace, conversations_at_once: max }
+        OpenPipeline { config, client, handoff, store, pace, conversations_at_once: max, passes: Default::default() }
     }
 }
 

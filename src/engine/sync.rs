@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub heartbeat: Option<Arc<AtomicU64>>,
     /// Live totals for a progress display: pages fetched and records written by this run so far.
     pub progress: Option<Arc<Progress>>,
+    /// Leave out conversations another pass of this process holds (a backfill the daemon runs beside its
+    /// ticks), instead of waiting for them: what a scheduled tick does ([`super::passes`]).
+    pub skip_busy: bool,
 }
 
 impl RunOptions {
@@ -112,6 +115,9 @@ pub struct ConvReport {
     /// `error` says so, and a report says it once for all such conversations.
     #[serde(default)]
     pub cancelled: bool,
+    /// Left out of this run because another pass (a backfill beside the ticks) holds the conversation.
+    #[serde(default)]
+    pub busy: bool,
 }
 
 /// How one pipeline's run went.
@@ -157,9 +163,101 @@ struct RunShared {
     /// Cancelled on shutdown or on a fatal provider error; conversations stop at a page boundary.
     stop: CancellationToken,
     fatal: std::sync::Mutex<Option<String>>,
+    /// Waits for a spent rate-limit window ([`PACING`]) and their total length, for the run's one summary.
+    paced: AtomicU64,
+    paced_ms: AtomicU64,
+    /// Pages asked for and not yet counted in `credits`, and the most credits one page has cost this run:
+    /// what [`RunShared::admit`] counts as good as spent.
+    pages_in_flight: AtomicU64,
+    largest_page: AtomicU64,
+    /// Woken whenever a page asked for is counted (or failed).
+    page_settled: tokio::sync::Notify,
+}
+
+/// Past a credit budget, at most this many pages are in flight: the documented overshoot, whatever
+/// `concurrency` is (under `"auto"` many more pages may be in flight while the budget is far).
+pub const PAGES_PAST_BUDGET: u64 = 4;
+
+/// A page admitted by [`RunShared::admit`]; counts as in flight until dropped, which must come after its
+/// credits were added.
+struct Admitted<'a>(&'a RunShared);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.pages_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.page_settled.notify_waiters();
+    }
 }
 
 impl RunShared {
+    fn new(opts: RunOptions, stop: CancellationToken) -> RunShared {
+        RunShared {
+            opts,
+            credits: AtomicU64::new(0),
+            stop,
+            fatal: Default::default(),
+            paced: AtomicU64::new(0),
+            paced_ms: AtomicU64::new(0),
+            pages_in_flight: AtomicU64::new(0),
+            largest_page: AtomicU64::new(0),
+            page_settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Lets one more page be asked for within the credit budgets: never once one is spent, and while the
+    /// pages in flight (each counted as costing as much as the largest page so far) would reach it, only
+    /// while fewer than [`PAGES_PAST_BUDGET`] are in flight; otherwise it waits for one of them. So a budget
+    /// is overshot by at most that many pages, however many `concurrency = "auto"` keeps in flight.
+    async fn admit(&self, budget: &Budget, today: u64) -> Result<Admitted<'_>, Stop> {
+        loop {
+            // Registered before the check, so a page settling in between is not missed.
+            let settled = self.page_settled.notified();
+            let spent = self.credits.load(Ordering::Relaxed);
+            budget.check(spent, today).map_err(Stop::Budget)?;
+            let in_flight = self.pages_in_flight.load(Ordering::Relaxed);
+            let page = self.largest_page.load(Ordering::Relaxed);
+            let ahead = in_flight.saturating_mul(page);
+            let unbounded = budget.per_run == 0 && budget.per_day == 0;
+            // Before the first page the price of one is unknown: count as near the budget.
+            let fits =
+                unbounded || page > 0 && budget.check(spent.saturating_add(ahead), today.saturating_add(ahead)).is_ok();
+            if fits || in_flight < PAGES_PAST_BUDGET {
+                self.pages_in_flight.fetch_add(1, Ordering::Relaxed);
+                return Ok(Admitted(self));
+            }
+            tokio::select! {
+                _ = settled => {}
+                _ = self.stop.cancelled() => return Err(Stop::Cancelled),
+            }
+        }
+    }
+
+    /// A page's credits are in: counted this run, and its size known for [`RunShared::admit`].
+    fn page_cost(&self, credits: u64) {
+        self.credits.fetch_add(credits, Ordering::Relaxed);
+        self.largest_page.fetch_max(credits, Ordering::Relaxed);
+    }
+
+    /// Counts an attempt that waits for a spent rate-limit window.
+    fn note_pacing<T>(&self, result: &Result<T, ProviderError>) {
+        if let Err(e) = result {
+            if e.code == PACING && e.status.is_none() {
+                self.paced.fetch_add(1, Ordering::Relaxed);
+                let ms = e.retry_after.map_or(0, |d| d.as_millis() as u64);
+                self.paced_ms.fetch_add(ms, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The run's one pacing line (each wait is logged at DEBUG only).
+    fn log_pacing(&self, pipeline: &str) {
+        let waits = self.paced.load(Ordering::Relaxed);
+        if waits > 0 {
+            let waited_s = self.paced_ms.load(Ordering::Relaxed) / 1000;
+            tracing::info!(pipeline = %pipeline, waits, waited_s, "the provider's rate-limit windows paced this run: {waits} waits, about {waited_s} s in all");
+        }
+    }
+
     fn beat(&self) {
         if let Some(h) = &self.opts.heartbeat {
             h.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
@@ -187,8 +285,7 @@ pub async fn sync_pipeline(
     cancel: CancellationToken,
 ) -> PipelineReport {
     let started = std::time::Instant::now();
-    let shared =
-        Arc::new(RunShared { opts, credits: AtomicU64::new(0), stop: cancel.child_token(), fatal: Default::default() });
+    let shared = Arc::new(RunShared::new(opts, cancel.child_token()));
     let local = Arc::new(Semaphore::new(pipe.conversations_at_once));
     let mut set = JoinSet::new();
     let mut reports = Vec::new();
@@ -202,12 +299,19 @@ pub async fn sync_pipeline(
     };
     let mut conversations = pipe.config.conversations.clone();
     if pipe.config.inbox {
-        // First and alone: it also updates the counters of conversations the passes below write.
-        let g = global.clone().acquire_owned().await.ok();
-        let run = inbox::run(&pipe, &shared).await;
-        drop(g);
-        reports.extend(run.report);
-        conversations.extend(run.extra);
+        // First and alone: it also updates the counters of conversations the passes below write. The stream
+        // writes any conversation, so it holds the whole pipeline; a tick leaves it out while a backfill runs.
+        let stream = pipe.client.inbox_route() == crate::provider::InboxRoute::Stream;
+        let held = if stream { pipe.passes.stream(!shared.opts.skip_busy).await } else { None };
+        if stream && held.is_none() {
+            tracing::debug!(pipeline = %pipe.config.name, "another pass holds the pipeline; the inbox stream waits for a later tick");
+        } else {
+            let g = global.clone().acquire_owned().await.ok();
+            let run = inbox::run(&pipe, &shared).await;
+            drop((g, held));
+            reports.extend(run.report);
+            conversations.extend(run.extra);
+        }
     }
     let quiet: HashSet<&str> = shared.opts.quiet.iter().map(String::as_str).collect();
     for conv in conversations {
@@ -237,6 +341,7 @@ pub async fn sync_pipeline(
     reports.sort_by(|a, b| a.conversation.cmp(&b.conversation));
     let fatal = shared.fatal.lock().map(|f| f.clone()).unwrap_or(None);
     let report = PipelineReport { pipeline: pipe.config.name.clone(), conversations: reports, fatal };
+    shared.log_pacing(&pipe.config.name);
     end_of_run(&pipe, &report, started).await;
     report
 }
@@ -262,6 +367,8 @@ enum Stop {
     Provider(ProviderError),
     Write(String),
     Cancelled,
+    /// Another pass holds the conversation and this run does not wait for it (`RunOptions::skip_busy`).
+    Busy,
 }
 
 impl From<crate::handoff::HandoffError> for Stop {
@@ -292,6 +399,10 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
     let result = async {
         let conv = resolve(pipe, conv_ref, shared).await?;
         report.conversation = conv.key().to_string();
+        // Held until the conversation's final commit below: no other pass writes it meanwhile.
+        let Some(_lease) = pipe.passes.conversation(conv.key(), !shared.opts.skip_busy).await else {
+            return Err(Stop::Busy);
+        };
         let st = pipe.store.conversation(&p.name, conv.key())?;
         let mut pass = Pass { pipe, conv: &conv, st, shared, report: &mut report, duplicates: AtomicU64::new(0) };
         let outcome = pass.run().await;
@@ -306,7 +417,7 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
         // Record how the run ended, whatever happened; the cursors in `st` are the committed ones.
         st.last_sync_ms = Some(unix_ms(SystemTime::now()));
         st.last_error = match &outcome {
-            Ok(()) | Err(Stop::Cancelled) | Err(Stop::Budget(_)) => None,
+            Ok(()) | Err(Stop::Cancelled) | Err(Stop::Budget(_)) | Err(Stop::Busy) => None,
             Err(Stop::Provider(e)) => Some(e.to_string()),
             Err(Stop::Write(e)) => Some(e.clone()),
         };
@@ -334,6 +445,10 @@ async fn sync_conversation(pipe: &OpenPipeline, conv_ref: &ConversationRef, shar
             report.limited = true;
             report.budget = Some(which.to_string());
             tracing::warn!(pipeline = %p.name, conversation = %report.conversation, budget = which, "credit budget spent; paused until the next run");
+        }
+        Err(Stop::Busy) => {
+            report.busy = true;
+            tracing::debug!(pipeline = %p.name, conversation = %report.conversation, "another pass (a backfill) holds this conversation; left for a later tick");
         }
         Err(Stop::Cancelled) => {
             report.cancelled = true;
@@ -441,6 +556,8 @@ impl Pass<'_> {
         let mut in_flight: Option<InFlight> = None;
         // A pass that is handed a cursor it already sent, or pages that bring nothing new, stops (SPEC 8.3).
         let mut guard = LoopGuard::new(p.max_empty_pages);
+        // A cursor the provider no longer accepts restarts the pass once without it (`restart`).
+        let mut restarted = false;
         loop {
             // The state as it will be once the queued page is committed: what the next request depends on.
             let ahead = in_flight.as_ref().map_or(&self.st, |f| &f.next);
@@ -469,9 +586,19 @@ impl Pass<'_> {
                     let (page, committed) = tokio::join!(self.fetch(cursor.as_deref()), queued);
                     committed?;
                     self.apply(next, written, credits);
-                    page?
+                    page
                 }
-                None => self.fetch(cursor.as_deref()).await?,
+                None => self.fetch(cursor.as_deref()).await,
+            };
+            let page = match page {
+                Err(Stop::Provider(e)) if e.cursor_rejected && cursor.is_some() && !restarted => {
+                    // Nothing is in flight now: `self.st` is the committed state, the one to restart from.
+                    restarted = true;
+                    self.restart(walk, &e);
+                    guard = LoopGuard::new(p.max_empty_pages);
+                    continue;
+                }
+                page => page?,
             };
             pages += 1;
             let (next, done) = self.advance(walk, &page);
@@ -496,6 +623,22 @@ impl Pass<'_> {
             }
         }
         self.settle(in_flight).await
+    }
+
+    /// The provider refused the walk's cursor: the walk starts again from the newest page. A head pass keeps
+    /// what it has seen (`head_newest`) and ends at `hwm` as before; a backfill walks down from the newest
+    /// page to where it was and on, its pages below `covered_from` still contiguous with what is covered.
+    /// Every item is checked against the seen set, so the overlap writes nothing twice; the restarted
+    /// cursor is committed with the next page (or with the run's end), so a cursor that expired while the
+    /// daemon was down never wedges the conversation.
+    fn restart(&mut self, walk: Walk, e: &ProviderError) {
+        let p = &self.pipe.config;
+        tracing::warn!(pipeline = %p.name, conversation = %self.conv.key(), walk = ?walk, status = e.status, code = %e.code, "the provider no longer accepts this pass's cursor; restarting the pass from the newest page");
+        match walk {
+            Walk::First => {}
+            Walk::Head => self.st.head_cursor = None,
+            Walk::Backfill => self.st.backfill_cursor = None,
+        }
     }
 
     /// The state after `page` (given the committed state before it), and whether the walk ends with it.
@@ -549,12 +692,13 @@ impl Pass<'_> {
         let p = &pipe.config;
         let budget = Budget { per_run: p.max_credits_per_run, per_day: p.max_credits_per_day };
         let today = if budget.per_day > 0 { pipe.store.credits_today(&p.name)? } else { 0 };
-        budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
+        let admitted = shared.admit(&budget, today).await?;
         let page = with_retry(&p.retry, &shared.stop, || async {
             // Every attempt waits for its place in the account's pace, and tells it how the provider answered.
             let permit = pipe.pace.acquire().await;
             shared.beat();
             let result = pipe.client.history(self.conv, cursor).await;
+            shared.note_pacing(&result);
             permit.done(match &result {
                 Err(e) if e.status == Some(429) || e.class == ErrorClass::Transient && e.code != PACING => {
                     Answer::PushedBack
@@ -571,7 +715,8 @@ impl Pass<'_> {
                 Stop::Provider(e)
             }
         })?;
-        shared.credits.fetch_add(page.credits, Ordering::Relaxed);
+        shared.page_cost(page.credits);
+        drop(admitted);
         tracing::debug!(pipeline = %p.name, conversation = %self.conv.key(), cursor = cursor.unwrap_or(""), items = page.items.len(), next_cursor = page.next_cursor.as_deref().unwrap_or(""), "page");
         Ok(page)
     }

@@ -2,8 +2,11 @@
 //!
 //! Each pipeline is a `Slot`: its runtime, a cron job, and a run lock. A tick takes the lock with
 //! `try_lock` and skips (logging it) when the previous run is still going, so one pipeline never runs
-//! twice at once; a control-socket request waits for the lock instead. Runs live in one `JoinSet` and
-//! stop on the daemon's `CancellationToken` at a page boundary.
+//! twice at once; a control-socket request waits for the lock instead. A `backfill` through the socket
+//! takes its own lock (`backfilling`), so the ticks keep running while it walks: the pipeline's
+//! `engine::passes` keep a tick off the conversations the backfill holds (a tick leaves them for a later
+//! one). Runs live in one `JoinSet` and stop on the daemon's `CancellationToken` at a page boundary.
+//! A SIGHUP's reload runs in a task too: removing a pipeline waits for its run, never the main loop.
 //!
 //! systemd: `READY=1` once the state is open and every pipeline's output recovered; `STATUS=` after each
 //! run; `WATCHDOG=1` every half `WATCHDOG_USEC` *only while runs make progress* (a request started or a
@@ -51,6 +54,10 @@ struct Slot {
     pipe: Arc<OpenPipeline>,
     /// Held for the length of a run: the single-flight guarantee.
     running: Arc<tokio::sync::Mutex<()>>,
+    /// Held for the length of a `backfill` asked for through the socket. A backfill does not hold
+    /// `running`, so the ticks go on while it walks; the pipeline's `passes` keep the two off each
+    /// other's conversations.
+    backfilling: Arc<tokio::sync::Mutex<()>>,
     /// The scheduler's job, to remove it on reload.
     job: Uuid,
     /// One line about the last run, for `STATUS=` and `status`.
@@ -83,6 +90,8 @@ struct Daemon {
     in_flight: AtomicUsize,
     /// Shared by every forwarded `send`, so the per-account write limit holds across requests.
     send_ctx: SendContext,
+    /// Held by the reload in progress (each SIGHUP's reload runs in a task).
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit code of a clean stop.
@@ -110,6 +119,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         in_flight: AtomicUsize::new(0),
         send_ctx: SendContext::new(cancel.clone()),
         cancel,
+        reloading: tokio::sync::Mutex::new(()),
     });
     for (p, client) in cfg.pipelines.iter().zip(clients) {
         daemon.add_pipeline(p, client).await?;
@@ -150,7 +160,12 @@ impl Daemon {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => self.clone().reload().await,
+                // In a task: removing a pipeline waits for its run to end, which must not stop this loop
+                // (the control socket, signals and the watchdog) for the length of a run.
+                _ = hup.recv() => {
+                    let d = self.clone();
+                    self.spawn(async move { d.reload().await });
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let d = self.clone();
@@ -209,6 +224,7 @@ impl Daemon {
         let slot = Arc::new(Slot {
             pipe,
             running: Arc::new(tokio::sync::Mutex::new(())),
+            backfilling: Arc::new(tokio::sync::Mutex::new(())),
             job,
             last: Mutex::new(None),
             plan: Mutex::new(PollPlan::new(p.adaptive_poll_max)),
@@ -251,11 +267,13 @@ impl Daemon {
         tracing::debug!(pipeline = %name, due, of = all.len(), quiet = quiet.len(), "tick");
         let d = self.clone();
         self.spawn(async move {
-            let report = d.run_slot(&slot, RunOptions { quiet, ..RunOptions::sync(Vec::new()) }).await;
+            // A conversation a backfill holds is left for a later tick rather than waited for.
+            let opts = RunOptions { quiet, skip_busy: true, ..RunOptions::sync(Vec::new()) };
+            let report = d.run_slot(&slot, opts).await;
             if let Ok(mut plan) = slot.plan.lock() {
                 for c in &report.conversations {
                     match (&c.error, &c.budget) {
-                        (None, None) => plan.record(&c.configured, now, tick, c.written),
+                        (None, None) if !c.busy => plan.record(&c.configured, now, tick, c.written),
                         // A failed or budget-stopped poll proves nothing about quietness: try again next tick.
                         _ => plan.reset(&c.configured),
                     }
@@ -354,14 +372,18 @@ impl Daemon {
         let mut reports = Vec::new();
         for p in selected {
             let Some(slot) = self.slot(&p.name) else { continue };
-            let _guard = slot.running.lock().await;
+            // A backfill only excludes other backfills: the ticks keep running beside it.
+            let lock = if opts.head { &slot.running } else { &slot.backfilling };
+            let _guard = lock.lock().await;
             reports.push(self.run_slot(&slot, opts.clone()).await);
         }
         Ok(commands::sync::report(reports, self.cancel.is_cancelled()))
     }
 
-    /// SIGHUP: a valid new config replaces the old one; pipelines that changed are restarted.
+    /// SIGHUP: a valid new config replaces the old one; pipelines that changed are restarted. Reloads run
+    /// one at a time, in the order of their signals.
     async fn reload(self: Arc<Self>) {
+        let _one_at_a_time = self.reloading.lock().await;
         let new = match config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => {
@@ -427,6 +449,10 @@ impl Daemon {
             self.remove_pipeline(name).await;
         }
         for (p, client) in changed.into_iter().zip(clients) {
+            if self.cancel.is_cancelled() {
+                // Stopping while this reload waited for a run: nothing new is started.
+                return;
+            }
             if let Err(e) = self.add_pipeline(p, client).await {
                 tracing::error!(pipeline = %p.name, error = %e, "could not start the pipeline after reload");
             }
@@ -445,10 +471,10 @@ impl Daemon {
         if let Err(e) = self.sched.remove(&slot.job).await {
             tracing::warn!(pipeline = %name, error = ?e, "unscheduling");
         }
-        let running = slot.running.clone();
-        let guard = running.lock().await;
+        let (running, backfilling) = (slot.running.clone(), slot.backfilling.clone());
+        let guards = (running.lock().await, backfilling.lock().await);
         close_slot(slot).await;
-        drop(guard);
+        drop(guards);
         // Its gauges go with it (a restarted one gets them back from the state): a pipeline that is no
         // longer run must not look stale or failing to the alert rules.
         crate::metrics::global().forget_pipeline(name);

@@ -32,6 +32,10 @@ pub struct ProviderError {
     pub hint: String,
     /// How long the provider asked us to wait.
     pub retry_after: Option<Duration>,
+    /// The provider no longer accepts the cursor the request carried (expired, superseded, invalid): the
+    /// pass may restart once without it, and the seen set absorbs the overlap. Each adapter sets this from
+    /// its own codes; a request without a cursor that gets it is an ordinary [`ErrorClass::Conversation`].
+    pub cursor_rejected: bool,
 }
 
 impl ProviderError {
@@ -42,7 +46,36 @@ impl ProviderError {
         code: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
-        ProviderError { class, endpoint, status, code: code.into(), hint: hint.into(), retry_after: None }
+        ProviderError {
+            class,
+            endpoint,
+            status,
+            code: code.into(),
+            hint: hint.into(),
+            retry_after: None,
+            cursor_rejected: false,
+        }
+    }
+
+    /// The provider refused the request's cursor; see [`ProviderError::cursor_rejected`].
+    pub fn rejected_cursor(endpoint: &'static str, status: u16, code: impl Into<String>) -> Self {
+        ProviderError {
+            cursor_rejected: true,
+            ..ProviderError::new(
+                ErrorClass::Conversation,
+                endpoint,
+                Some(status),
+                code,
+                "the provider no longer accepts this cursor (expired, superseded or invalid); the pass restarts once \
+                 without it, and what it already wrote is skipped",
+            )
+        }
+    }
+
+    /// Whether a route template is a GET read: a 5xx there is retried, and a 409 does not mean a reused
+    /// idempotency key. (GetXAPI reads with POST; its adapter names its read routes itself.)
+    pub fn is_read(endpoint: &str) -> bool {
+        endpoint.starts_with("GET ")
     }
 
     /// A 200 whose body is not the documented JSON; `hint` says what was wrong, never a value from it.

@@ -238,8 +238,17 @@ pub(crate) fn classify(endpoint: &'static str, status: u16, body: &[u8], header:
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
     let blames_token = parsed.error.as_deref().or(parsed.msg.as_deref()).is_some_and(|t| t.contains("auth_token"));
     let retry_after = header.or(parsed.retry_after.map(Duration::from_secs));
+    // GetXAPI reads with POST; its read routes are these.
+    let read = [HISTORY, USER, inbox::LIST].contains(&endpoint);
+    let names_cursor =
+        parsed.error.as_deref().or(parsed.msg.as_deref()).is_some_and(|t| t.to_ascii_lowercase().contains("cursor"));
+    if read && (status == 410 || (status == 400 && names_cursor)) {
+        return ProviderError::rejected_cursor(endpoint, status, format!("http_{status}"));
+    }
     use ErrorClass::*;
     let (class, code, hint) = match status {
+        409 if read && retry_after.is_some() => (Transient, format!("http_{status}"), "GetXAPI asked us to try again later"),
+        500..=599 if read => (Transient, format!("http_{status}"), "GetXAPI failed to answer; will retry"),
         429 => (Transient, format!("http_{status}"), "rate limited by GetXAPI; waiting as it asks"),
         502..=504 => (Transient, format!("http_{status}"), "GetXAPI or X is unavailable; will retry"),
         401 if blames_token => (
@@ -433,6 +442,13 @@ mod tests {
         for s in [400, 401, 402, 403, 404, 409, 422] {
             assert_ne!(classify(HISTORY, s, b"{}", None).class, ErrorClass::Transient, "{s}");
         }
+        // Reads: a 5xx and a 409 with Retry-After are retried, a rejected cursor restarts the pass.
+        assert_eq!(classify(HISTORY, 500, b"{}", None).class, ErrorClass::Transient);
+        assert_ne!(classify(SEND_DM, 500, b"{}", None).class, ErrorClass::Transient);
+        assert_eq!(classify(HISTORY, 409, b"{}", Some(Duration::from_secs(1))).class, ErrorClass::Transient);
+        assert!(classify(HISTORY, 400, br#"{"error":"Invalid cursor"}"#, None).cursor_rejected);
+        assert!(classify(HISTORY, 410, b"{}", None).cursor_rejected);
+        assert!(!classify(HISTORY, 400, br#"{"error":"Missing required field"}"#, None).cursor_rejected);
     }
 
     #[test]

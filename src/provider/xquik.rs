@@ -156,9 +156,20 @@ pub(crate) fn classify(
     let retry_after = retry_after_header
         .or(parsed.retry_after.map(Duration::from_secs))
         .or(parsed.retry_after_ms.map(Duration::from_millis));
+    let read = ProviderError::is_read(endpoint);
+    if read && (status == 410 || (status, code.as_str()) == (400, "invalid_coverage_cursor")) {
+        // Xquik's cursor rules: `410 coverage_cursor_gone` and `400 invalid_coverage_cursor` mean "restart
+        // without the cursor".
+        return ProviderError::rejected_cursor(endpoint, status, code);
+    }
     use ErrorClass::*;
     let (class, hint) = match (status, code.as_str()) {
         (429, _) => (Transient, "rate limited; waiting as the provider asks"),
+        // `409 coverage_cursor_unavailable` + `Retry-After`: wait exactly that long, then the same cursor.
+        (409, "coverage_cursor_unavailable") => (Transient, "the cursor is busy; waiting as the provider asks"),
+        (409, _) if read && retry_after.is_some() => (Transient, "the provider asked us to try again later"),
+        (409, _) if read => (Conversation, "the provider reported a conflict"),
+        (500..=599, _) if read => (Transient, "the provider failed to answer; will retry"),
         (502..=504, _) | (424, _) => (Transient, "the provider or X is unavailable; will retry"),
         (401, _) => (Fatal, "the API key was rejected; check the key in the pipeline's api_key_env / api_key_file"),
         (402, _) => (Fatal, "billing: subscribe or top up credits, then run again"),
@@ -651,6 +662,19 @@ mod tests {
         assert_eq!((e.class, e.code.as_str()), (ErrorClass::Conversation, "x_dm_not_allowed"));
         let e = classify(SEND_DM, 409, br#"{"error":"idempotency_conflict"}"#, None);
         assert_eq!((e.class, e.code.as_str()), (ErrorClass::Conversation, "idempotency_conflict"));
+        // On reads, the cursor rules: 409 busy waits, 410 and 400 invalid_coverage_cursor restart, 5xx retries.
+        let ra = Some(Duration::from_secs(3));
+        let e = classify(HISTORY, 409, br#"{"error":"coverage_cursor_unavailable"}"#, ra);
+        assert_eq!((e.class, e.retry_after, e.cursor_rejected), (ErrorClass::Transient, ra, false));
+        for (status, body) in
+            [(410, r#"{"error":"coverage_cursor_gone"}"#), (400, r#"{"error":"invalid_coverage_cursor"}"#)]
+        {
+            let e = classify(HISTORY, status, body.as_bytes(), None);
+            assert!(e.cursor_rejected && e.class == ErrorClass::Conversation, "{e}");
+            assert!(!classify(SEND_DM, status, body.as_bytes(), None).cursor_rejected, "a write has no cursor");
+        }
+        assert_eq!(classify(HISTORY, 500, b"{}", None).class, ErrorClass::Transient);
+        assert_ne!(classify(SEND_DM, 500, b"{}", None).class, ErrorClass::Transient);
         let e = classify(SEND_DM, 403, br#"{"error":"account_needs_reauth"}"#, None);
         assert_eq!((e.class, e.code.as_str()), (ErrorClass::Fatal, "account_needs_reauth"));
         let e = classify(SEND_DM, 503, br#"{"error":"write_tracking_unavailable"}"#, Some(Duration::from_secs(2)));

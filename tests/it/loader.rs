@@ -504,7 +504,11 @@ async fn verify_while_the_daemon_writes_finds_no_problem() {
     let mut seen_records = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let truth: usize = fx.peers.iter().map(|p| fx.sim.sim.messages(p).len()).sum();
-    while seen_records < truth && tokio::time::Instant::now() < deadline {
+    // At least three verifies whatever the machine's speed (the first starts while the daemon's first run
+    // writes), then on while records are still coming, within the deadline. Nothing here depends on how
+    // fast the daemon is: on a loaded machine it may finish before the third verify, or be stopped before
+    // it finishes (the sync below completes it).
+    while runs < 3 || (seen_records < truth && tokio::time::Instant::now() < deadline) {
         let out = fx.cmd(&["verify"]).run().await;
         assert_eq!(out.code(), Some(0), "verify beside a running daemon: {out}");
         runs += 1;
@@ -517,7 +521,7 @@ async fn verify_while_the_daemon_writes_finds_no_problem() {
     }
     daemon.signal(libc::SIGTERM);
     daemon.wait().await.expect_code(0);
-    assert!(runs >= 3, "verify ran {runs} times while the daemon wrote");
+    fx.sync().await.expect_code(0);
     let out = fx.cmd(&["verify"]).run().await;
     out.expect_code(0);
     assert!(!out.stdout.contains("note:"), "after a clean stop nothing is pending: {out}");

@@ -10,6 +10,7 @@ mod support;
 mod at_most_once;
 mod cli;
 mod crash;
+mod cursors;
 mod daemon;
 mod faults;
 mod hostile;

@@ -16,6 +16,8 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+pub(crate) mod reads;
+
 use super::content::mix2;
 use super::writes::{self, WriteTarget};
 use super::{lock, Faults, WriteFault};
@@ -148,6 +150,17 @@ impl FaultEngine {
     /// from the random stream: write faults are deterministic by design.
     pub(crate) fn take_write(&self, w: &WriteTarget<'_>) -> Option<WriteFault> {
         writes::take(&mut lock(&self.state).faults.write_faults, w)
+    }
+
+    /// Takes the first queued read fault that matches this read (see `reads`). Draws nothing from
+    /// the random stream either.
+    pub(crate) fn take_read(
+        &self,
+        provider: writes::SimProvider,
+        peer: Option<&str>,
+        has_cursor: bool,
+    ) -> Option<reads::ReadFault> {
+        reads::take(&mut lock(&self.state).faults.read_faults, provider, peer, has_cursor)
     }
 }
 

@@ -175,6 +175,9 @@ async fn history(State(sim): State<Simulator>, body: Result<Bytes, BytesRejectio
             if sim.inner.faults.forbidden(&peer.to_string()) {
                 return err(403, "Not authorized to view this conversation");
             }
+            if let Some(resp) = sim.take_read_fault(SimProvider::GetXApi, Some(&peer.to_string()), cursor.is_some()) {
+                return resp;
+            }
             let start = match &cursor {
                 None => Start::Newest,
                 Some(c) => match world.resolve_cursor(peer, c) {

@@ -44,6 +44,7 @@ mod writes;
 mod x_api_v2;
 mod xquik;
 
+pub use faults::reads::{ReadFault, ReadFaultKind};
 pub use writes::{SimProvider, SimWrite, SimWriteAction, WriteFault, WriteFaultKind};
 pub use x_api_v2::{OAuthStats, OAuthTokens, SimEvent, SimGroup, SimOAuthClient};
 
@@ -108,6 +109,10 @@ pub struct SimConfig {
     /// v2.167 spec's enum reads (clients must fall back to the expansions).
     #[serde(default)]
     pub x_strict_fields: bool,
+    /// X API v2 pages give `created_at` as Unix milliseconds (a number) instead of RFC 3339: a
+    /// client must read every time form (SPEC 8.3) on every route, the inbox stream's included.
+    #[serde(default)]
+    pub x_created_at_epoch_ms: bool,
     /// Group conversations (X API v2 and GetXAPI), with join and leave events.
     #[serde(default)]
     pub groups: Vec<SimGroup>,
@@ -164,6 +169,7 @@ impl Default for SimConfig {
             x_rate_limit: default_x_rate_limit(),
             x_history_days: None,
             x_strict_fields: false,
+            x_created_at_epoch_ms: false,
             groups: Vec::new(),
             getxapi_auth_token: None,
             oauth_clients: Vec::new(),
@@ -257,6 +263,10 @@ pub struct Faults {
     /// the first entry it matches, which counts down its `times`. See [`WriteFault`] and
     /// [`WriteFaultKind`].
     pub write_faults: Vec<WriteFault>,
+    /// Reads that fail on their cursor or with a 500, the ways each provider documents: each
+    /// upcoming history or inbox read takes the first entry it matches, which counts down its
+    /// `times`. See [`ReadFault`] and [`ReadFaultKind`].
+    pub read_faults: Vec<ReadFault>,
 }
 
 impl Default for Faults {
@@ -276,6 +286,7 @@ impl Default for Faults {
             pending_polls: 1,
             pending_retry_after_secs: 1,
             write_faults: Vec::new(),
+            read_faults: Vec::new(),
         }
     }
 }
@@ -329,6 +340,9 @@ pub struct Stats {
     pub rate_limited_by_family: BTreeMap<String, u64>,
     /// Write faults injected, by [`WriteFaultKind`] name.
     pub write_faults: BTreeMap<String, u64>,
+    /// Read faults injected, by [`ReadFaultKind`] name.
+    #[serde(default)]
+    pub read_faults: BTreeMap<String, u64>,
     /// The most provider requests in progress at once (latency included).
     pub peak_in_flight: u64,
     /// The most provider requests answered within one second (seconds aligned to the start).

@@ -66,6 +66,10 @@ impl StatsBook {
         *lock(&self.inner).stats.write_faults.entry(kind.to_string()).or_default() += 1;
     }
 
+    pub(crate) fn read_fault(&self, kind: &str) {
+        *lock(&self.inner).stats.read_faults.entry(kind.to_string()).or_default() += 1;
+    }
+
     pub(crate) fn record(&self, route: String, entry: RequestLog) {
         let second = self.start.elapsed().as_secs();
         let mut b = lock(&self.inner);

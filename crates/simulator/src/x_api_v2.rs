@@ -365,6 +365,21 @@ fn problem_about(status: u16, kind: &str, title: &str, detail: &str, about: Opti
     (code, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
+/// X's answer to a `pagination_token` it does not accept: an invalid-request problem whose `errors[]`
+/// names the parameter.
+pub(crate) fn invalid_token() -> Response {
+    let body = json!({
+        "errors": [{
+            "parameters": {"pagination_token": ["(rejected)"]},
+            "message": "The `pagination_token` query parameter value [(rejected)] is not valid"
+        }],
+        "title": "Invalid Request",
+        "detail": "One or more parameters to your request was invalid.",
+        "type": format!("{PROBLEMS}invalid-request")
+    });
+    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+}
+
 fn invalid(detail: &str) -> Response {
     problem(400, &format!("{PROBLEMS}invalid-request"), "Invalid Request", detail)
 }
@@ -493,6 +508,8 @@ struct Shape {
     expansions: BTreeSet<String>,
     media_fields: BTreeSet<String>,
     event_types: Option<BTreeSet<String>>,
+    /// `created_at` as Unix ms (`x_created_at_epoch_ms`).
+    epoch_ms: bool,
 }
 
 impl Shape {
@@ -516,7 +533,7 @@ impl Shape {
             return Err(bad_value("expansions", bad, &EXPANSIONS));
         }
         let event_types = q.contains_key("event_types").then(|| list("event_types"));
-        Ok(Shape { fields, expansions, media_fields: list("media.fields"), event_types })
+        Ok(Shape { fields, expansions, media_fields: list("media.fields"), event_types, epoch_ms: false })
     }
 
     fn has(&self, field: &str) -> bool {
@@ -590,7 +607,8 @@ impl Ev {
             o.insert("participant_ids".into(), json!(self.participants.iter().map(u64::to_string).collect::<Vec<_>>()));
         }
         if shape.has("created_at") {
-            o.insert("created_at".into(), json!(content::rfc3339_ms(self.ms)));
+            let at = if shape.epoch_ms { json!(self.ms) } else { json!(content::rfc3339_ms(self.ms)) };
+            o.insert("created_at".into(), at);
         }
         if shape.has("dm_conversation_id") {
             o.insert("dm_conversation_id".into(), json!(self.conversation_id));
@@ -745,14 +763,14 @@ fn history(sim: &Simulator, target: Target, query: Result<Query<HashMap<String, 
         Some(_) => return invalid("The `max_results` query parameter value is not between 1 and 100"),
     };
     let shape = match Shape::parse(&q, cfg.x_strict_fields) {
-        Ok(s) => s,
+        Ok(s) => Shape { epoch_ms: cfg.x_created_at_epoch_ms, ..s },
         Err(resp) => return resp,
     };
     let token = match q.get("pagination_token") {
         None => None,
         Some(t) => match decode_token(t) {
             Some(tok) => Some(tok),
-            None => return invalid("The `pagination_token` query parameter value is invalid"),
+            None => return invalid_token(),
         },
     };
     if let Target::Peer(peer) = &target {
@@ -764,6 +782,13 @@ fn history(sim: &Simulator, target: Target, query: Result<Query<HashMap<String, 
                 "You are not permitted to view this conversation.",
             );
         }
+    }
+    let peer_s = match &target {
+        Target::Peer(peer) => Some(peer.to_string()),
+        _ => None,
+    };
+    if let Some(resp) = sim.take_read_fault(SimProvider::XApiV2, peer_s.as_deref(), token.is_some()) {
+        return resp;
     }
     let spoiled = sim.inner.faults.spoil();
     if let Some(Spoiled::Malformed(kind)) = spoiled {
@@ -779,9 +804,9 @@ fn history(sim: &Simulator, target: Target, query: Result<Query<HashMap<String, 
                 None => Start::Newest,
                 Some(Token::World(c)) => match world.resolve_cursor(*peer, &c) {
                     Ok(pos) => Start::At(pos),
-                    Err(_) => return invalid("The `pagination_token` query parameter value is invalid"),
+                    Err(_) => return invalid_token(),
                 },
-                Some(Token::Group(_)) => return invalid("The `pagination_token` query parameter value is invalid"),
+                Some(Token::Group(_)) => return invalid_token(),
             };
             match world.find(*peer) {
                 Some(conv) => {
@@ -798,7 +823,7 @@ fn history(sim: &Simulator, target: Target, query: Result<Query<HashMap<String, 
             let offset = match token {
                 None => 0,
                 Some(Token::Group(o)) => o,
-                Some(Token::World(_)) => return invalid("The `pagination_token` query parameter value is invalid"),
+                Some(Token::World(_)) => return invalid_token(),
             };
             let (events, next) = g.page(offset, max);
             let events = events.into_iter().map(|e| Ev::from_group(e, me, g.id)).collect();

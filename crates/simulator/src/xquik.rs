@@ -372,6 +372,10 @@ async fn history(
     if sim.inner.faults.forbidden(&peer.to_string()) {
         return err(403, "dm_not_permitted", DM_NOT_PERMITTED);
     }
+    let has_cursor = q.get("cursor").is_some_and(|c| !c.is_empty());
+    if let Some(resp) = sim.take_read_fault(SimProvider::Xquik, Some(&peer.to_string()), has_cursor) {
+        return resp;
+    }
     let world = &sim.inner.world;
     // `cursor` wins over the legacy `maxId`, which is inclusive like X's max_id.
     let start = match (q.get("cursor").filter(|c| !c.is_empty()), param("maxId")) {

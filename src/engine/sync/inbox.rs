@@ -103,6 +103,8 @@ fn conclude(pipe: &OpenPipeline, shared: &RunShared, report: &mut ConvReport, ou
         Err(Stop::Cancelled) => {
             report.error = Some("stopped before finishing (shutdown or a fatal error in this pipeline)".into());
         }
+        // The stream holds the whole pipeline before it starts; it is never left out half-way.
+        Err(Stop::Busy) => report.busy = true,
         Err(Stop::Provider(e)) => {
             if e.class == ErrorClass::Fatal {
                 if let Ok(mut f) = shared.fatal.lock() {
@@ -135,7 +137,12 @@ where
     budget.check(shared.credits.load(Ordering::Relaxed), today).map_err(Stop::Budget)?;
     with_retry(&p.retry, &shared.stop, || {
         shared.beat();
-        op()
+        let attempt = op();
+        async move {
+            let result = attempt.await;
+            shared.note_pacing(&result);
+            result
+        }
     })
     .await
     .map_err(|e| {
@@ -290,13 +297,24 @@ impl StreamPass<'_> {
     /// From the newest page down to the stream's high-water mark (or to the end while nothing was seen).
     async fn head_pass(&mut self) -> Result<(), Stop> {
         let mut guard = LoopGuard::new(self.pipe.config.max_empty_pages);
+        let mut restarted = false;
         loop {
             if self.shared.stop.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
             let cursor = self.st.head_cursor.clone();
             guard.sending(cursor.as_deref());
-            let page = self.fetch(cursor.as_deref()).await?;
+            let page = match self.fetch(cursor.as_deref()).await {
+                Err(Stop::Provider(e)) if e.cursor_rejected && cursor.is_some() && !restarted => {
+                    // The same rule as a conversation's pass: once, from the newest page.
+                    restarted = true;
+                    self.restarting(&e);
+                    self.st.head_cursor = None;
+                    guard = LoopGuard::new(self.pipe.config.max_empty_pages);
+                    continue;
+                }
+                page => page?,
+            };
             let mut next = self.st.clone();
             next.head_newest = newest_item(&page, self.st.head_newest.as_deref());
             let reached = match &self.st.hwm {
@@ -319,6 +337,7 @@ impl StreamPass<'_> {
             self.shared.opts.max_pages.or((p.backfill_max_pages_per_run > 0).then_some(p.backfill_max_pages_per_run));
         let mut pages = 0u64;
         let mut guard = LoopGuard::new(p.max_empty_pages);
+        let mut restarted = false;
         while !self.st.backfill_done {
             if self.shared.stop.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -329,7 +348,17 @@ impl StreamPass<'_> {
             }
             let cursor = self.st.backfill_cursor.clone();
             guard.sending(cursor.as_deref());
-            let page = self.fetch(cursor.as_deref()).await?;
+            let page = match self.fetch(cursor.as_deref()).await {
+                Err(Stop::Provider(e)) if e.cursor_rejected && cursor.is_some() && !restarted => {
+                    // From the newest page down to where it was and on; the seen set skips the overlap.
+                    restarted = true;
+                    self.restarting(&e);
+                    self.st.backfill_cursor = None;
+                    guard = LoopGuard::new(p.max_empty_pages);
+                    continue;
+                }
+                page => page?,
+            };
             pages += 1;
             let mut next = self.st.clone();
             next.backfill_done = page.next_cursor.is_none();
@@ -344,6 +373,10 @@ impl StreamPass<'_> {
             self.follow(&mut guard, &page, written)?;
         }
         Ok(())
+    }
+
+    fn restarting(&self, e: &ProviderError) {
+        tracing::warn!(pipeline = %self.pipe.config.name, status = e.status, code = %e.code, "the provider no longer accepts the inbox stream's cursor; restarting the pass from the newest page");
     }
 
     /// Whether the pass may follow the page's cursor: the same loop rules as a conversation's pass.
@@ -469,8 +502,5 @@ fn newest_item(page: &InboxPage, current: Option<&str>) -> Option<String> {
 
 /// The oldest `created_at` on a stream page.
 fn oldest_item_time(page: &InboxPage) -> Option<SystemTime> {
-    page.items
-        .iter()
-        .filter_map(|(_, i)| i.created_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok()))
-        .min()
+    page.items.iter().filter_map(|(_, i)| i.created_at.as_deref().and_then(crate::record::parse_time)).min()
 }

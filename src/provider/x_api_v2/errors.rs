@@ -21,8 +21,15 @@ pub(crate) fn classify(
     // X's 401 is a bare `about:blank` problem; name it like the other providers' code for it.
     let fallback = if status == 401 { "unauthenticated".to_string() } else { format!("http_{status}") };
     let code = p.code().unwrap_or(fallback);
+    let read = ProviderError::is_read(endpoint);
+    if read && (status == 410 || (status == 400 && p.names_pagination_token())) {
+        // A `pagination_token` X does not accept (expired, or from another query): restart without it.
+        return ProviderError::rejected_cursor(endpoint, status, code);
+    }
     use ErrorClass::*;
     let (class, code, hint) = match status {
+        409 if read && retry_after.is_some() => (Transient, code, "X asked us to try again later"),
+        500..=599 if read => (Transient, code, "X failed to answer; will retry"),
         429 => (Transient, code, "rate limited by X; waiting until the window resets"),
         502..=504 => (Transient, code, "X is unavailable; will retry"),
         401 => (Fatal, code, "X rejected the access token (expired or revoked); put a fresh OAuth 2.0 user token in the pipeline's api_key_env / api_key_file"),
@@ -65,6 +72,9 @@ pub(super) struct LegacyError {
     pub(super) detail: Option<String>,
     #[serde(default)]
     pub(super) parameter: Option<String>,
+    /// X's legacy-style list of the rejected query parameters: `{"pagination_token": ["…"]}`.
+    #[serde(default)]
+    pub(super) parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ProblemBody {
@@ -119,6 +129,15 @@ impl ProblemBody {
                 .iter()
                 .any(|w| t.contains(w))
             })
+    }
+
+    /// A 400 that names `pagination_token` as the parameter it rejected (in `errors[].parameters`, or the
+    /// problem's `parameter`).
+    pub(super) fn names_pagination_token(&self) -> bool {
+        self.errors.iter().any(|e| {
+            e.parameters.as_ref().is_some_and(|m| m.contains_key("pagination_token"))
+                || e.parameter.as_deref() == Some("pagination_token")
+        }) || self.texts().any(|t| t.contains("pagination_token"))
     }
 
     /// A 400 that names one of the fields or expansions we asked for.

@@ -92,7 +92,8 @@ impl Limits {
     ) -> Result<bytes::Bytes, ProviderError> {
         let mut w = self.windows[bucket as usize].lock().await;
         if let Some(wait) = w.wait(SystemTime::now()) {
-            tracing::info!(
+            // One line per wait would flood a paced backfill's log; the run logs one summary at INFO.
+            tracing::debug!(
                 endpoint,
                 wait_ms = wait.as_millis() as u64,
                 "X API v2 rate limit: pacing until the window resets"

@@ -125,9 +125,16 @@ fn both_error_shapes_map_to_the_same_classes() {
     for s in [502, 503, 504] {
         assert_eq!(classify(HISTORY_WITH, s, b"", None).class, ErrorClass::Transient);
     }
-    for s in [400, 401, 402, 403, 404, 409, 422, 500] {
+    for s in [400, 401, 402, 403, 404, 409, 422] {
         assert_ne!(classify(HISTORY_WITH, s, b"{}", None).class, ErrorClass::Transient, "{s}");
     }
+    // A 5xx on a read is retried; on a write it is not (the write may have happened).
+    assert_eq!(classify(HISTORY_WITH, 500, b"{}", None).class, ErrorClass::Transient);
+    assert_ne!(classify(SEND_WITH, 500, b"{}", None).class, ErrorClass::Transient);
+    // A pagination_token X does not accept restarts the pass without it.
+    let e = classify(HISTORY_WITH, 400, br#"{"errors":[{"parameters":{"pagination_token":["x"]},"message":"The `pagination_token` query parameter value [x] is not valid"}],"title":"Invalid Request","detail":"One or more parameters to your request was invalid.","type":"https://api.x.com/2/problems/invalid-request"}"#, None);
+    assert!(e.cursor_rejected && e.class == ErrorClass::Conversation, "{e}");
+    assert!(!classify(HISTORY_WITH, 400, problem(400, "invalid-request", "x").as_bytes(), None).cursor_rejected);
     let e = classify(HISTORY_WITH, 400, br#"{"errors":[{"parameters":{},"message":"The `dm_event.fields` query parameter value [sender_id] is not one of [id,text]"}],"title":"Invalid Request","detail":"One or more parameters to your request was invalid.","type":"https://api.x.com/2/problems/invalid-request"}"#, None);
     assert_eq!(e.code, UNKNOWN_FIELD);
 }

@@ -21,7 +21,7 @@ use super::super::content::snowflake_ms;
 use super::super::faults::{self, Spoiled};
 use super::super::http::json;
 use super::super::inbox::Thread;
-use super::super::Simulator;
+use super::super::{SimProvider, Simulator};
 use super::groups::Kind;
 use super::{b32_decode, b32_encode, events_body, invalid, malformed, x_user, Ev, Shape, DAY_MS};
 
@@ -68,16 +68,19 @@ pub(super) async fn dm_events(
         Some(_) => return invalid("The `max_results` query parameter value is not between 1 and 100"),
     };
     let shape = match Shape::parse(&q, cfg.x_strict_fields) {
-        Ok(s) => s,
+        Ok(s) => Shape { epoch_ms: cfg.x_created_at_epoch_ms, ..s },
         Err(resp) => return resp,
     };
     let bound = match q.get("pagination_token") {
         None => u64::MAX,
         Some(t) => match decode_token(t) {
             Some(b) => b,
-            None => return invalid("The `pagination_token` query parameter value is invalid"),
+            None => return super::invalid_token(),
         },
     };
+    if let Some(resp) = sim.take_read_fault(SimProvider::XApiV2, None, q.contains_key("pagination_token")) {
+        return resp;
+    }
     let spoiled = sim.inner.faults.spoil();
     if let Some(Spoiled::Malformed(kind)) = spoiled {
         tracing::debug!(?kind, "simulator: serving a malformed X API v2 inbox page");
