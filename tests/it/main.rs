@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod hostfix;
 mod hostile;
 mod hostile_server;
 mod inbox;
