@@ -13,10 +13,12 @@ use serde::Deserialize;
 
 mod oauth;
 mod raw;
+mod secret_file;
 pub mod shown;
 mod validate;
 
 pub use oauth::{loopback_callback, token_file, OAuthConfig, DEFAULT_SCOPES};
+pub use secret_file::{read_secret_file, SecretFileError};
 
 use raw::RawConfig;
 
@@ -154,10 +156,18 @@ impl KeySource {
                     (true, Some(dir)) => Path::new(&dir).join(path),
                     _ => path.clone(),
                 };
-                match std::fs::read_to_string(&full) {
-                    Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-                    Ok(_) => err(format!(
+                match read_secret_file(&full).map(String::from_utf8) {
+                    Ok(Ok(v)) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+                    Ok(Ok(_)) => err(format!(
                         "pipeline `{pipeline}`: the {what} file {} is empty; put the key in it",
+                        full.display()
+                    )),
+                    Ok(Err(_)) => err(format!(
+                        "pipeline `{pipeline}`: the {what} file {} is not text; put the key in it",
+                        full.display()
+                    )),
+                    Err(e @ SecretFileError::Refused(_)) => err(format!(
+                        "pipeline `{pipeline}`: refusing the {what} file {}: {e}",
                         full.display()
                     )),
                     Err(e) => err(format!(

@@ -8,12 +8,29 @@ const MAX_SHOWN: usize = 64;
 /// A user-supplied value as a message shows it: at most `MAX_SHOWN` (64) characters (a 5 MB argument is not
 /// echoed whole), control characters as `?` so it stays on one line.
 pub fn short(s: &str) -> String {
-    let clean = |c: char| if c.is_control() { '?' } else { c };
+    let clean = |c: char| if invisible(c) { '?' } else { c };
     if s.chars().count() <= MAX_SHOWN {
         return s.chars().map(clean).collect();
     }
     let head: String = s.chars().take(MAX_SHOWN - 16).map(clean).collect();
     format!("{head}… ({} bytes)", s.len())
+}
+
+/// A character that changes how text around it is shown instead of showing itself: a control character
+/// (NUL, ESC, newline), a bidi override or isolate (U+202E turns `gpj.exe` around), a zero-width
+/// character, a line or paragraph separator. An identity string (an `account`) holding one would be
+/// written into every record and shown misleadingly by every tool that reads them.
+pub fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+/// The first [`invisible`] character of `s`, as `U+202E` for a message (the character itself would act).
+pub fn first_invisible(s: &str) -> Option<String> {
+    s.chars().find(|c| invisible(*c)).map(|c| format!("U+{:04X}", c as u32))
 }
 
 /// A URL as messages show it: credentials (`user:password@`) and query values replaced by `***`, and the

@@ -161,6 +161,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
                 ))
             }
         };
+        if let Some(c) = super::shown::first_invisible(&account) {
+            return err(format!(
+                "{at}: `account` contains {c}, a control or text-direction character that would be written into \
+                 every record; write the account's plain handle or ID"
+            ));
+        }
         if provider != ProviderKind::Xquik && !account.chars().all(|c| c.is_ascii_digit()) {
             return err(format!(
                 "{at}: provider {provider} needs `account` as the numeric user ID, not `{}`",
@@ -194,6 +200,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
                 "{at}: output_dir {} is already used by another pipeline (the same folder, perhaps through a symlink); give each pipeline its own",
                 output_dir.display()
             ));
+        }
+        if let Some(c) = super::shown::first_invisible(&rp.file_name) {
+            return err(format!("{at}: `file_name` contains {c}, a control or text-direction character; rename it"));
         }
         if !rp.file_name.ends_with(".jsonl")
             || rp.file_name.len() <= ".jsonl".len()

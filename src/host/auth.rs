@@ -32,6 +32,8 @@ use crate::state::tokens::{TokenFile, Tokens};
 const MAX_REQUEST: usize = 16 * 1024;
 /// How long one connection may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections read at once; one more is closed at accept.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Runs `auth` and returns how the process exits.
 pub(super) async fn run(cfg: &Config, req: AuthRequest) -> anyhow::Result<Exit> {
@@ -134,9 +136,14 @@ async fn browser(
     let _ = std::io::stdout().flush();
 
     let deadline = tokio::time::Instant::now() + timeout;
+    // Every connection is read in its own task, so a silent or slow one (a port scanner, a browser's
+    // preconnect) never delays the real redirect behind it; the cap bounds what a flood can hold open.
+    let mut reading = tokio::task::JoinSet::new();
+    let (path, state) = (std::sync::Arc::<str>::from(redirect.path()), std::sync::Arc::<str>::from(state.as_str()));
+    let read_timeout = super::control::listener_timeout(READ_TIMEOUT);
     loop {
-        let (stream, _) = match tokio::time::timeout_at(deadline, listener.accept()).await {
-            Err(_) => {
+        let callback = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
                 return Ok(Err(Report::error(
                     Exit::Failed,
                     format!(
@@ -147,13 +154,30 @@ async fn browser(
                     ),
                 )))
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "accepting a connection on the callback listener failed");
+            Some(done) = reading.join_next() => match done {
+                Ok(callback) => callback,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a connection on the callback listener failed");
+                    continue;
+                }
+            },
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, _)) if reading.len() < MAX_CONNECTIONS => {
+                        let (path, state) = (path.clone(), state.clone());
+                        reading.spawn(async move { read_callback(stream, &path, &state, read_timeout).await });
+                    }
+                    // Over the cap: closed at once (the real browser retries a refused connection).
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection on the callback listener failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
                 continue;
             }
-            Ok(Ok(accepted)) => accepted,
         };
-        match read_callback(stream, redirect.path(), &state).await {
+        match callback {
             Callback::Ignored => continue,
             Callback::Denied(code, mut stream) => {
                 let page = words::callback_page(
@@ -183,9 +207,9 @@ async fn browser(
 }
 
 /// Reads one request head and decides what it is. Never logs the query (it holds the code).
-async fn read_callback(mut stream: TcpStream, path: &str, state: &str) -> Callback {
+async fn read_callback(mut stream: TcpStream, path: &str, state: &str, read_timeout: Duration) -> Callback {
     let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(READ_TIMEOUT, async {
+    let head = tokio::time::timeout(read_timeout, async {
         let mut chunk = [0u8; 2048];
         loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

@@ -9,16 +9,43 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
 
 /// File name of the socket inside the state directory.
 pub const SOCKET_NAME: &str = "control.sock";
 
 /// Longest request line accepted; requests are small, this only bounds a misbehaving client.
 const MAX_LINE: u64 = 1024 * 1024;
+
+/// Most control connections served at once; one more is closed at accept. A real client sends its line at
+/// once and a long `backfill` holds one connection, so 64 is far above use, and far below the 1,024-file
+/// soft limit a flood of idle connections would otherwise exhaust (the writer then cannot reopen a file).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may take to send its request line. A real client writes it right after
+/// connecting; an idle connection past this is answered with an error and closed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Test builds only: shortens every listener's idle bound (this one, the metrics endpoint's header read,
+/// the OAuth callback's) to this many milliseconds, so the integration tests can watch idle connections
+/// being closed without waiting the production bound.
+#[cfg(debug_assertions)]
+pub const LISTENER_TIMEOUT_ENV: &str = "DM_HANDOFF_TEST_LISTENER_TIMEOUT_MS";
+
+/// `default`, or in a test build the override of [`LISTENER_TIMEOUT_ENV`].
+pub(super) fn listener_timeout(default: Duration) -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(LISTENER_TIMEOUT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Duration::from_millis(ms);
+    }
+    default
+}
 
 /// The socket path for a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -62,12 +89,19 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(state_dir: &Path, req:
     serde_json::from_str(&answer).map(Some).map_err(io::Error::other)
 }
 
-/// Reads one request from an accepted connection.
-pub async fn read_request<Req: DeserializeOwned>(stream: &mut UnixStream) -> io::Result<Req> {
+/// Reads one request from an accepted connection, within the request timeout and until `stop` fires (a
+/// daemon that stops does not wait for a client that never writes).
+pub async fn read_request<Req: DeserializeOwned>(stream: &mut UnixStream, stop: &CancellationToken) -> io::Result<Req> {
     let (read, _) = stream.split();
     let mut reader = BufReader::new(read).take(MAX_LINE);
     let mut line = String::new();
-    reader.read_line(&mut line).await?;
+    tokio::select! {
+        read = tokio::time::timeout(listener_timeout(REQUEST_TIMEOUT), reader.read_line(&mut line)) => match read {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no control request within the timeout")),
+        },
+        _ = stop.cancelled() => return Err(io::Error::new(io::ErrorKind::Interrupted, "the daemon is stopping")),
+    };
     serde_json::from_str(&line)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad control request: {e}")))
 }
@@ -105,13 +139,27 @@ mod tests {
         assert_eq!(mode, 0o600);
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let req: Ask = read_request(&mut s).await.unwrap();
+            let req: Ask = read_request(&mut s, &CancellationToken::new()).await.unwrap();
             assert_eq!(req, Ask { what: "sync".into() });
             write_response(&mut s, &Answer { code: 1, text: "out\n".into() }).await.unwrap();
         });
         let resp: Answer = call(dir.path(), &Ask { what: "sync".into() }).await.unwrap().unwrap();
         assert_eq!(resp, Answer { code: 1, text: "out\n".into() });
         server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out_and_a_stop_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(dir.path()).unwrap();
+        let _silent = UnixStream::connect(socket_path(dir.path())).await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
+        let e = read_request::<Ask>(&mut s, &CancellationToken::new()).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let e = read_request::<Ask>(&mut s, &stop).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
     }
 
     #[tokio::test]

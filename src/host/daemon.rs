@@ -156,6 +156,10 @@ impl Daemon {
         let watchdog = sd_notify::watchdog_enabled();
         // Half the interval, as systemd recommends; a daemon without a watchdog still wakes up rarely.
         let mut tick = tokio::time::interval(watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(3600)));
+        // Bounds the control connections served at once (see control::MAX_CONNECTIONS); `full` rate-limits
+        // the warning a flood would otherwise print per connection.
+        let permits = Arc::new(Semaphore::new(control::MAX_CONNECTIONS));
+        let mut full: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -167,10 +171,22 @@ impl Daemon {
                     self.spawn(async move { d.reload().await });
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let d = self.clone();
-                        self.spawn(async move { d.handle(stream).await });
-                    }
+                    Ok((stream, _)) => match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let d = self.clone();
+                            self.spawn(async move {
+                                d.handle(stream).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            drop(stream);
+                            if full.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                                full = Some(Instant::now());
+                                tracing::warn!(limit = control::MAX_CONNECTIONS, "too many open control connections; closing new ones until some end");
+                            }
+                        }
+                    },
                     Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
                 },
                 _ = tick.tick() => {
@@ -316,7 +332,7 @@ impl Daemon {
 
     /// Answers one control connection.
     async fn handle(self: Arc<Self>, mut stream: tokio::net::UnixStream) {
-        let resp = match control::read_request::<Request>(&mut stream).await {
+        let resp = match control::read_request::<Request>(&mut stream, &self.cancel).await {
             Ok(req) => self.answer(req).await,
             Err(e) => Report::error(Exit::Config, e),
         };

@@ -66,6 +66,8 @@ pub(super) async fn demo(args: DemoArgs) -> anyhow::Result<Exit> {
         .await
         .context("starting the simulator")?;
     std::fs::write(dir.join("demo-api-key"), "xq_demo_key_not_secret\n")?;
+    // Key files must be owner-only (see config::read_secret_file), this one too.
+    std::fs::set_permissions(dir.join("demo-api-key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let scenario = dm_handoff_simulator::default_scenario();
     let convs: Vec<String> = scenario.conversations.iter().map(|c| format!("\"{}\"", c.peer_id)).collect();
     std::fs::write(

@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -20,6 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// What the endpoint asks of the daemon.
@@ -38,12 +42,67 @@ pub(super) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Serves the endpoint until `stop` fires.
+/// Most connections served at once; one more is closed at accept. A Prometheus server holds one, a few
+/// scrapers a few; the cap keeps a flood of connections from any local user from taking the file
+/// descriptors the writer needs (under systemd's 1,024 soft limit, an EMFILE on reopening the active file).
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may take to send a complete request head, counted again while a kept-alive
+/// connection waits for its next request: a half-open or silent connection is closed after this. Scrapers
+/// send the head at once, and reconnect when a kept-alive connection was closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the endpoint until `stop` fires: HTTP/1 on hyper's connection builder (axum's `serve` has no
+/// header-read timeout and no connection cap), the axum router as the service.
 pub(super) async fn serve(listener: TcpListener, source: Arc<dyn Source>, stop: CancellationToken) {
     let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(source);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-        tracing::error!(error = %e, "the metrics endpoint stopped");
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let header_timeout = super::control::listener_timeout(HEADER_TIMEOUT);
+    let mut conns = JoinSet::new();
+    // When the cap last said so: a flood warns once a minute, not per connection.
+    let mut full: Option<Instant> = None;
+    loop {
+        while conns.try_join_next().is_some() {}
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: wait a little instead of spinning on a listener that stays ready.
+                    tracing::warn!(error = %e, "the metrics endpoint could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            if full.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                full = Some(Instant::now());
+                tracing::warn!(limit = MAX_CONNECTIONS, "too many open metrics connections; closing new ones until some end");
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    // Finish a response in flight, then close; bounded like a silent client.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(header_timeout, conn).await;
+                }
+            }
+            drop(permit);
+        });
     }
+    conns.abort_all();
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

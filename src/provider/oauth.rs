@@ -484,6 +484,8 @@ pub fn file_error(pipeline: &str, e: &TokenFileError) -> ConfigError {
             path.display(),
             auth_command(pipeline)
         )),
+        // The fix is in the message (`chmod 600`, a regular file); new tokens would not help.
+        TokenFileError::Refused { .. } => ConfigError(format!("pipeline `{pipeline}`: {e}")),
         other => {
             ConfigError(format!("pipeline `{pipeline}`: {other}; run `{}` to store new tokens", auth_command(pipeline)))
         }

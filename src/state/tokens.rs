@@ -107,6 +107,8 @@ pub enum TokenFileError {
     Missing(PathBuf),
     #[error("the token file {}: {op}: {source}", path.display())]
     Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("refusing the token file {}: {detail}", path.display())]
+    Refused { path: PathBuf, detail: String },
     #[error("the token file {} is unreadable ({detail})", path.display())]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -143,12 +145,14 @@ impl TokenFile {
 
     /// Reads the stored pair; `Missing` when none was ever stored.
     pub fn load(&self) -> Result<Tokens, TokenFileError> {
-        let bytes = match fs::read(&self.path) {
+        // Owner-only and a regular file, like every secret file (a FIFO here would hang the run).
+        let bytes = match crate::config::read_secret_file(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(TokenFileError::Missing(self.path.clone()))
+            Err(crate::config::SecretFileError::Missing) => return Err(TokenFileError::Missing(self.path.clone())),
+            Err(crate::config::SecretFileError::Io(e)) => return Err(self.io("reading it")(e)),
+            Err(e @ crate::config::SecretFileError::Refused(_)) => {
+                return Err(TokenFileError::Refused { path: self.path.clone(), detail: e.to_string() })
             }
-            Err(e) => return Err(self.io("reading it")(e)),
         };
         // serde's message could quote a value (a token): keep only its category.
         let t: Tokens = serde_json::from_slice(&bytes).map_err(|e| TokenFileError::Corrupt {

@@ -13,6 +13,7 @@ mod crash;
 mod cursors;
 mod daemon;
 mod faults;
+mod hostfix;
 mod hostile;
 mod hostile_server;
 mod inbox;
