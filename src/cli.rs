@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "dm-handoff", version = version(), about, propagate_version = true)]
 pub struct Opts {
     /// Print one JSON object on stdout instead of text (check, verify, status, schema, sync, backfill, send,
-    /// lookup, upload-media, delete, group-send, auth); errors too, as {"ok": false, "exit", "error"}.
+    /// lookup, upload-media, delete, group-send, auth, state); errors too, as {"ok": false, "exit", "error"}.
     #[arg(long, global = true)]
     pub json: bool,
     /// The pipelines file. Relative paths inside it are taken from its folder.
@@ -126,9 +126,6 @@ pub struct StateArgs {
     /// Only this pipeline (repeatable; default all).
     #[arg(long = "pipeline", value_name = "NAME")]
     pub pipelines: Vec<String>,
-    /// One JSON document instead of lines.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,9 +19,9 @@ pub fn run(cfg: &Config, cmd: StateCommand) -> anyhow::Result<Exit> {
     let targets = targets(cfg, args)?;
     let opts = StoreOptions::of(cfg);
     let report = match cmd {
-        StateCommand::Check(args) => check_report(&audit::check(&cfg.state_dir, opts, &targets)?, args.json)?,
-        StateCommand::Rebuild(args) => {
-            rebuild_report(&audit::rebuild(&cfg.state_dir, opts, &targets, SystemTime::now())?, args.json)?
+        StateCommand::Check(_) => check_report(&audit::check(&cfg.state_dir, opts, &targets)?)?,
+        StateCommand::Rebuild(_) => {
+            rebuild_report(&audit::rebuild(&cfg.state_dir, opts, &targets, SystemTime::now())?)?
         }
     };
     Ok(report.print())
@@ -41,16 +41,10 @@ fn line(out: &mut String, f: &Finding) {
 
 /// `state check`'s output: `problem:`/`note:` lines and a summary per pipeline, or one JSON document.
 /// Exit 0 clean, 1 with problems.
-pub fn check_report(r: &CheckReport, json: bool) -> anyhow::Result<Report> {
+/// Under the global `--json` the same outcome prints as one JSON object (`ok` and the report).
+pub fn check_report(r: &CheckReport) -> anyhow::Result<Report> {
     let exit = if r.problems > 0 { Exit::Failed } else { Exit::Ok };
-    if json {
-        let mut stdout = serde_json::to_string_pretty(&serde_json::json!({
-            "ok": r.problems == 0,
-            "report": r,
-        }))?;
-        stdout.push('\n');
-        return Ok(Report { exit, stdout, stderr: String::new() });
-    }
+    let json = serde_json::json!({ "ok": r.problems == 0, "report": r });
     let mut out = String::new();
     for f in &r.database {
         line(&mut out, f);
@@ -66,17 +60,13 @@ pub fn check_report(r: &CheckReport, json: bool) -> anyhow::Result<Report> {
         );
     }
     let _ = writeln!(out, "state check: {}: {} entries read, {} problems", r.state_dir, r.entries, r.problems);
-    Ok(Report { exit, stdout: out, stderr: String::new() })
+    Ok(Report { exit, stdout: out, stderr: String::new(), json: Some(json) })
 }
 
 /// `state rebuild`'s output: where the old database went, then per pipeline what was rebuilt and which
 /// conversations were reset (and why).
-pub fn rebuild_report(r: &RebuildReport, json: bool) -> anyhow::Result<Report> {
-    if json {
-        let mut stdout = serde_json::to_string_pretty(r)?;
-        stdout.push('\n');
-        return Ok(Report { stdout, ..Report::default() });
-    }
+pub fn rebuild_report(r: &RebuildReport) -> anyhow::Result<Report> {
+    let json = serde_json::to_value(r)?;
     let mut out = String::new();
     match &r.old {
         Some(old) => {
@@ -115,5 +105,5 @@ pub fn rebuild_report(r: &RebuildReport, json: bool) -> anyhow::Result<Report> {
             p.reset.len()
         );
     }
-    Ok(Report { stdout: out, ..Report::default() })
+    Ok(Report { stdout: out, json: Some(json), ..Report::default() })
 }

@@ -251,10 +251,9 @@ async fn a_token_store_others_can_read_is_refused_with_the_chmod_fix() {
 /// `check` on a config whose `account` is `account` (a TOML basic string's content).
 async fn check_account(dir: &Path, account: &str) -> Output {
     let config = write_config(dir, "http://127.0.0.1:9/api/v1", &["44196397"], "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("account = \"{ACCOUNT}\""),
-        &format!("account = \"{account}\""),
-    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("account = \"{ACCOUNT}\""), &format!("account = \"{account}\""));
     std::fs::write(&config, text).unwrap();
     Cmd::new(&["check"]).config(&config).run().await
 }
