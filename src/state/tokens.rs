@@ -267,6 +267,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.json");
         fs::write(&path, "{\"access_token\": \"leaky-token\", ").unwrap();
+        // Owner-only, as a token file must be: the test is about the content, not the mode rule.
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let e = TokenFile::new(path).load().unwrap_err().to_string();
         assert!(e.contains("unreadable") && !e.contains("leaky-token"), "{e}");
     }
