@@ -281,3 +281,40 @@ async fn the_x_inbox_stream_restarts_once_on_a_rejected_pagination_token() {
     let messages = records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")).count();
     assert_eq!(messages, fx.sim.sim.messages(peer).len(), "every message once");
 }
+
+/// X's inbox stream folds its seen keys as the page route does: after a run, the exact keys of the
+/// conversations it wrote (discovered ones no listed pass ever folds included) are replaced by the stream's
+/// range; and a listed conversation's own pass over the same history, answered by that range, writes
+/// nothing twice. Before, every stream event kept an exact key for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x_inbox_streams_seen_keys_are_folded_like_the_page_routes() {
+    let (listed, found) = ("810001", ["810002", "810003"]);
+    let cfg = sim_config(
+        81,
+        vec![
+            conv(listed, 250, CursorStyle::MaxId),
+            conv(found[0], 300, CursorStyle::MaxId),
+            conv(found[1], 200, CursorStyle::Offset),
+        ],
+    );
+    let fx =
+        Fixture::with_peers_for(Provider::XApiV2, cfg, &[listed.to_string()], "inbox = true\nbackfill = true").await;
+    fx.sync().await.expect_code(0);
+    fx.sim.sim.add_messages(found[0], 40);
+    fx.sim.sim.add_messages(listed, 30);
+    fx.sync().await.expect_code(0);
+    let records = fx.records();
+    assert_no_duplicates(&records);
+    for peer in [listed, found[0], found[1]] {
+        let n = records.iter().filter(|r| str_field(r, "conversation_user_id") == Some(peer)).count();
+        assert_eq!(n, fx.sim.sim.messages(peer).len(), "every message of {peer} once");
+    }
+    let (exact, _) = fx.assert_seen_set_folded(&records);
+    let store = dm_handoff::state::Store::open(&fx.state_dir(), dm_handoff::state::StoreOptions::default())
+        .expect("open the state");
+    assert!(store.covered(PIPELINE, dm_handoff::state::INBOX_STREAM).expect("covered").is_some(), "no stream range");
+    for peer in found {
+        assert!(store.covered(PIPELINE, peer).expect("covered").is_none(), "the stream claims no range for {peer}");
+    }
+    assert!(exact < 100, "{exact} exact history keys left for {} records", records.len());
+}
