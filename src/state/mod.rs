@@ -443,6 +443,11 @@ impl Store {
         if covered.is_some_and(|c| c.holds(k)) {
             return Ok(true);
         }
+        if let (true, Some(n)) = (is_history(k.kind), numeric_id(&k.id)) {
+            if Store::stream_holds(self.stream_covered(pipeline)?, k.kind, n) {
+                return Ok(true);
+            }
+        }
         self.db.contains_key(seen_key(pipeline, k)).map_err(self.db_err())
     }
 
@@ -460,9 +465,12 @@ impl Store {
         // Per history kind: the span of numeric IDs the folded range does not answer.
         let mut spans: Vec<(Kind, u64, u64)> = Vec::new();
         let mut numeric: Vec<Option<u64>> = vec![None; ids.len()];
+        // The inbox stream's range answers for every conversation of the pipeline (see `inbox`).
+        let stream = self.stream_covered(pipeline)?;
         for (i, (kind, id)) in ids.iter().enumerate() {
             match (is_history(*kind), numeric_id(id)) {
                 (true, Some(n)) if covered.is_some_and(|c| c.lo <= n && n <= c.hi) => seen[i] = true,
+                (true, Some(n)) if Store::stream_holds(stream, *kind, n) => seen[i] = true,
                 (true, Some(n)) => {
                     numeric[i] = Some(n);
                     match spans.iter_mut().find(|(k, _, _)| k == kind) {
@@ -611,6 +619,11 @@ impl Store {
         // After the batch, so the fold sees this commit's keys and conversation states. A fold only
         // restates what the seen set already says, so it needs no atomicity with the commit, only its own.
         for (pipeline, conv) in &c.folds {
+            if conv == INBOX_STREAM {
+                // Its keys are under other conversations, so no clean mark would ever be cleared for it.
+                self.fold(pipeline, conv)?;
+                continue;
+            }
             let key = (pipeline.clone(), conv.clone());
             if self.clean_marks().contains(&key) {
                 continue;
@@ -662,6 +675,9 @@ impl Store {
     /// atomic batch. Returns how many keys it removed. Not flushed: the next commit's flush makes it durable,
     /// and losing it in a crash loses nothing but the compaction.
     pub fn fold(&self, pipeline: &str, conversation: &str) -> Result<u64, StateError> {
+        if conversation == INBOX_STREAM {
+            return self.fold_stream(pipeline);
+        }
         if self.seen_window == 0 {
             return Ok(0);
         }

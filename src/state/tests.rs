@@ -339,3 +339,37 @@ fn seen_among_a_page_agrees_with_one_lookup_per_key() {
     }
     assert!(held > 12, "the page mixes seen and unseen keys: {held} seen");
 }
+
+/// The inbox stream's fold: one range for every conversation of the pipeline, from the stream's own
+/// `covered_from`/`hwm`; the exact keys inside it go, every ID stays seen (lookup and page check), and a
+/// conversation's own pass may still fold into its own range beside it.
+#[test]
+fn the_inbox_stream_folds_the_keys_of_every_conversation_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), opts()).unwrap();
+    // Events of conversations a and b interleaved on the stream, hours apart.
+    let seen: Vec<(String, Key)> =
+        (0..10).map(|h| ("p".to_string(), k(if h % 2 == 0 { "a" } else { "b" }, &sf(h)))).collect();
+    let st = conv_state(&sf(0), &sf(9));
+    s.commit(&Commit {
+        seen,
+        conversations: vec![("p".into(), INBOX_STREAM.into(), st)],
+        folds: vec![("p".into(), INBOX_STREAM.into())],
+        ..Commit::default()
+    })
+    .unwrap();
+    let c = s.covered("p", INBOX_STREAM).unwrap().expect("the stream has a range");
+    assert_eq!(c.lo.to_string(), sf(0));
+    // sf(8), sf(9) are the window (seen_window = 2), and within the hour of hwm nothing folds.
+    assert_eq!(s.count_seen("p", Some(Kind::DmMessage)).unwrap(), 2, "only the newest two stay exact");
+    for h in 0..10 {
+        let conv = if h % 2 == 0 { "a" } else { "b" };
+        assert!(s.is_seen("p", &k(conv, &sf(h))).unwrap(), "sf({h}) of {conv} is still seen");
+        let id = sf(h);
+        let among = s.seen_among("p", conv, &[(Kind::DmMessage, id.as_str())], None).unwrap();
+        assert_eq!(among, vec![true], "seen_among agrees for sf({h})");
+    }
+    assert!(!s.is_seen("p", &k("a", &sf(20))).unwrap(), "an ID above the range is not seen");
+    assert!(!s.is_seen("q", &k("a", &sf(2))).unwrap(), "another pipeline's stream answers nothing here");
+    assert_eq!(s.covered("p", "a").unwrap(), None, "no conversation's own range was claimed");
+}

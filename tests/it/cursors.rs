@@ -150,16 +150,24 @@ fn written(fx: &Fixture, peer: &str) -> usize {
 
 /// A daemon on a 2-second schedule over a 3,000-message conversation (`long`) and a small one (`other`),
 /// both set up by one local sync first, every page then answered after 250 ms; and a `backfill` of `long`
-/// handed to it through the control socket, which walks for about 30 s (120 pages). Returns once the
-/// backfill is under way.
-async fn a_daemon_backfilling(seed: u64, long: &str, other: &str) -> (Fixture, Running, Running) {
+/// handed to it through the control socket, which walks for about 30 s (120 pages). With `second`, the
+/// config has a second pipeline (`second`, same account, its own files). Returns once the backfill is under
+/// way.
+async fn a_daemon_backfilling(seed: u64, long: &str, other: &str, second: bool) -> (Fixture, Running, Running) {
     let mut cfg = sim_config(seed, vec![conv(long, 3000, CursorStyle::MaxId), conv(other, 20, CursorStyle::Offset)]);
     cfg.page_size = (25, 25);
     // Scheduled runs fetch new messages only; older history comes from the `backfill` below.
     let fx = Fixture::new(cfg, "backfill = false").await;
-    let text = std::fs::read_to_string(&fx.config).expect("read the config");
-    std::fs::write(&fx.config, text.replace("schedule = \"*/30 * * * * *\"", "schedule = \"*/2 * * * * *\""))
-        .expect("write the config");
+    let mut text = std::fs::read_to_string(&fx.config).expect("read the config");
+    text = text.replace("schedule = \"*/30 * * * * *\"", "schedule = \"*/2 * * * * *\"");
+    if second {
+        let table = &text[text.find("[[pipelines]]").expect("a pipeline table")..];
+        let copy = table
+            .replace(&format!("name = \"{PIPELINE}\""), "name = \"second\"")
+            .replace(&format!("out/{PIPELINE}"), "out/second");
+        text = format!("{text}\n{copy}");
+    }
+    std::fs::write(&fx.config, text).expect("write the config");
     fx.sync().await.expect_code(0);
     fx.sim.sim.set_faults(Faults { slow_ms: 250, ..Faults::default() });
     let daemon = fx.cmd(&["run"]).spawn();
@@ -173,7 +181,7 @@ async fn a_daemon_backfilling(seed: u64, long: &str, other: &str) -> (Fixture, R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_backfill_through_the_socket_does_not_hold_up_the_ticks() {
     let (long, other) = ("760001", "760002");
-    let (fx, daemon, backfill) = a_daemon_backfilling(76, long, other).await;
+    let (fx, daemon, backfill) = a_daemon_backfilling(76, long, other, false).await;
     fx.sim.sim.add_messages(other, 5);
     // Three ticks are 6 s; the bound is generous, the point is that they land while the backfill walks.
     assert!(eventually(Duration::from_secs(20), || written(&fx, other) == 25).await, "the new messages did not land");
@@ -189,7 +197,7 @@ async fn a_long_backfill_through_the_socket_does_not_hold_up_the_ticks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_that_changes_a_backfilling_pipeline_leaves_the_daemon_answering() {
     let (long, other) = ("770001", "770002");
-    let (fx, daemon, backfill) = a_daemon_backfilling(77, long, other).await;
+    let (fx, daemon, backfill) = a_daemon_backfilling(77, long, other, false).await;
     // Changed config of the pipeline that is walking: it restarts once its backfill ends.
     let text = std::fs::read_to_string(&fx.config).expect("read the config");
     std::fs::write(&fx.config, text.replace("rotate_max_bytes = 67108864", "rotate_max_bytes = 33554432"))
@@ -204,10 +212,56 @@ async fn a_sighup_that_changes_a_backfilling_pipeline_leaves_the_daemon_answerin
     }
     assert!(written(&fx, long) < 3000, "the backfill ended before the daemon was asked");
     backfill.wait().await.expect_code(0);
+    // The reload ends once the backfill has: the pipeline is back on its schedule.
+    fx.sim.sim.add_messages(other, 5);
+    assert!(eventually(Duration::from_secs(30), || written(&fx, other) == 25).await, "the pipeline did not come back");
     daemon.signal(libc::SIGTERM);
     let out = daemon.wait().await;
     out.expect_code(0);
     assert!(out.stderr.contains("config reloaded"), "{out}");
+    fx.assert_exactly_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_that_removes_a_backfilling_pipeline_leaves_the_daemon_answering() {
+    let (long, other) = ("820001", "820002");
+    let (fx, daemon, backfill) = a_daemon_backfilling(82, long, other, true).await;
+    // The pipeline that is walking leaves the config; `second` stays.
+    let text = std::fs::read_to_string(&fx.config).expect("read the config");
+    let at = text.find("[[pipelines]]").expect("a pipeline table");
+    let second = at + 1 + text[at + 1..].find("[[pipelines]]").expect("the second pipeline");
+    std::fs::write(&fx.config, format!("{}{}", &text[..at], &text[second..])).expect("write the config");
+    daemon.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let asked = Instant::now();
+        fx.cmd(&["status"]).run().await.expect_code(0);
+        // The backfill has about 25 s to go; before, `status` waited for all of it.
+        assert!(asked.elapsed() < Duration::from_secs(5), "status took {:?} during the reload", asked.elapsed());
+    }
+    assert!(written(&fx, long) < 3000, "the backfill ended before the daemon was asked");
+    // Removing a pipeline lets its run end (nothing is cut short), then it is gone.
+    backfill.wait().await.expect_code(0);
+    let mut gone = false;
+    for _ in 0..60 {
+        let status = fx.status_json().await;
+        let names: Vec<&str> = status["pipelines"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(names.contains(&"second"), "the other pipeline stays: {status}");
+        if !names.contains(&PIPELINE) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(gone, "the removed pipeline is still listed after its run ended");
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.wait().await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("config reloaded"), "{out}");
+    assert_eq!(written(&fx, long), 3000, "the backfill of the removed pipeline completed");
     fx.assert_exactly_once();
 }
 
@@ -280,4 +334,41 @@ async fn the_x_inbox_stream_restarts_once_on_a_rejected_pagination_token() {
     assert_no_duplicates(&records);
     let messages = records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")).count();
     assert_eq!(messages, fx.sim.sim.messages(peer).len(), "every message once");
+}
+
+/// X's inbox stream folds its seen keys as the page route does: after a run, the exact keys of the
+/// conversations it wrote (discovered ones no listed pass ever folds included) are replaced by the stream's
+/// range; and a listed conversation's own pass over the same history, answered by that range, writes
+/// nothing twice. Before, every stream event kept an exact key for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x_inbox_streams_seen_keys_are_folded_like_the_page_routes() {
+    let (listed, found) = ("810001", ["810002", "810003"]);
+    let cfg = sim_config(
+        81,
+        vec![
+            conv(listed, 250, CursorStyle::MaxId),
+            conv(found[0], 300, CursorStyle::MaxId),
+            conv(found[1], 200, CursorStyle::Offset),
+        ],
+    );
+    let fx =
+        Fixture::with_peers_for(Provider::XApiV2, cfg, &[listed.to_string()], "inbox = true\nbackfill = true").await;
+    fx.sync().await.expect_code(0);
+    fx.sim.sim.add_messages(found[0], 40);
+    fx.sim.sim.add_messages(listed, 30);
+    fx.sync().await.expect_code(0);
+    let records = fx.records();
+    assert_no_duplicates(&records);
+    for peer in [listed, found[0], found[1]] {
+        let n = records.iter().filter(|r| str_field(r, "conversation_user_id") == Some(peer)).count();
+        assert_eq!(n, fx.sim.sim.messages(peer).len(), "every message of {peer} once");
+    }
+    let (exact, _) = fx.assert_seen_set_folded(&records);
+    let store = dm_handoff::state::Store::open(&fx.state_dir(), dm_handoff::state::StoreOptions::default())
+        .expect("open the state");
+    assert!(store.covered(PIPELINE, dm_handoff::state::INBOX_STREAM).expect("covered").is_some(), "no stream range");
+    for peer in found {
+        assert!(store.covered(PIPELINE, peer).expect("covered").is_none(), "the stream claims no range for {peer}");
+    }
+    assert!(exact < 100, "{exact} exact history keys left for {} records", records.len());
 }

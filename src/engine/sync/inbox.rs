@@ -14,9 +14,11 @@
 //!
 //! Exactly once, and the folded seen set: a stream page is a contiguous slice of the *account's* events, not
 //! of one conversation's, so the stream never claims covered ranges for a conversation (it sets no
-//! conversation's `hwm` or `covered_from`, the only inputs of `Store::fold`) and its records keep exact seen
-//! keys. A listed conversation's own pass may later fold those keys into its range, which is sound: they
-//! are in the files. The stream updates a conversation's counters (`messages_written`, newest ID, last
+//! conversation's `hwm` or `covered_from`, the only inputs of a conversation's `Store::fold`). It keeps its
+//! own `covered_from` (the first page and the backfill pages reach down from its `hwm` without a gap) and
+//! asks for the stream's fold at the end of each run: one range for every conversation of the pipeline
+//! (`state::inbox`), so discovered conversations no listed pass ever folds do not keep one exact key per
+//! event. The stream updates a conversation's counters (`messages_written`, newest ID, last
 //! sync) so `status` shows discovered conversations; nothing else writes those states while it runs.
 
 use std::collections::{BTreeMap, HashSet};
@@ -253,8 +255,12 @@ async fn stream(pipe: &OpenPipeline, shared: &RunShared, report: &mut ConvReport
         _ => None,
     };
     pass.report.backfill_done = st.backfill_done;
-    let commit =
-        Commit { conversations: vec![(pipe.config.name.clone(), INBOX_STREAM.to_string(), st)], ..Commit::default() };
+    // The fold walks the pipeline's exact keys: once per run, not per page.
+    let commit = Commit {
+        conversations: vec![(pipe.config.name.clone(), INBOX_STREAM.to_string(), st)],
+        folds: vec![(pipe.config.name.clone(), INBOX_STREAM.to_string())],
+        ..Commit::default()
+    };
     let _ = pipe.handoff.write(Batch { lines: Vec::new(), commit }).await;
     outcome
 }
@@ -279,6 +285,7 @@ impl StreamPass<'_> {
                 next.backfill_started = true;
                 next.backfill_done = page.next_cursor.is_none();
                 next.backfill_cursor = page.next_cursor.clone();
+                next.covered_from = lowest_item(&page, self.st.covered_from.as_deref());
                 self.write_page(&page, next).await?;
             } else {
                 let resumed = self.st.head_cursor.is_some();
@@ -363,6 +370,9 @@ impl StreamPass<'_> {
             let mut next = self.st.clone();
             next.backfill_done = page.next_cursor.is_none();
             next.backfill_cursor = page.next_cursor.clone();
+            // Backfill pages reach down from what is covered without a gap (a restarted walk re-reads from
+            // the newest page, and lowers nothing until it passes below).
+            next.covered_from = lowest_item(&page, self.st.covered_from.as_deref());
             let reached_since =
                 self.shared.opts.since.is_some_and(|since| oldest_item_time(&page).is_some_and(|t| t < since));
             let written = self.write_page(&page, next).await?;
@@ -498,6 +508,17 @@ fn conversation_id(conv: &Conversation) -> Option<&str> {
 /// The newest item ID of a stream page, or `current` if that is newer.
 fn newest_item(page: &InboxPage, current: Option<&str>) -> Option<String> {
     page.items.iter().fold(current.map(str::to_string), |acc, (_, i)| newest_of(acc.as_deref(), Some(&i.id)))
+}
+
+/// The lowest numeric item ID of a stream page, or `current` if that is lower (non-numeric IDs are never
+/// folded, so they do not count).
+fn lowest_item(page: &InboxPage, current: Option<&str>) -> Option<String> {
+    current
+        .into_iter()
+        .chain(page.items.iter().map(|(_, i)| i.id.as_str()))
+        .filter_map(|id| crate::state::numeric_id(id).map(|n| (n, id)))
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, id)| id.to_string())
 }
 
 /// The oldest `created_at` on a stream page.
