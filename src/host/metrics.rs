@@ -79,7 +79,10 @@ pub(super) async fn serve(listener: TcpListener, source: Arc<dyn Source>, stop: 
             drop(stream);
             if full.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                 full = Some(Instant::now());
-                tracing::warn!(limit = MAX_CONNECTIONS, "too many open metrics connections; closing new ones until some end");
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "too many open metrics connections; closing new ones until some end"
+                );
             }
             continue;
         };

@@ -255,7 +255,8 @@ async fn sighup_after_rewriting_the_key_file_rotates_the_key() {
     let key_file = fx.config.parent().unwrap().join("key.txt");
     std::fs::write(&key_file, "xq_revoked_key_0000000000000000\n").unwrap();
     // Key files must be owner-only.
-    std::fs::set_permissions(&key_file, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&key_file, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+        .unwrap();
     let daemon = fx.cmd(&["run"]).spawn();
     // The old key is refused at every tick.
     assert!(

@@ -181,7 +181,8 @@ async fn healthz_is_503_after_a_rejected_key_until_it_is_fixed() {
     let key_file = fx.config.parent().unwrap().join("key.txt");
     std::fs::write(&key_file, "xq_revoked_key_0000000000000000\n").unwrap();
     // Key files must be owner-only.
-    std::fs::set_permissions(&key_file, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&key_file, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))
+        .unwrap();
     let daemon = fx.cmd(&["run"]).spawn();
     wait_for_metrics(addr).await;
 

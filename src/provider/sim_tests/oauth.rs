@@ -163,7 +163,11 @@ async fn a_confidential_client_renews_with_http_basic_and_a_wrong_secret_is_fata
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), "s3cret-of-the-app\n").unwrap();
     // Secret files must be owner-only.
-    std::fs::set_permissions(dir.path().join("secret"), <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("secret"),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let extra = format!("oauth_client_secret_file = \"{}\"", dir.path().join("secret").display());
     let p = pipeline(&h, dir.path(), &extra);
     store(&p, &h, Duration::from_secs(3_600), Duration::ZERO);
