@@ -2,7 +2,7 @@
 """Soak: one daemon for a long time under everything a long run meets, sampled each minute.
 
 Usage: python3 bench/soak.py [--minutes 60] [--bin target/release/dm-handoff] [--convs 1000] [--msgs 20]
-                             [--schedule-secs 10] [--workdir DIR]
+                             [--schedule-secs 10] [--fault-every 5] [--hup-every 7] [--workdir DIR]
 
 Two simulators (`dm-handoff simulate`, separate processes, so their CPU and memory are not the daemon's) and
 one daemon (`dm-handoff run`) with two pipelines:
@@ -14,18 +14,21 @@ one daemon (`dm-handoff run`) with two pipelines:
   about every 72 s for the whole run.
 
 While it runs: new messages arrive every 2 s (5 random conversations of `soak`, 1 of `renew`, through the
-simulators' `/_sim/conversations/{peer}/messages`); faults come and go (every fifth minute 5% 429s, 5% 5xx,
-2% bodies cut short, `/_sim/faults`, cleared the next minute); a SIGHUP every 7 minutes, every other one
-after a real change of `soak` (its `max_retries`), so the pipeline restarts mid-stream.
+simulators' `/_sim/conversations/{peer}/messages`); faults come and go (every fifth minute, `--fault-every`,
+5% 429s, 5% 5xx, 2% bodies cut short, `/_sim/faults`, cleared the next minute); a SIGHUP every 7 minutes
+(`--hup-every`), every other one after a real change of `soak` (its `max_retries`), so the pipeline restarts
+mid-stream. A short smoke run wants smaller periods (`--minutes 5 --fault-every 2 --hup-every 1`).
 
 Each minute it samples the daemon: RSS (VmRSS), open files (/proc/PID/fd), the sled folder's size on
 disk, the CPU it used in that minute (percent of one core), and the records in the files; it prints one
 table row per minute, then a least-squares slope per hour for each column (the first two minutes, the
 initial backfill, are left out of the slopes).
 
-At the end: arrivals and faults stop, the daemon gets three ticks to catch up and a SIGTERM, then `verify`
-must say 0 problems and every message the simulators hold must be in the files exactly once (the
-multiset of message IDs per conversation equals the simulator's). Exit 0 when all of that holds.
+At the end: arrivals and faults stop, the daemon gets three ticks and a SIGTERM, then one `dm-handoff sync`
+polls every conversation (the daemon's adaptive polling, default `adaptive_poll_max = "15m"`, leaves a
+quiet conversation's last arrivals for a later poll; the line says how many records that sync added).
+Then `verify` must say 0 problems and every message the simulators hold must be in the files exactly once
+(the multiset of message IDs per conversation equals the simulator's). Exit 0 when all of that holds.
 
 Builds nothing: run `cargo build --release` first. The daemon logs to DIR/daemon.log (WARN and above).
 """
@@ -216,6 +219,8 @@ def main():
     ap.add_argument("--convs", type=int, default=1000)
     ap.add_argument("--msgs", type=int, default=20)
     ap.add_argument("--schedule-secs", type=int, default=10)
+    ap.add_argument("--fault-every", type=int, default=5, help="faults on in every Nth minute")
+    ap.add_argument("--hup-every", type=int, default=7, help="a SIGHUP every N minutes")
     ap.add_argument("--workdir", help="keep everything here (default: a temporary folder, removed on success)")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
@@ -264,13 +269,13 @@ def main():
         next_arrival = start
         for minute in range(1, args.minutes + 1):
             # Faults: on in every fifth minute, off in the others.
-            if minute % 5 == 0:
+            if minute % args.fault_every == 0:
                 faults = {"rate_limit": 0.05, "server_error": 0.05, "drop": 0.02, "retry_after_secs": 0}
             else:
                 faults = {}
             http("PUT", f"http://{xq}/_sim/faults", faults)
             http("PUT", f"http://{xv}/_sim/faults", faults)
-            if minute % 7 == 0:
+            if minute % args.hup_every == 0:
                 hups += 1
                 if hups % 2 == 0:
                     max_retries = 41 if max_retries == 40 else 40
@@ -306,18 +311,27 @@ def main():
         time.sleep(3 * args.schedule_secs + 5)
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(timeout=120)
+        before_sync = count_records(workdir)
+        final_sync = subprocess.run([binary, "sync", "--config", cfg], env=env, capture_output=True, text=True)
+        caught_up = count_records(workdir) - before_sync
         renewals = http("GET", f"http://{xv}/_sim/oauth/stats")
         verify = subprocess.run([binary, "verify", "--config", cfg], env=env, capture_output=True, text=True)
         problems = []
         if code != 0:
             problems.append(f"the daemon exited with {code} on SIGTERM")
+        if final_sync.returncode != 0:
+            problems.append(f"the final sync exited with {final_sync.returncode}: "
+                            + final_sync.stderr.strip().replace("\n", "; ")[:2000])
         if verify.returncode != 0:
             problems.append("verify: " + (verify.stdout + verify.stderr).strip().replace("\n", "; ")[:2000])
         n_xq, p_xq = exactly_once(workdir, "soak", xq, xq_peers)
         n_xv, p_xv = exactly_once(workdir, "renew", xv, xv_peers)
         problems += p_xq + p_xv
         refreshes = renewals.get("refreshes", 0)
-        print(f"end: {n_xq + n_xv} messages in the simulators, {hups} SIGHUPs, {refreshes} token renewals, "
+        segments = sum(1 for p in ("soak", "renew") for n in os.listdir(os.path.join(workdir, "out", p))
+                       if n.endswith((".jsonl", ".jsonl.gz")))
+        print(f"end: {n_xq + n_xv} messages in the simulators, {segments} files (rotations), {hups} SIGHUPs, "
+              f"{refreshes} token renewals, {caught_up} records added by the final sync, "
               f"verify exit {verify.returncode}; "
               + ("every message in the files exactly once" if not problems else f"{len(problems)} problems"),
               flush=True)

@@ -288,4 +288,12 @@ async fn an_account_with_a_control_or_bidi_character_is_refused() {
         }
     }
     check_account(dir.path(), ACCOUNT).await.expect_code(0);
+
+    // The file name is in every segment's name and every loader's listing: the same rule.
+    let config = write_config(dir.path(), "http://127.0.0.1:9/api/v1", &["44196397"], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}file_name = \"dms\\u202Elpsj.jsonl\"\n")).unwrap();
+    let out = Cmd::new(&["check"]).config(&config).run().await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("U+202E") && out.stderr.contains("`file_name`"), "{out}");
 }
