@@ -124,6 +124,15 @@ def rss_kib(pid):
     return 0
 
 
+def catches_sighup(pid):
+    """Whether the process has installed its SIGHUP handler (before that, a SIGHUP would kill it)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)) != 0
+    return False
+
+
 def open_files(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -259,6 +268,13 @@ def main():
         daemon = subprocess.Popen([binary, "run", "--config", cfg], env=env, stdout=log, stderr=log)
         procs.append(daemon)
         pid = daemon.pid
+        # The minutes count from a daemon that is up: its first backfill is part of the run, an early SIGHUP
+        # must not be the default action's kill.
+        ready_by = time.monotonic() + 120
+        while not catches_sighup(pid):
+            if daemon.poll() is not None or time.monotonic() > ready_by:
+                raise SystemExit(f"the daemon did not start; see {workdir}/daemon.log")
+            time.sleep(0.1)
         rng = random.Random(27)
         header = f"{'min':>4} {'rss_mib':>8} {'open_fds':>8} {'sled_mib':>8} {'cpu_pct':>7} {'records':>9}"
         print(header, flush=True)
