@@ -18,7 +18,7 @@ pub mod shown;
 mod validate;
 
 pub use oauth::{loopback_callback, token_file, OAuthConfig, DEFAULT_SCOPES};
-pub use secret_file::{read_secret_file, SecretFileError};
+pub use secret_file::{read_secret_file, SecretFileError, SecretOrigin};
 
 use raw::RawConfig;
 
@@ -152,11 +152,11 @@ impl KeySource {
                 )),
             },
             KeySource::File(path) => {
-                let full = match (path.is_relative(), std::env::var_os("CREDENTIALS_DIRECTORY")) {
-                    (true, Some(dir)) => Path::new(&dir).join(path),
-                    _ => path.clone(),
+                let (full, origin) = match (path.is_relative(), std::env::var_os("CREDENTIALS_DIRECTORY")) {
+                    (true, Some(dir)) => (Path::new(&dir).join(path), SecretOrigin::Credential),
+                    _ => (path.clone(), SecretOrigin::Plain),
                 };
-                match read_secret_file(&full).map(String::from_utf8) {
+                match read_secret_file(&full, origin).map(String::from_utf8) {
                     Ok(Ok(v)) if !v.trim().is_empty() => Ok(v.trim().to_string()),
                     Ok(Ok(_)) => err(format!(
                         "pipeline `{pipeline}`: the {what} file {} is empty; put the key in it",

@@ -5,7 +5,11 @@
 //!   would otherwise block `sync` for ever in `open` or `read`; checking the descriptor, not the path,
 //!   leaves no window for a swap between the check and the read.
 //! - A group- or world-readable file is refused rather than warned about: a warning scrolls by in a journal
-//!   while the key stays readable to every local user. systemd credentials (`LoadCredential`) are 0400.
+//!   while the key stays readable to every local user.
+//! - A systemd credential (a file in `$CREDENTIALS_DIRECTORY`) is exempt from the mode rule only: for a
+//!   service with `User=` systemd writes it 0400, root-owned, and grants that user read through a POSIX ACL,
+//!   whose mask `stat` shows in the group bits (mode 0440) although no group can read it; the folder is a
+//!   private read-only mount of the unit, so the mode says nothing there. It must still be a regular file.
 
 use std::fs::File;
 use std::io::Read;
@@ -37,8 +41,18 @@ impl std::fmt::Display for SecretFileError {
     }
 }
 
-/// Reads a secret file: a regular file, owner-only (no group or other permission bits), at most 1 MiB.
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
+/// Whose file a secret file is, which decides whether its mode is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretOrigin {
+    /// A file the user made (or the daemon wrote): owner-only or refused.
+    Plain,
+    /// A systemd credential in `$CREDENTIALS_DIRECTORY`: its mode is systemd's (see the module docs).
+    Credential,
+}
+
+/// Reads a secret file: a regular file, owner-only (no group or other permission bits) unless it is a
+/// systemd credential, at most 1 MiB.
+pub fn read_secret_file(path: &Path, origin: SecretOrigin) -> Result<Vec<u8>, SecretFileError> {
     let mut file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SecretFileError::Missing),
@@ -59,7 +73,7 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
         return Err(SecretFileError::Refused(format!("it is {what}, not a regular file; point the key at a file")));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o077 != 0 && origin == SecretOrigin::Plain {
         return Err(SecretFileError::Refused(format!(
             "it is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
             path.display()
@@ -104,14 +118,16 @@ mod tests {
     #[test]
     fn an_owner_only_file_is_read_and_a_readable_one_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_secret_file(&write(dir.path(), 0o600)).unwrap(), b"xq_secret\n");
-        assert_eq!(read_secret_file(&write(dir.path(), 0o400)).unwrap(), b"xq_secret\n");
+        assert_eq!(read_secret_file(&write(dir.path(), 0o600), SecretOrigin::Plain).unwrap(), b"xq_secret\n");
+        assert_eq!(read_secret_file(&write(dir.path(), 0o400), SecretOrigin::Plain).unwrap(), b"xq_secret\n");
         for mode in [0o644, 0o640, 0o604, 0o660] {
             let p = write(dir.path(), mode);
-            let e = read_secret_file(&p).unwrap_err().to_string();
+            let e = read_secret_file(&p, SecretOrigin::Plain).unwrap_err().to_string();
             assert!(e.contains(&format!("chmod 600 {}", p.display())), "{mode:o}: {e}");
             assert!(!e.contains("xq_secret"), "{e}");
         }
+        // A systemd credential as `stat` shows it for a `User=` service (0400 plus a read ACL: 0440).
+        assert_eq!(read_secret_file(&write(dir.path(), 0o440), SecretOrigin::Credential).unwrap(), b"xq_secret\n");
     }
 
     #[test]
@@ -122,10 +138,15 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // No writer ever opens it: a blocking open would hang this test.
-        let e = read_secret_file(&fifo).unwrap_err().to_string();
-        assert!(e.contains("a FIFO, not a regular file"), "{e}");
-        let e = read_secret_file(dir.path()).unwrap_err().to_string();
+        for origin in [SecretOrigin::Plain, SecretOrigin::Credential] {
+            let e = read_secret_file(&fifo, origin).unwrap_err().to_string();
+            assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        }
+        let e = read_secret_file(dir.path(), SecretOrigin::Plain).unwrap_err().to_string();
         assert!(e.contains("a directory"), "{e}");
-        assert!(matches!(read_secret_file(&dir.path().join("none")), Err(SecretFileError::Missing)));
+        assert!(matches!(
+            read_secret_file(&dir.path().join("none"), SecretOrigin::Plain),
+            Err(SecretFileError::Missing)
+        ));
     }
 }

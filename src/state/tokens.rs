@@ -146,7 +146,7 @@ impl TokenFile {
     /// Reads the stored pair; `Missing` when none was ever stored.
     pub fn load(&self) -> Result<Tokens, TokenFileError> {
         // Owner-only and a regular file, like every secret file (a FIFO here would hang the run).
-        let bytes = match crate::config::read_secret_file(&self.path) {
+        let bytes = match crate::config::read_secret_file(&self.path, crate::config::SecretOrigin::Plain) {
             Ok(b) => b,
             Err(crate::config::SecretFileError::Missing) => return Err(TokenFileError::Missing(self.path.clone())),
             Err(crate::config::SecretFileError::Io(e)) => return Err(self.io("reading it")(e)),
@@ -267,7 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.json");
         fs::write(&path, "{\"access_token\": \"leaky-token\", ").unwrap();
-        // Owner-only, as a token file must be: the test is about the content, not the mode rule.
+        // Owner-only, as the daemon writes it: only then is the content read at all.
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let e = TokenFile::new(path).load().unwrap_err().to_string();
         assert!(e.contains("unreadable") && !e.contains("leaky-token"), "{e}");

@@ -209,6 +209,18 @@ async fn a_key_file_others_can_read_is_refused_with_the_chmod_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_systemd_credential_is_read_although_stat_shows_its_acl_mask_as_group_read() {
+    // systemd writes a `User=` service's credential 0400 with a read ACL for that user: `stat` shows 0440.
+    // The file in $CREDENTIALS_DIRECTORY is the unit's private mount, so it is read; the same mode
+    // outside it is refused.
+    let (fx, key_file) = key_file_fixture(9108, 0o440).await;
+    fx.cmd(&["sync"]).key(None).run().await.expect_code(2);
+    let creds = key_file.parent().unwrap().to_str().unwrap().to_string();
+    fx.cmd(&["sync"]).key(None).env("CREDENTIALS_DIRECTORY", &creds).run().await.expect_code(0);
+    fx.assert_exactly_once();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_as_the_key_file_is_refused_instead_of_hanging() {
     let (fx, key_file) = key_file_fixture(9106, 0o600).await;
     std::fs::remove_file(&key_file).unwrap();
@@ -276,4 +288,12 @@ async fn an_account_with_a_control_or_bidi_character_is_refused() {
         }
     }
     check_account(dir.path(), ACCOUNT).await.expect_code(0);
+
+    // The file name is in every segment's name and every loader's listing: the same rule.
+    let config = write_config(dir.path(), "http://127.0.0.1:9/api/v1", &["44196397"], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}file_name = \"dms\\u202Elpsj.jsonl\"\n")).unwrap();
+    let out = Cmd::new(&["check"]).config(&config).run().await;
+    out.expect_code(2);
+    assert!(out.stderr.contains("U+202E") && out.stderr.contains("`file_name`"), "{out}");
 }
