@@ -53,10 +53,12 @@ mod inbox;
 mod keys;
 pub mod tokens;
 mod upgrade;
+mod uploads;
 
 pub use inbox::{Discovered, INBOX_STREAM};
 
 pub use keys::numeric_id;
+pub use uploads::Uploaded;
 use keys::{is_history, key, padded, padded_id, seen_key, seen_key_of, HISTORY_KINDS};
 
 /// Why the state could not be used: one line that says what happened and what to do, and names its cause
