@@ -23,7 +23,9 @@ use crate::state::{StateError, Store, Uploaded};
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
     /// The bucket already holds other content under a final key; it is left as it is.
-    #[error("{key}: the bucket already holds a different object (SHA-256 {found}, ours {ours}); it is not overwritten")]
+    #[error(
+        "{key}: the bucket already holds a different object (SHA-256 {found}, ours {ours}); it is not overwritten"
+    )]
     Conflict {
         /// The object's key.
         key: String,
@@ -162,7 +164,9 @@ impl Bucket {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(BucketError::Local { path: path.display().to_string(), message: e.to_string() }),
+                    Err(e) => {
+                        return Err(BucketError::Local { path: path.display().to_string(), message: e.to_string() })
+                    }
                 }
             }
         }

@@ -54,7 +54,10 @@ impl World {
 fn keys_are_the_prefix_pipeline_close_day_and_name() {
     let b = Bucket::new(Arc::new(LocalFileSystem::new()), "/fleet/a/");
     assert_eq!(b.key("p", "dm", SEG).as_deref(), Some("fleet/a/p/dt=2026-01-02/dm.20260102T030405Z.000001.jsonl"));
-    assert_eq!(b.key("p", "dm", MAN).as_deref(), Some("fleet/a/p/dt=2026-01-02/dm.20260102T030405Z.000001.manifest.json"));
+    assert_eq!(
+        b.key("p", "dm", MAN).as_deref(),
+        Some("fleet/a/p/dt=2026-01-02/dm.20260102T030405Z.000001.manifest.json")
+    );
     // The active file and temporaries have no key: they are never uploaded.
     assert_eq!(b.key("p", "dm", "dm.jsonl"), None);
     assert_eq!(b.key("p", "dm", &format!(".{SEG}.tmp")), None);

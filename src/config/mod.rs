@@ -14,9 +14,11 @@ use serde::Deserialize;
 mod oauth;
 mod raw;
 pub mod shown;
+mod upload;
 mod validate;
 
 pub use oauth::{loopback_callback, token_file, OAuthConfig, DEFAULT_SCOPES};
+pub use upload::{UploadConfig, UploadScheme};
 
 use raw::RawConfig;
 
@@ -325,6 +327,8 @@ pub struct Pipeline {
     pub inbox: bool,
     /// GetXAPI: the `dm/list` tabs the inbox walks (`["all"]` unless `inbox_tabs` says otherwise).
     pub inbox_tabs: Vec<String>,
+    /// Where closed segments and their manifests are uploaded (SPEC 9.2); None: they stay local only.
+    pub upload: Option<UploadConfig>,
 }
 
 impl Pipeline {
