@@ -16,8 +16,24 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 
+use crate::config::{UploadConfig, UploadScheme};
 use crate::sink::{classify, read_manifest, Entry};
 use crate::state::{StateError, Store, Uploaded};
+
+/// Test hook: the name of a step at which the process kills itself with SIGKILL, so the integration tests
+/// can stop an upload at a deterministic point (`before_put`, `after_segment_put`, `after_segment`,
+/// `after_manifest_put`, `after_manifest`). Not documented for users.
+const KILL_AT_ENV: &str = "DM_HANDOFF_TEST_KILL_AT";
+
+fn kill_point(step: &str) {
+    if std::env::var(KILL_AT_ENV).is_ok_and(|v| v == step) {
+        // SIGKILL, not abort or exit: nothing of ours runs after it, like a power loss or an OOM kill.
+        // SAFETY: kill(2) on our own pid has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
 
 /// Why an upload stopped. Messages name keys and files, never their content.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +91,62 @@ pub struct Drained {
 }
 
 impl Bucket {
+    /// The bucket a pipeline's upload keys name. Credentials come from the store's standard environment
+    /// variables (`AWS_ACCESS_KEY_ID`, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_ACCOUNT_NAME`, …);
+    /// nothing is contacted until the first request.
+    pub fn open(u: &UploadConfig) -> Result<Bucket, BucketError> {
+        let fail = |source| BucketError::Store { key: u.url.clone(), source };
+        let store: Arc<dyn ObjectStore> = match u.scheme {
+            UploadScheme::S3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&u.bucket)
+                    .with_allow_http(u.allow_http);
+                if let Some(e) = &u.endpoint {
+                    // S3-compatible servers (moto, MinIO) serve buckets as paths, not as host names.
+                    b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+                }
+                if let Some(r) = &u.region {
+                    b = b.with_region(r);
+                }
+                Arc::new(b.build().map_err(fail)?)
+            }
+            UploadScheme::Gcs => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&u.bucket)
+                    .build()
+                    .map_err(fail)?,
+            ),
+            UploadScheme::Azure => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&u.bucket)
+                    .with_allow_http(u.allow_http)
+                    .build()
+                    .map_err(fail)?,
+            ),
+            UploadScheme::File => {
+                let dir = Path::new(&u.bucket);
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| BucketError::Local { path: u.bucket.clone(), message: e.to_string() })?;
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(fail)?)
+            }
+        };
+        Ok(Bucket::new(store, &u.prefix))
+    }
+
+    /// The store, for `verify --remote`.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The prefix under which a pipeline's objects live (`<prefix>/<pipeline>/`).
+    pub fn pipeline_prefix(&self, pipeline: &str) -> String {
+        if self.prefix.is_empty() {
+            format!("{pipeline}/")
+        } else {
+            format!("{}/{pipeline}/", self.prefix)
+        }
+    }
+
     /// A bucket over an object store; `prefix` may be empty.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Bucket {
         Bucket { store, prefix: prefix.trim_matches('/').to_string() }
@@ -136,13 +208,17 @@ impl Bucket {
         let stem = crate::sink::stem(file_name);
         let mut out = Drained::default();
         for manifest_file in manifests(dir, stem)? {
-            if state.uploaded(pipeline, &manifest_file)?.is_some() {
-                out.segments_done += 1;
-                continue;
-            }
             let manifest_path = dir.join(&manifest_file);
             let manifest = read_manifest(&manifest_path)
                 .map_err(|message| BucketError::Local { path: manifest_path.display().to_string(), message })?;
+            if state.uploaded(pipeline, &manifest_file)?.is_some() {
+                out.segments_done += 1;
+                // A kill between the manifest's record and the removal leaves the segment: remove it now.
+                if delete_local {
+                    remove(&dir.join(&manifest.segment))?;
+                }
+                continue;
+            }
             if state.uploaded(pipeline, &manifest.segment)?.is_none() {
                 let path = dir.join(&manifest.segment);
                 let body = read(&path)?;
@@ -153,21 +229,17 @@ impl Bucket {
                         message: "its SHA-256 differs from its manifest's; not uploaded (run `verify`)".into(),
                     });
                 }
-                self.put_recorded(state, pipeline, stem, &manifest.segment, body, sha, &mut out).await?;
+                kill_point("before_put");
+                self.put_recorded(state, pipeline, stem, &manifest.segment, body, sha, &mut out, "segment").await?;
+                kill_point("after_segment");
             }
             let body = read(&manifest_path)?;
             let sha = hex_sha256(&body);
-            self.put_recorded(state, pipeline, stem, &manifest_file, body, sha, &mut out).await?;
+            self.put_recorded(state, pipeline, stem, &manifest_file, body, sha, &mut out, "manifest").await?;
+            kill_point("after_manifest");
             out.segments_done += 1;
             if delete_local {
-                let path = dir.join(&manifest.segment);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(BucketError::Local { path: path.display().to_string(), message: e.to_string() })
-                    }
-                }
+                remove(&dir.join(&manifest.segment))?;
             }
         }
         Ok(out)
@@ -183,6 +255,7 @@ impl Bucket {
         body: Bytes,
         sha256: String,
         out: &mut Drained,
+        what: &str,
     ) -> Result<(), BucketError> {
         let key = self.key(pipeline, stem, file).ok_or_else(|| BucketError::Local {
             path: file.to_string(),
@@ -195,6 +268,7 @@ impl Bucket {
         } else {
             out.already_there += 1;
         }
+        kill_point(&format!("after_{what}_put"));
         let at_ms = crate::time::unix_ms(std::time::SystemTime::now());
         state.record_upload(pipeline, file, &Uploaded { key, bytes, sha256, at_ms })?;
         Ok(())
@@ -216,13 +290,36 @@ fn manifests(dir: &Path, stem: &str) -> Result<Vec<String>, BucketError> {
     Ok(found.into_iter().map(|(_, n)| n).collect())
 }
 
+/// How many closed segments of a pipeline wait for upload: manifests on disk the ledger has not
+/// recorded (a manifest is recorded last, so a segment counts until both of its objects are confirmed).
+pub fn backlog(state: &Store, pipeline: &str, dir: &Path, file_name: &str) -> Result<u64, BucketError> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for m in manifests(dir, crate::sink::stem(file_name))? {
+        if state.uploaded(pipeline, &m)?.is_none() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn remove(path: &Path) -> Result<(), BucketError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(BucketError::Local { path: path.display().to_string(), message: e.to_string() }),
+    }
+}
+
 fn read(path: &Path) -> Result<Bytes, BucketError> {
     std::fs::read(path)
         .map(Bytes::from)
         .map_err(|e| BucketError::Local { path: path.display().to_string(), message: e.to_string() })
 }
 
-fn hex_sha256(b: &[u8]) -> String {
+pub(crate) fn hex_sha256(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
