@@ -323,5 +323,9 @@ pub(crate) fn hex_sha256(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
+mod remote;
+
+pub use remote::RemoteReport;
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,111 @@
+//! Closed segments to the bucket (SPEC 9.2) from this process: `dm-handoff upload`, and the drain a
+//! one-shot `sync` or `backfill` does before it exits. The daemon's worker lives in `daemon.rs`.
+
+use std::fmt::Write as _;
+
+use crate::bucket::{self, Bucket};
+use crate::commands::Report;
+use crate::config::{Config, ConfigError, Pipeline};
+use crate::exit::Exit;
+use crate::state::{Store, StoreOptions};
+
+/// `dm-handoff upload [--pipeline P]…`: drains every selected pipeline's backlog and exits.
+pub(crate) async fn command(cfg: &Config, names: &[String]) -> anyhow::Result<Report> {
+    let selected = cfg.select(names)?;
+    let pipelines: Vec<&Pipeline> = selected.iter().copied().filter(|p| p.upload.is_some()).collect();
+    if pipelines.is_empty() {
+        return Err(ConfigError(format!(
+            "no selected pipeline has upload_url set in {}; set upload_url = \"s3://bucket/prefix\" first",
+            cfg.path.display()
+        ))
+        .into());
+    }
+    let store = Store::open(&cfg.state_dir, StoreOptions::of(cfg))?;
+    Ok(drain(&store, &pipelines).await)
+}
+
+/// Uploads the closed segments of every pipeline with `upload_url`: one line per pipeline on stdout, one
+/// `error:` line per failed pipeline on stderr (the others still drain), exit 1 if any failed. What was
+/// confirmed stays in the ledger; the rest is the backlog the next run picks up.
+pub(crate) async fn drain(store: &Store, pipelines: &[&Pipeline]) -> Report {
+    let mut report = Report::default();
+    for p in pipelines {
+        let Some(u) = &p.upload else { continue };
+        let result = match Bucket::open(u) {
+            Ok(b) => b.drain(store, &p.name, &p.output_dir, &p.file_name, u.delete_local).await,
+            Err(e) => Err(e),
+        };
+        let backlog = bucket::backlog(store, &p.name, &p.output_dir, &p.file_name).unwrap_or(0);
+        crate::metrics::global().upload_backlog(&p.name, backlog);
+        match result {
+            Ok(d) => {
+                crate::metrics::global().uploaded(&p.name, d.bytes_put);
+                let _ = writeln!(
+                    report.stdout,
+                    "upload {}: {} segments in the bucket, {} objects put ({} bytes), {} found already there, backlog {backlog}",
+                    p.name, d.segments_done, d.objects_put, d.bytes_put, d.already_there
+                );
+            }
+            Err(e) => {
+                crate::metrics::global().upload_failed(&p.name);
+                // Names keys and files only: BucketError never carries a segment's content.
+                tracing::error!(pipeline = %p.name, "upload failed: {e}");
+                let _ = writeln!(
+                    report.stderr,
+                    "error: pipeline `{}` upload to {}: {e}; backlog {backlog} segments kept, run `dm-handoff upload` again",
+                    p.name, u.url
+                );
+                report.exit = Exit::Failed;
+            }
+        }
+    }
+    report
+}
+
+/// Folds an upload's report into a sync's: lines appended, and a failed upload turns a clean exit into 1.
+pub(crate) fn merge(mut sync: Report, upload: Report) -> Report {
+    sync.stdout.push_str(&upload.stdout);
+    sync.stderr.push_str(&upload.stderr);
+    if sync.exit == Exit::Ok {
+        sync.exit = upload.exit;
+    }
+    sync
+}
+
+/// `verify --remote`: the local audit, then each selected pipeline's bucket against its manifests.
+pub(crate) async fn verify(cfg: &Config, names: &[String]) -> anyhow::Result<Report> {
+    let mut report = crate::commands::verify::report(cfg, names)?;
+    for p in cfg.select(names)? {
+        let Some(u) = &p.upload else {
+            let _ = writeln!(report.stdout, "verify --remote: pipeline {}: no upload_url, nothing to check", p.name);
+            continue;
+        };
+        let checked = match Bucket::open(u) {
+            Ok(b) => b.verify_remote(&p.name, &p.output_dir, &p.file_name).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(r) => {
+                for line in &r.problems {
+                    let _ = writeln!(report.stdout, "{line}");
+                }
+                let _ = writeln!(
+                    report.stdout,
+                    "verify --remote: pipeline {}: {} objects under {}, {} problems",
+                    p.name,
+                    r.objects,
+                    u.url,
+                    r.problems.len()
+                );
+                if !r.problems.is_empty() {
+                    report.exit = Exit::Failed;
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(report.stderr, "error: pipeline `{}`: cannot check {}: {e}", p.name, u.url);
+                report.exit = Exit::Failed;
+            }
+        }
+    }
+    Ok(report)
+}
