@@ -39,6 +39,7 @@ pub(crate) async fn drain(store: &Store, pipelines: &[&Pipeline]) -> Report {
         crate::metrics::global().upload_backlog(&p.name, backlog);
         match result {
             Ok(d) => {
+                let _ = store.set_upload_error(&p.name, None);
                 crate::metrics::global().uploaded(&p.name, d.bytes_put);
                 let _ = writeln!(
                     report.stdout,
@@ -50,6 +51,7 @@ pub(crate) async fn drain(store: &Store, pipelines: &[&Pipeline]) -> Report {
                 crate::metrics::global().upload_failed(&p.name);
                 // Names keys and files only: BucketError never carries a segment's content.
                 tracing::error!(pipeline = %p.name, "upload failed: {e}");
+                let _ = store.set_upload_error(&p.name, Some(&e.to_string()));
                 let _ = writeln!(
                     report.stderr,
                     "error: pipeline `{}` upload to {}: {e}; backlog {backlog} segments kept, run `dm-handoff upload` again",

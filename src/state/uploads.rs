@@ -39,6 +39,25 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The last upload pass's error of a pipeline (`o` key with the pipeline alone), None after a clean
+    /// one. The message names keys and files only.
+    pub fn upload_error(&self, pipeline: &str) -> Result<Option<String>, StateError> {
+        let k = key(b'o', &[pipeline]);
+        Ok(self.db.get(&k).map_err(self.db_err())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets or clears a pipeline's last upload error.
+    pub fn set_upload_error(&self, pipeline: &str, error: Option<&str>) -> Result<(), StateError> {
+        let k = key(b'o', &[pipeline]);
+        match error {
+            Some(e) => self.db.insert(k, e.as_bytes()).map(drop),
+            None => self.db.remove(k).map(drop),
+        }
+        .map_err(self.db_err())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::StoreOptions;
