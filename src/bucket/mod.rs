@@ -96,11 +96,19 @@ impl Bucket {
     /// nothing is contacted until the first request.
     pub fn open(u: &UploadConfig) -> Result<Bucket, BucketError> {
         let fail = |source| BucketError::Store { key: u.url.clone(), source };
+        // A few quick retries, not object_store's three minutes: a pass that fails keeps its backlog and
+        // the next pass (the daemon's timer, the next run) retries, so a one-shot sync does not hang.
+        let retry = object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: std::time::Duration::from_secs(20),
+            ..object_store::RetryConfig::default()
+        };
         let store: Arc<dyn ObjectStore> = match u.scheme {
             UploadScheme::S3 => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&u.bucket)
-                    .with_allow_http(u.allow_http);
+                    .with_allow_http(u.allow_http)
+                    .with_retry(retry);
                 if let Some(e) = &u.endpoint {
                     // S3-compatible servers (moto, MinIO) serve buckets as paths, not as host names.
                     b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
@@ -113,6 +121,7 @@ impl Bucket {
             UploadScheme::Gcs => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(&u.bucket)
+                    .with_retry(retry)
                     .build()
                     .map_err(fail)?,
             ),
@@ -120,6 +129,7 @@ impl Bucket {
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(&u.bucket)
                     .with_allow_http(u.allow_http)
+                    .with_retry(retry)
                     .build()
                     .map_err(fail)?,
             ),

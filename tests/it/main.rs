@@ -23,3 +23,4 @@ mod privacy;
 mod providers;
 mod rotation;
 mod sync;
+mod upload;

@@ -1,0 +1,302 @@
+//! Closed segments to object storage (SPEC 9.2) against a real S3 implementation: moto's server, started
+//! by each test on a free loopback port. The bucket is read with plain HTTP requests (moto checks no
+//! signatures), not with the client the binary uses.
+//!
+//! moto comes from `DM_HANDOFF_TEST_MOTO` (the `moto_server` program; `.ci/run` installs it, pinned, in
+//! a venv under target/), else `target/moto-venv/bin/moto_server`. Without it the tests skip, except
+//! under `CI`, where they fail.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dm_handoff_simulator::CursorStyle;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+const BUCKET: &str = "handoff";
+const PREFIX: &str = "fleet/host-a";
+
+fn moto_program() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("DM_HANDOFF_TEST_MOTO") {
+        assert!(Path::new(&p).exists(), "DM_HANDOFF_TEST_MOTO={p} does not exist");
+        return Some(p.into());
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv/bin/moto_server");
+    if local.exists() {
+        return Some(local);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but moto is missing: set DM_HANDOFF_TEST_MOTO to moto_server (.ci/run makes a venv and sets it)"
+    );
+    eprintln!(
+        "\n*** SKIPPED upload:: tests: no moto. Run them with: python3 -m venv target/moto-venv &&\n\
+         ***   target/moto-venv/bin/pip install 'moto[server]==5.1.18' && cargo test --test it upload::\n"
+    );
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A moto S3 server of our own, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Moto {
+    /// Starts moto on `port` and creates the bucket.
+    async fn start(program: &Path, port: u16) -> Moto {
+        let child = std::process::Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto { child, port, http: reqwest::Client::new() };
+        for _ in 0..300 {
+            if let Ok(r) = moto.http.put(moto.url(BUCKET)).send().await {
+                assert!(r.status().is_success(), "create bucket: {}", r.status());
+                return moto;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto did not answer on port {port} within 30 s");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Every object in the bucket: key → size.
+    async fn list(&self) -> BTreeMap<String, u64> {
+        let body = self.http.get(self.url(&format!("{BUCKET}?list-type=2&max-keys=1000"))).send().await.unwrap();
+        let xml = body.text().await.unwrap();
+        assert!(!xml.contains("<IsTruncated>true"), "more than 1000 objects");
+        let mut out = BTreeMap::new();
+        for part in xml.split("<Contents>").skip(1) {
+            let field = |name: &str| {
+                let start = part.find(&format!("<{name}>")).unwrap() + name.len() + 2;
+                let end = part.find(&format!("</{name}>")).unwrap();
+                part[start..end].to_string()
+            };
+            out.insert(field("Key"), field("Size").parse().unwrap());
+        }
+        out
+    }
+
+    /// An object's bytes. Objects are private, so this one request is signed (object_store, as a
+    /// reader of the bucket would).
+    async fn get(&self, key: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt as _;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap();
+        let got = store.get(&object_store::path::Path::from(key)).await.unwrap_or_else(|e| panic!("GET {key}: {e}"));
+        got.bytes().await.unwrap().to_vec()
+    }
+
+    async fn put(&self, key: &str, body: &'static [u8]) {
+        let r = self.http.put(self.url(&format!("{BUCKET}/{key}"))).body(body).send().await.unwrap();
+        assert!(r.status().is_success(), "PUT {key}: {}", r.status());
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upload_keys(port: u16) -> String {
+    format!(
+        "rotate_max_bytes = 4096\nupload_url = \"s3://{BUCKET}/{PREFIX}\"\nupload_endpoint = \"http://127.0.0.1:{port}\"\n\
+         upload_region = \"us-east-1\"\nupload_allow_http = true"
+    )
+}
+
+/// A fixture whose pipeline uploads to moto on `port`; enough messages for a dozen closed segments.
+async fn fixture(seed: u64, port: u16) -> Fixture {
+    let cfg =
+        sim_config(seed, vec![conv("5200001", 120, CursorStyle::Offset), conv("5200002", 60, CursorStyle::MaxId)]);
+    Fixture::new(cfg, &upload_keys(port)).await
+}
+
+fn aws(cmd: Cmd) -> Cmd {
+    cmd.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test")
+}
+
+fn hex(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The key a local file of the pipeline has: `<prefix>/<pipeline>/dt=<close day>/<file>`.
+fn key_of(file: &str) -> String {
+    let stamp = file.strip_prefix(&format!("{STEM}.")).unwrap();
+    let d = &stamp[..8];
+    format!("{PREFIX}/{PIPELINE}/dt={}-{}-{}/{file}", &d[..4], &d[4..6], &d[6..8])
+}
+
+/// The local manifests: file name → (segment name, segment bytes, segment SHA-256).
+fn manifests(out: &Path) -> BTreeMap<String, (String, u64, String)> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir(out).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".manifest.json") {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(&name)).unwrap()).unwrap();
+            let seg = v["segment"].as_str().unwrap().to_string();
+            m.insert(name, (seg, v["bytes"].as_u64().unwrap(), v["sha256"].as_str().unwrap().to_string()));
+        }
+    }
+    m
+}
+
+/// Every closed segment and manifest is in the bucket exactly once, under its key, with the manifest's
+/// size and SHA-256 (the manifest with the local file's), and nothing else is there.
+async fn assert_bucket_exact(fx: &Fixture, moto: &Moto) {
+    let listed = moto.list().await;
+    let local = manifests(&fx.out_dir());
+    assert!(local.len() >= 3, "the fixture closes several segments, got {}", local.len());
+    let mut want = std::collections::BTreeSet::new();
+    for (manifest, (segment, bytes, sha)) in &local {
+        let key = key_of(segment);
+        assert_eq!(listed.get(&key), Some(bytes), "{key} in the bucket with the manifest's size");
+        assert_eq!(hex(&moto.get(&key).await), *sha, "{key} has the manifest's SHA-256");
+        let mkey = key_of(manifest);
+        assert_eq!(moto.get(&mkey).await, std::fs::read(fx.out_dir().join(manifest)).unwrap(), "{mkey}");
+        want.insert(key);
+        want.insert(mkey);
+    }
+    let got: std::collections::BTreeSet<String> = listed.keys().cloned().collect();
+    assert_eq!(got, want, "the bucket holds exactly the closed segments and their manifests");
+    // The active file never goes up.
+    assert!(!listed.keys().any(|k| k.ends_with(ACTIVE)));
+}
+
+async fn verify_remote_clean(fx: &Fixture) {
+    let out = aws(fx.cmd(&["verify", "--remote"])).run().await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("verify --remote: pipeline support:") && out.stdout.contains(", 0 problems"), "{out}");
+}
+
+async fn backlog(fx: &Fixture) -> u64 {
+    let out = fx.cmd(&["status", "--json"]).run().await;
+    out.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    v["pipelines"][0]["upload"]["backlog_segments"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_uploads_every_closed_segment_once_and_verify_remote_agrees() {
+    let Some(program) = moto_program() else { return };
+    let moto = Moto::start(&program, free_port()).await;
+    let fx = fixture(61, moto.port).await;
+    let out = aws(fx.cmd(&["sync"])).run().await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("upload support:") && out.stdout.contains("backlog 0"), "{out}");
+    fx.assert_exactly_once();
+    assert_bucket_exact(&fx, &moto).await;
+    assert_eq!(backlog(&fx).await, 0);
+    verify_remote_clean(&fx).await;
+    // A second pass finds everything in the ledger and puts nothing.
+    let again = aws(fx.cmd(&["upload"])).run().await;
+    again.expect_code(0);
+    assert!(again.stdout.contains(" 0 objects put"), "{again}");
+    assert_bucket_exact(&fx, &moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_step_then_a_rerun_leaves_each_object_once() {
+    let Some(program) = moto_program() else { return };
+    for (i, step) in ["before_put", "after_segment_put", "after_segment", "after_manifest_put", "after_manifest"]
+        .into_iter()
+        .enumerate()
+    {
+        let moto = Moto::start(&program, free_port()).await;
+        let fx = fixture(70 + i as u64, moto.port).await;
+        // The sync writes and closes its segments, then dies at `step` of the first upload; an `upload`
+        // dies at the same step of the next object; a plain `upload` then finishes the job.
+        let first = aws(fx.cmd(&["sync"])).env("DM_HANDOFF_TEST_KILL_AT", step).run().await;
+        assert!(killed_by(&first.status, libc::SIGKILL), "{step}: {first}");
+        let second = aws(fx.cmd(&["upload"])).env("DM_HANDOFF_TEST_KILL_AT", step).run().await;
+        assert!(killed_by(&second.status, libc::SIGKILL), "{step}: {second}");
+        let last = aws(fx.cmd(&["upload"])).run().await;
+        last.expect_code(0);
+        assert!(last.stdout.contains("backlog 0"), "{step}: {last}");
+        fx.assert_exactly_once();
+        assert_bucket_exact(&fx, &moto).await;
+        verify_remote_clean(&fx).await;
+        assert_eq!(backlog(&fx).await, 0, "{step}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_content_under_a_key_is_refused_reported_and_kept() {
+    let Some(program) = moto_program() else { return };
+    let moto = Moto::start(&program, free_port()).await;
+    let fx = fixture(81, moto.port).await;
+    // Segments closed, none uploaded yet.
+    let first = aws(fx.cmd(&["sync"])).env("DM_HANDOFF_TEST_KILL_AT", "before_put").run().await;
+    assert!(killed_by(&first.status, libc::SIGKILL), "{first}");
+    let local = manifests(&fx.out_dir());
+    let (segment, _, _) = local.values().next().unwrap().clone();
+    let key = key_of(&segment);
+    moto.put(&key, b"someone else's object\n").await;
+
+    let out = aws(fx.cmd(&["upload"])).run().await;
+    out.expect_code(1);
+    assert!(out.stderr.contains(&key) && out.stderr.contains("different object"), "{out}");
+    assert!(out.stderr.contains("backlog"), "{out}");
+    for r in fx.records() {
+        if let Some(text) = str_field(&r, "text") {
+            assert!(!out.all().contains(text), "DM text in the output: {out}");
+        }
+    }
+    assert_eq!(moto.get(&key).await, b"someone else's object\n", "never overwritten");
+    let manifest_key = key_of(local.keys().next().unwrap());
+    assert!(!moto.list().await.contains_key(&manifest_key), "no manifest for a segment that is not ours");
+    assert_eq!(backlog(&fx).await, local.len() as u64);
+    let status = fx.cmd(&["status"]).run().await;
+    assert!(status.stdout.contains("last error:") && status.stdout.contains(&key), "{status}");
+    let verify = aws(fx.cmd(&["verify", "--remote"])).run().await;
+    verify.expect_code(1);
+    assert!(verify.stdout.contains(&key), "{verify}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_keeps_the_backlog_then_it_drains() {
+    let Some(program) = moto_program() else { return };
+    let port = free_port();
+    let fx = fixture(91, port).await;
+    // Nothing listens yet: the sync itself succeeds, its upload fails, exit 1, backlog kept.
+    let out = aws(fx.cmd(&["sync"])).run().await;
+    out.expect_code(1);
+    assert!(out.stderr.contains("upload to s3://") && out.stderr.contains("run `dm-handoff upload` again"), "{out}");
+    fx.assert_exactly_once();
+    let segments = manifests(&fx.out_dir()).len() as u64;
+    assert_eq!(backlog(&fx).await, segments);
+    let down = aws(fx.cmd(&["upload"])).run().await;
+    down.expect_code(1);
+    assert_eq!(backlog(&fx).await, segments, "still down: the backlog stays");
+
+    let moto = Moto::start(&program, port).await;
+    let up = aws(fx.cmd(&["upload"])).run().await;
+    up.expect_code(0);
+    assert!(up.stdout.contains("backlog 0"), "{up}");
+    assert_eq!(backlog(&fx).await, 0);
+    assert_bucket_exact(&fx, &moto).await;
+    verify_remote_clean(&fx).await;
+}
