@@ -83,6 +83,8 @@ struct Daemon {
     in_flight: AtomicUsize,
     /// Shared by every forwarded `send`, so the per-account write limit holds across requests.
     send_ctx: SendContext,
+    /// Wakes the upload worker (`upload_url`) when a run ends, as segments may have closed.
+    upload_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit code of a clean stop.
@@ -110,6 +112,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         in_flight: AtomicUsize::new(0),
         send_ctx: SendContext::new(cancel.clone()),
         cancel,
+        upload_wake: Arc::new(tokio::sync::Notify::new()),
     });
     for (p, client) in cfg.pipelines.iter().zip(clients) {
         daemon.add_pipeline(p, client).await?;
@@ -119,6 +122,17 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         let (source, stop) = (daemon.clone() as Arc<dyn metrics::Source>, daemon.cancel.clone());
         daemon.spawn(metrics::serve(l, source, stop));
         tracing::info!(listen = %addr, "serving /metrics and /healthz");
+    }
+    {
+        let weak = Arc::downgrade(&daemon);
+        let pipelines = move || {
+            weak.upgrade()
+                .map(|d| d.config.lock().unwrap_or_else(|e| e.into_inner()).pipelines.clone())
+                .unwrap_or_default()
+        };
+        let worker =
+            super::upload::worker(daemon.store.clone(), pipelines, daemon.upload_wake.clone(), daemon.cancel.clone());
+        daemon.spawn(worker);
     }
     daemon.sched.start().await.context("starting the scheduler")?;
     let names: Vec<String> = cfg.pipelines.iter().map(|p| p.name.clone()).collect();
@@ -282,6 +296,7 @@ impl Daemon {
             *last = Some(report.summary());
         }
         notify(&[NotifyState::Status(&self.status_line())]);
+        self.upload_wake.notify_one();
         report
     }
 

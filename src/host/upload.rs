@@ -111,3 +111,42 @@ pub(crate) async fn verify(cfg: &Config, names: &[String]) -> anyhow::Result<Rep
     }
     Ok(report)
 }
+
+/// How often the daemon's upload worker looks for closed segments without being woken: it catches the
+/// manifests a finisher wrote after the run that closed their segments ended, and retries a failed pass.
+pub(crate) const UPLOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The daemon's upload worker: one pass over every pipeline with `upload_url` when a run ends (`wake`,
+/// the point where rotation by size or age has closed segments) and every [`UPLOAD_EVERY`]. It runs in
+/// its own task, so a slow or unreachable bucket never holds a sync up; `pipelines` is read each pass, so
+/// a reload's changes apply. On shutdown a pass in flight is dropped: puts are create-only and the ledger
+/// is written after the bucket confirms, so the next start goes on from there.
+pub(crate) async fn worker(
+    store: std::sync::Arc<Store>,
+    pipelines: impl Fn() -> Vec<Pipeline> + Send,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut timer = tokio::time::interval(UPLOAD_EVERY);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = timer.tick() => {}
+            _ = wake.notified() => {}
+        }
+        let current = pipelines();
+        let uploading: Vec<&Pipeline> = current.iter().filter(|p| p.upload.is_some()).collect();
+        if uploading.is_empty() {
+            continue;
+        }
+        let report = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = drain(&store, &uploading) => r,
+        };
+        // Errors were logged by `drain`; the per-pipeline summary is debug detail.
+        for line in report.stdout.lines() {
+            tracing::debug!("{line}");
+        }
+    }
+}
