@@ -106,10 +106,8 @@ pub(super) fn validate(at: &str, raw: RawUpload) -> Result<Option<UploadConfig>,
         return err(format!("{at}: upload_url `{shown}`: the prefix may not hold `.`, `..` or an empty part"));
     }
     let allow_http = raw.allow_http.unwrap_or(false);
-    if raw.endpoint.is_some() || raw.region.is_some() {
-        if scheme != UploadScheme::S3 {
-            return err(format!("{at}: upload_endpoint and upload_region apply to s3:// only; remove them"));
-        }
+    if (raw.endpoint.is_some() || raw.region.is_some()) && scheme != UploadScheme::S3 {
+        return err(format!("{at}: upload_endpoint and upload_region apply to s3:// only; remove them"));
     }
     if let Some(e) = &raw.endpoint {
         let http = e.starts_with("http://");
