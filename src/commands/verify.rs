@@ -62,7 +62,8 @@ pub fn report(cfg: &Config, names: &[String]) -> Result<CommandReport, ConfigErr
     let mut out = String::new();
     let mut failed = false;
     for p in pipelines {
-        let report = verify_dir(&p.output_dir, &p.file_name, owner_live, SystemTime::now());
+        let shipped = p.upload.as_ref().is_some_and(|u| u.delete_local);
+        let report = verify_dir_shipped(&p.output_dir, &p.file_name, owner_live, SystemTime::now(), shipped);
         out.push_str(&report.render(&p.name));
         failed |= report.problems > 0;
     }
@@ -147,7 +148,14 @@ struct Read {
 /// Checks one output folder. `owner_live`: a dm-handoff process owns the state directory, so
 /// work in progress is expected.
 pub fn verify_dir(dir: &Path, file_name: &str, owner_live: bool, now: SystemTime) -> Report {
-    let mut v = Verifier { report: Report::default(), keys: KeySet::default(), reads: Vec::new(), owner_live, now };
+    verify_dir_shipped(dir, file_name, owner_live, now, false)
+}
+
+/// [`verify_dir`] for a pipeline with `upload_delete_local` when `shipped`: a segment its manifest names
+/// may be gone (removed once uploaded), which is a note, not a problem.
+pub fn verify_dir_shipped(dir: &Path, file_name: &str, owner_live: bool, now: SystemTime, shipped: bool) -> Report {
+    let mut v =
+        Verifier { report: Report::default(), keys: KeySet::default(), reads: Vec::new(), owner_live, now, shipped };
     let stem = sink::stem(file_name);
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -227,6 +235,9 @@ struct Verifier {
     reads: Vec<Read>,
     owner_live: bool,
     now: SystemTime,
+    /// `upload_delete_local`: a manifest whose segment was removed after its upload is no problem
+    /// (`verify --remote` checks the bucket's copy).
+    shipped: bool,
 }
 
 impl Verifier {
@@ -273,11 +284,18 @@ impl Verifier {
                         .find_map(|t| File::open(path_of(t)).ok().map(|f| (t, f)));
                     match twin {
                         Some(t) => t,
-                        None => continue,
+                        None => {
+                            if named.is_some() && self.shipped {
+                                self.report.note(&path_of(*c), "removed after its upload (upload_delete_local)");
+                            }
+                            continue;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if named.is_some() {
+                    if named.is_some() && self.shipped {
+                        self.report.note(&path_of(*c), "removed after its upload (upload_delete_local)");
+                    } else if named.is_some() {
                         self.report.problem(
                             &manifest_path,
                             format_args!("names {}, which does not exist", sink::segment_name(base, *c)),

@@ -341,3 +341,30 @@ async fn the_daemon_uploads_segments_as_they_close() {
     assert_bucket_exact(&fx, &moto).await;
     verify_remote_clean(&fx).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_local_removes_segments_only_once_uploaded_and_verify_accepts_it() {
+    let Some(program) = moto_program() else { return };
+    let moto = Moto::start(&program, free_port()).await;
+    let cfg = sim_config(111, vec![conv("5200001", 120, CursorStyle::Offset), conv("5200002", 60, CursorStyle::MaxId)]);
+    let fx = Fixture::new(cfg, &format!("{}\nupload_delete_local = true", upload_keys(moto.port))).await;
+    // Killed after the first segment's put: nothing may be removed yet.
+    let first = aws(fx.cmd(&["sync"])).env("DM_HANDOFF_TEST_KILL_AT", "after_segment").run().await;
+    assert!(killed_by(&first.status, libc::SIGKILL), "{first}");
+    let local = manifests(&fx.out_dir());
+    for (segment, _, _) in local.values() {
+        assert!(fx.out_dir().join(segment).exists(), "{segment} removed before its manifest was uploaded");
+    }
+    aws(fx.cmd(&["upload"])).run().await.expect_code(0);
+    let listed = moto.list().await;
+    for (manifest, (segment, bytes, _)) in &local {
+        assert!(!fx.out_dir().join(segment).exists(), "{segment} kept after its upload");
+        assert!(fx.out_dir().join(manifest).exists(), "the manifest stays as the record of what was shipped");
+        assert_eq!(listed.get(&key_of(segment)), Some(bytes));
+    }
+    let verify = aws(fx.cmd(&["verify", "--remote"])).run().await;
+    verify.expect_code(0);
+    assert!(verify.stdout.contains("removed after its upload"), "{verify}");
+    // A later sync recovers and goes on with the segments gone.
+    aws(fx.cmd(&["sync"])).run().await.expect_code(0);
+}
