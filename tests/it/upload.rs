@@ -368,3 +368,49 @@ async fn delete_local_removes_segments_only_once_uploaded_and_verify_accepts_it(
     // A later sync recovers and goes on with the segments gone.
     aws(fx.cmd(&["sync"])).run().await.expect_code(0);
 }
+
+/// A Python with chDB: `DM_HANDOFF_TEST_PYTHON` (`.ci/run` sets it to its venv's), else target/ci-venv's.
+fn chdb_python() -> Option<String> {
+    let imports = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", "import chdb"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
+    let python = std::env::var("DM_HANDOFF_TEST_PYTHON").unwrap_or_else(|_| local.display().to_string());
+    if imports(&python) {
+        return Some(python);
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI is set but {python} cannot import chdb (.ci/run makes the venv)");
+    eprintln!("\n*** SKIPPED upload::chdb_s3_counts_every_uploaded_message_once: no Python with chdb\n");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chdb_s3_counts_every_uploaded_message_once() {
+    let Some(program) = moto_program() else { return };
+    let Some(python) = chdb_python() else { return };
+    let moto = Moto::start(&program, free_port()).await;
+    let fx = fixture(121, moto.port).await;
+    aws(fx.cmd(&["sync"])).run().await.expect_code(0);
+    // What the bucket should hold: the messages of the closed segments (the active file stays local).
+    let mut want = 0;
+    for f in handoff_files(&fx.out_dir()).iter().filter(|f| f.closed.is_some()) {
+        let lines = f.bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let records: Vec<serde_json::Value> = lines.map(|l| serde_json::from_slice(l).unwrap()).collect();
+        want += records.iter().filter(|r| str_field(r, "kind") == Some("dm_message")).count();
+    }
+    assert!(want > 0);
+    let url = format!("http://127.0.0.1:{}/{BUCKET}/{PREFIX}/{PIPELINE}/dt=*/{STEM}.*.jsonl", moto.port);
+    let script = format!(
+        "import chdb\nprint(chdb.query(\"SELECT count(), uniqExact(message_id) FROM s3('{url}', 'test', 'test', \
+         'JSONEachRow') WHERE kind = 'dm_message'\", 'CSV'))"
+    );
+    let out = std::process::Command::new(&python).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "chdb: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), format!("{want},{want}"), "chDB's s3() over the bucket sees every message once");
+}
