@@ -130,8 +130,13 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
                 .map(|d| d.config.lock().unwrap_or_else(|e| e.into_inner()).pipelines.clone())
                 .unwrap_or_default()
         };
-        let worker =
-            super::upload::worker(daemon.store.clone(), pipelines, daemon.upload_wake.clone(), daemon.cancel.clone());
+        let worker = super::upload::worker(
+            daemon.store.clone(),
+            pipelines,
+            daemon.upload_wake.clone(),
+            daemon.cancel.clone(),
+            super::upload::UPLOAD_EVERY,
+        );
         daemon.spawn(worker);
     }
     daemon.sched.start().await.context("starting the scheduler")?;

@@ -259,6 +259,19 @@ async fn run_once(cfg: &Config, names: &[String], mut opts: RunOptions) -> anyho
         progress_bar(progress)
     });
     let global = Arc::new(Semaphore::new(cfg.max_concurrency));
+    // Segments that close during the run go up while it goes on; the drain after the run does the rest.
+    let uploading: Vec<Pipeline> = pipelines.iter().filter(|p| p.upload.is_some()).map(|p| (*p).clone()).collect();
+    let uploader_stop = CancellationToken::new();
+    let uploader = match opened.pipes.first() {
+        Some(pipe) if !uploading.is_empty() => Some(tokio::spawn(upload::worker(
+            pipe.store.clone(),
+            move || uploading.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            uploader_stop.clone(),
+            upload::UPLOAD_DURING_SYNC,
+        ))),
+        _ => None,
+    };
     let mut set = JoinSet::new();
     for pipe in &opened.pipes {
         set.spawn(sync_pipeline(pipe.clone(), opts.clone(), global.clone(), cancel.clone()));
@@ -275,6 +288,11 @@ async fn run_once(cfg: &Config, names: &[String], mut opts: RunOptions) -> anyho
         ticker.abort();
         let _ = ticker.await;
         bar.finish_and_clear();
+    }
+    // A pass in flight is dropped: puts are create-only and recorded after the bucket confirmed them.
+    uploader_stop.cancel();
+    if let Some(u) = uploader {
+        let _ = u.await;
     }
     let store = opened.pipes.first().map(|p| p.store.clone());
     // Closing joins each writer's finisher, so every closed segment has its manifest before the upload.

@@ -9,6 +9,10 @@ use crate::config::{Config, ConfigError, Pipeline};
 use crate::exit::Exit;
 use crate::state::{Store, StoreOptions};
 
+/// While a one-shot sync runs: how often its uploader looks for segments closed meanwhile, so the
+/// upload overlaps the sync instead of all of it waiting for the end.
+pub(crate) const UPLOAD_DURING_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// `dm-handoff upload [--pipeline P]…`: drains every selected pipeline's backlog and exits.
 pub(crate) async fn command(cfg: &Config, names: &[String]) -> anyhow::Result<Report> {
     let selected = cfg.select(names)?;
@@ -126,8 +130,9 @@ pub(crate) async fn worker(
     pipelines: impl Fn() -> Vec<Pipeline> + Send,
     wake: std::sync::Arc<tokio::sync::Notify>,
     cancel: tokio_util::sync::CancellationToken,
+    every: std::time::Duration,
 ) {
-    let mut timer = tokio::time::interval(UPLOAD_EVERY);
+    let mut timer = tokio::time::interval(every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

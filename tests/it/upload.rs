@@ -228,13 +228,14 @@ async fn sigkill_at_every_step_then_a_rerun_leaves_each_object_once() {
     {
         let moto = Moto::start(&program, free_port()).await;
         let fx = fixture(70 + i as u64, moto.port).await;
-        // The sync writes and closes its segments, then dies at `step` of the first upload; an `upload`
-        // dies at the same step of the next object; a plain `upload` then finishes the job.
+        // The sync dies at `step` of its first upload (which may come while it still syncs: segments go
+        // up as they close); an `upload` dies at the same step of the next object; a plain `sync` then
+        // finishes the history and the uploads.
         let first = aws(fx.cmd(&["sync"])).env("DM_HANDOFF_TEST_KILL_AT", step).run().await;
         assert!(killed_by(&first.status, libc::SIGKILL), "{step}: {first}");
         let second = aws(fx.cmd(&["upload"])).env("DM_HANDOFF_TEST_KILL_AT", step).run().await;
         assert!(killed_by(&second.status, libc::SIGKILL), "{step}: {second}");
-        let last = aws(fx.cmd(&["upload"])).run().await;
+        let last = aws(fx.cmd(&["sync"])).run().await;
         last.expect_code(0);
         assert!(last.stdout.contains("backlog 0"), "{step}: {last}");
         fx.assert_exactly_once();
