@@ -491,6 +491,27 @@ mod tests {
     }
 
     #[test]
+    fn upload_series_per_pipeline() {
+        let m = Metrics::new();
+        m.upload_backlog("support", 3);
+        m.uploaded("support", 0);
+        let text = m.encode_text();
+        assert!(text.contains("# TYPE dm_handoff_upload_backlog_segments gauge"), "{text}");
+        assert!(text.contains("# TYPE dm_handoff_uploaded_bytes_total counter"), "{text}");
+        assert!(text.contains("# TYPE dm_handoff_upload_errors_total counter"), "{text}");
+        assert_eq!(sample(&text, r#"dm_handoff_upload_errors_total{pipeline="support"}"#), Some(0.0));
+        m.uploaded("support", 1234);
+        m.upload_failed("support");
+        m.upload_backlog("support", 1);
+        let text = m.encode_text();
+        assert_eq!(sample(&text, r#"dm_handoff_upload_backlog_segments{pipeline="support"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"dm_handoff_uploaded_bytes_total{pipeline="support"}"#), Some(1234.0));
+        assert_eq!(sample(&text, r#"dm_handoff_upload_errors_total{pipeline="support"}"#), Some(1.0));
+        m.forget_pipeline("support");
+        assert_eq!(sample(&m.encode_text(), r#"dm_handoff_upload_backlog_segments{pipeline="support"}"#), None);
+    }
+
+    #[test]
     fn counters_start_at_zero_and_timestamps_only_once_known() {
         let m = Metrics::new();
         let _p = m.pipeline("quiet");
