@@ -58,6 +58,11 @@ fn keys_are_the_prefix_pipeline_close_day_and_name() {
         b.key("p", "dm", MAN).as_deref(),
         Some("fleet/a/p/dt=2026-01-02/dm.20260102T030405Z.000001.manifest.json")
     );
+    // A compressed segment keeps its extension in its key.
+    assert_eq!(
+        b.key("p", "dm", "dm.20260102T030405Z.000002.jsonl.zst").as_deref(),
+        Some("fleet/a/p/dt=2026-01-02/dm.20260102T030405Z.000002.jsonl.zst")
+    );
     // The active file and temporaries have no key: they are never uploaded.
     assert_eq!(b.key("p", "dm", "dm.jsonl"), None);
     assert_eq!(b.key("p", "dm", &format!(".{SEG}.tmp")), None);
