@@ -85,6 +85,9 @@ pub enum Command {
     /// Both take the state directory's lock: stop the daemon first.
     #[command(subcommand)]
     State(StateCommand),
+    /// Upload every closed segment and manifest not yet in the bucket (`upload_url`), then exit; exit 1,
+    /// backlog kept, if an upload fails.
+    Upload(UploadArgs),
     /// Print the JSON Schema (draft 2020-12) of every record kind.
     Schema,
     /// Authorize an x-api-v2 pipeline with `oauth_client_id` once (OAuth 2.0 with PKCE): prints the URL to open,
@@ -106,6 +109,17 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Only this pipeline (repeatable; default all).
+    #[arg(long = "pipeline", value_name = "NAME")]
+    pub pipelines: Vec<String>,
+    /// Also check the bucket of each pipeline with `upload_url`: every manifest's segment there with its
+    /// size and SHA-256, no object under the pipeline's prefix that no manifest names.
+    #[arg(long)]
+    pub remote: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Only this pipeline (repeatable; default every pipeline with `upload_url`).
     #[arg(long = "pipeline", value_name = "NAME")]
     pub pipelines: Vec<String>,
 }

@@ -15,6 +15,8 @@
 //!   compression and manifests of closed segments.
 //! - [`state`]: the sled database (the only module that names sled), the state-directory lock, and the
 //!   owner-only OAuth token files.
+//! - [`bucket`]: closed segments and their manifests to object storage (`object_store`), create-only under
+//!   deterministic keys, with the upload ledger in the state.
 //! - [`provider`]: the provider APIs behind one client type, error classes and the retry policy.
 //! - [`record`]: the normalized record schema, every record builder, exactly-once keys, provider times.
 //! - [`schema`]: the JSON Schema (draft 2020-12) of every record kind, kept beside the records and tested
@@ -28,6 +30,7 @@
 //! The provider simulator (`demo`, `simulate`, the tests) is the workspace crate `dm-handoff-simulator`, which
 //! names nothing of this crate.
 
+pub mod bucket;
 pub mod cli;
 pub mod commands;
 pub mod config;

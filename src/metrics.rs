@@ -156,6 +156,9 @@ struct Families {
     newest_created: Family<PipelineLabels, TimeGauge>,
     conversations: Family<StateLabels, Gauge>,
     segments: Family<PipelineLabels, Counter>,
+    upload_backlog: Family<PipelineLabels, Gauge>,
+    uploaded_bytes: Family<PipelineLabels, Counter>,
+    upload_errors: Family<PipelineLabels, Counter>,
 }
 
 /// A registry of every dm-handoff series. The process uses [`global`]; tests make their own.
@@ -186,6 +189,9 @@ impl Metrics {
             newest_created: Family::default(),
             conversations: Family::default(),
             segments: Family::default(),
+            upload_backlog: Family::default(),
+            uploaded_bytes: Family::default(),
+            upload_errors: Family::default(),
         };
         let mut registry = Registry::with_prefix(PREFIX);
         let f = &families;
@@ -233,6 +239,21 @@ impl Metrics {
             "segments_closed",
             "Handoff segments closed (rotated) and committed in the state",
             f.segments.clone(),
+        );
+        registry.register(
+            "upload_backlog_segments",
+            "Closed segments whose segment or manifest is not confirmed in the bucket yet (upload_url)",
+            f.upload_backlog.clone(),
+        );
+        registry.register(
+            "uploaded_bytes",
+            "Bytes of segments and manifests put in the bucket (create-only puts that succeeded)",
+            f.uploaded_bytes.clone(),
+        );
+        registry.register(
+            "upload_errors",
+            "Upload passes that stopped on an error (the store failed, or held other content under a key)",
+            f.upload_errors.clone(),
         );
         registry.register(
             "build",
@@ -299,6 +320,26 @@ impl Metrics {
         }
     }
 
+    /// Sets how many closed segments of a pipeline wait for upload.
+    pub fn upload_backlog(&self, pipeline: &str, segments: u64) {
+        let labels = PipelineLabels { pipeline: pipeline.into() };
+        self.families.upload_backlog.get_or_create(&labels).set(i64::try_from(segments).unwrap_or(i64::MAX));
+    }
+
+    /// Counts bytes put in the bucket (0 still creates the series, so `rate()` sees the first increment).
+    pub fn uploaded(&self, pipeline: &str, bytes: u64) {
+        let labels = PipelineLabels { pipeline: pipeline.into() };
+        self.families.uploaded_bytes.get_or_create(&labels).inc_by(bytes);
+        drop(self.families.upload_errors.get_or_create(&labels));
+    }
+
+    /// Counts one upload pass that stopped on an error.
+    pub fn upload_failed(&self, pipeline: &str) {
+        let labels = PipelineLabels { pipeline: pipeline.into() };
+        self.families.upload_errors.get_or_create(&labels).inc();
+        drop(self.families.uploaded_bytes.get_or_create(&labels));
+    }
+
     /// Drops a pipeline's gauges and run histogram when it stops being run (removed by a reload, or about to
     /// be restarted, which restores them): a removed pipeline must not look stale or failed forever. Its
     /// counters stay, as counters do; they simply stop moving.
@@ -308,6 +349,7 @@ impl Metrics {
         f.last_success.remove(&labels);
         f.newest_created.remove(&labels);
         f.run_duration.remove(&labels);
+        f.upload_backlog.remove(&labels);
         for state in ConversationCounts::STATES {
             f.conversations.remove(&StateLabels { pipeline: labels.pipeline.clone(), state });
         }
@@ -446,6 +488,27 @@ mod tests {
         let om = m.encode_openmetrics();
         assert!(om.contains("dm_handoff_records_written_total{pipeline=\"support\",kind=\"dm_message\"} 3\n"), "{om}");
         assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn upload_series_per_pipeline() {
+        let m = Metrics::new();
+        m.upload_backlog("support", 3);
+        m.uploaded("support", 0);
+        let text = m.encode_text();
+        assert!(text.contains("# TYPE dm_handoff_upload_backlog_segments gauge"), "{text}");
+        assert!(text.contains("# TYPE dm_handoff_uploaded_bytes_total counter"), "{text}");
+        assert!(text.contains("# TYPE dm_handoff_upload_errors_total counter"), "{text}");
+        assert_eq!(sample(&text, r#"dm_handoff_upload_errors_total{pipeline="support"}"#), Some(0.0));
+        m.uploaded("support", 1234);
+        m.upload_failed("support");
+        m.upload_backlog("support", 1);
+        let text = m.encode_text();
+        assert_eq!(sample(&text, r#"dm_handoff_upload_backlog_segments{pipeline="support"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"dm_handoff_uploaded_bytes_total{pipeline="support"}"#), Some(1234.0));
+        assert_eq!(sample(&text, r#"dm_handoff_upload_errors_total{pipeline="support"}"#), Some(1.0));
+        m.forget_pipeline("support");
+        assert_eq!(sample(&m.encode_text(), r#"dm_handoff_upload_backlog_segments{pipeline="support"}"#), None);
     }
 
     #[test]

@@ -82,6 +82,15 @@ pub fn report(cfg: &Config) -> Report {
         if p.redact_text {
             let _ = writeln!(out, "  text          redacted from records");
         }
+        if let Some(u) = &p.upload {
+            let _ = writeln!(
+                out,
+                "  upload        closed segments to {}{}{}",
+                u.url,
+                u.endpoint.as_deref().map(|e| format!(" via {}", crate::config::shown::url(e))).unwrap_or_default(),
+                if u.delete_local { ", local segments removed once uploaded" } else { "" }
+            );
+        }
     }
     let json = serde_json::json!({
         "ok": true,

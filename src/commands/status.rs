@@ -42,6 +42,16 @@ struct StatusInbox {
     last_error: Option<String>,
 }
 
+/// Uploads of closed segments to the bucket (`upload_url`, SPEC 9.2).
+#[derive(serde::Serialize)]
+struct StatusUpload {
+    url: String,
+    /// Closed segments whose segment or manifest is not confirmed in the bucket yet.
+    backlog_segments: u64,
+    /// The last upload pass's error (keys and files only), None after a clean pass.
+    last_error: Option<String>,
+}
+
 #[derive(serde::Serialize)]
 struct StatusPipeline {
     name: String,
@@ -61,6 +71,8 @@ struct StatusPipeline {
     last_successful_run: Option<String>,
     /// The newest `created_at` of a message or event record in the files; None while there is none.
     newest_record_created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upload: Option<StatusUpload>,
     conversations: Vec<StatusConv>,
 }
 
@@ -128,7 +140,16 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
         };
         let credits_today = store.credits_today(&p.name)?;
         let fresh = store.freshness(&p.name)?;
+        let upload = match &p.upload {
+            Some(u) => Some(StatusUpload {
+                url: u.url.clone(),
+                backlog_segments: crate::bucket::backlog(store, &p.name, &p.output_dir, &p.file_name)?,
+                last_error: store.upload_error(&p.name)?,
+            }),
+            None => None,
+        };
         doc.push(StatusPipeline {
+            upload,
             name: p.name.clone(),
             provider: p.provider.name(),
             output_dir: p.output_dir.display().to_string(),
@@ -161,6 +182,15 @@ pub fn report(cfg: &Config, store: &Store, json: bool) -> anyhow::Result<Report>
         )?;
         if let (Some(t), Some(pipe)) = (&p.oauth, cfg.pipelines.iter().find(|c| c.name == p.name)) {
             writeln!(out, "  token: {}", super::auth::describe(pipe, t))?;
+        }
+        if let Some(u) = &p.upload {
+            writeln!(
+                out,
+                "  upload to {}: backlog {} segments{}",
+                u.url,
+                u.backlog_segments,
+                u.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+            )?;
         }
         if let Some(i) = &p.inbox {
             writeln!(

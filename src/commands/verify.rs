@@ -63,7 +63,8 @@ pub fn report(cfg: &Config, names: &[String]) -> Result<CommandReport, ConfigErr
     let mut failed = false;
     let mut json = Vec::new();
     for p in pipelines {
-        let report = verify_dir(&p.output_dir, &p.file_name, owner_live, SystemTime::now());
+        let shipped = p.upload.as_ref().is_some_and(|u| u.delete_local);
+        let report = verify_dir_shipped(&p.output_dir, &p.file_name, owner_live, SystemTime::now(), shipped);
         out.push_str(&report.render(&p.name));
         failed |= report.problems > 0;
         json.push(serde_json::json!({
@@ -157,7 +158,14 @@ struct Read {
 /// Checks one output folder. `owner_live`: a dm-handoff process owns the state directory, so
 /// work in progress is expected.
 pub fn verify_dir(dir: &Path, file_name: &str, owner_live: bool, now: SystemTime) -> Report {
-    let mut v = Verifier { report: Report::default(), keys: KeySet::default(), reads: Vec::new(), owner_live, now };
+    verify_dir_shipped(dir, file_name, owner_live, now, false)
+}
+
+/// [`verify_dir`] for a pipeline with `upload_delete_local` when `shipped`: a segment its manifest names
+/// may be gone (removed once uploaded), which is a note, not a problem.
+pub fn verify_dir_shipped(dir: &Path, file_name: &str, owner_live: bool, now: SystemTime, shipped: bool) -> Report {
+    let mut v =
+        Verifier { report: Report::default(), keys: KeySet::default(), reads: Vec::new(), owner_live, now, shipped };
     let stem = sink::stem(file_name);
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -237,6 +245,9 @@ struct Verifier {
     reads: Vec<Read>,
     owner_live: bool,
     now: SystemTime,
+    /// `upload_delete_local`: a manifest whose segment was removed after its upload is no problem
+    /// (`verify --remote` checks the bucket's copy).
+    shipped: bool,
 }
 
 impl Verifier {
@@ -283,7 +294,12 @@ impl Verifier {
                         .find_map(|t| File::open(path_of(t)).ok().map(|f| (t, f)));
                     match twin {
                         Some(t) => t,
-                        // Gone with no copy left: deleted under its manifest (or since the listing).
+                        // Gone with no copy left: removed after its upload (upload_delete_local), or deleted
+                        // under its manifest (or since the listing).
+                        None if named.is_some() && self.shipped => {
+                            self.report.note(&path_of(*c), "removed after its upload (upload_delete_local)");
+                            continue;
+                        }
                         None => {
                             let (at, what) =
                                 if named.is_some() { (manifest_path.clone(), "names") } else { (path_of(*c), "is") };
@@ -299,7 +315,9 @@ impl Verifier {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if named.is_some() {
+                    if named.is_some() && self.shipped {
+                        self.report.note(&path_of(*c), "removed after its upload (upload_delete_local)");
+                    } else if named.is_some() {
                         self.report.problem(
                             &manifest_path,
                             format_args!("names {}, which does not exist", sink::segment_name(base, *c)),

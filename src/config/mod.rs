@@ -15,10 +15,12 @@ mod oauth;
 mod raw;
 mod secret_file;
 pub mod shown;
+mod upload;
 mod validate;
 
 pub use oauth::{loopback_callback, token_file, OAuthConfig, DEFAULT_SCOPES};
 pub use secret_file::{read_secret_file, SecretFileError, SecretOrigin};
+pub use upload::{UploadConfig, UploadScheme};
 
 use raw::RawConfig;
 
@@ -335,6 +337,8 @@ pub struct Pipeline {
     pub inbox: bool,
     /// GetXAPI: the `dm/list` tabs the inbox walks (`["all"]` unless `inbox_tabs` says otherwise).
     pub inbox_tabs: Vec<String>,
+    /// Where closed segments and their manifests are uploaded (SPEC 9.2); None: they stay local only.
+    pub upload: Option<UploadConfig>,
 }
 
 impl Pipeline {

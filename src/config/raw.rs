@@ -94,6 +94,12 @@ pub(super) struct RawPipeline {
     pub(super) max_response_bytes: u64,
     #[serde(default = "default_max_empty_pages")]
     pub(super) max_empty_pages: u32,
+    // SPEC 9.2 (validated in `upload.rs`).
+    pub(super) upload_url: Option<String>,
+    pub(super) upload_endpoint: Option<String>,
+    pub(super) upload_region: Option<String>,
+    pub(super) upload_allow_http: Option<bool>,
+    pub(super) upload_delete_local: Option<bool>,
 }
 
 fn default_state_dir() -> PathBuf {

@@ -264,7 +264,18 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
         if rp.max_response_bytes < MIN_RESPONSE_BYTES {
             return err(format!("{at}: max_response_bytes must be at least {MIN_RESPONSE_BYTES} (64 KiB)"));
         }
+        let upload = super::upload::validate(
+            &at,
+            super::upload::RawUpload {
+                url: rp.upload_url,
+                endpoint: rp.upload_endpoint,
+                region: rp.upload_region,
+                allow_http: rp.upload_allow_http,
+                delete_local: rp.upload_delete_local,
+            },
+        )?;
         pipelines.push(Pipeline {
+            upload,
             name,
             provider,
             base_url,

@@ -92,6 +92,8 @@ struct Daemon {
     send_ctx: SendContext,
     /// Held by the reload in progress (each SIGHUP's reload runs in a task).
     reloading: tokio::sync::Mutex<()>,
+    /// Wakes the upload worker (`upload_url`) when a run ends, as segments may have closed.
+    upload_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit code of a clean stop.
@@ -120,6 +122,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         send_ctx: SendContext::new(cancel.clone()),
         cancel,
         reloading: tokio::sync::Mutex::new(()),
+        upload_wake: Arc::new(tokio::sync::Notify::new()),
     });
     for (p, client) in cfg.pipelines.iter().zip(clients) {
         daemon.add_pipeline(p, client).await?;
@@ -129,6 +132,22 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> anyhow::Result<Exit> {
         let (source, stop) = (daemon.clone() as Arc<dyn metrics::Source>, daemon.cancel.clone());
         daemon.spawn(metrics::serve(l, source, stop));
         tracing::info!(listen = %addr, "serving /metrics and /healthz");
+    }
+    {
+        let weak = Arc::downgrade(&daemon);
+        let pipelines = move || {
+            weak.upgrade()
+                .map(|d| d.config.lock().unwrap_or_else(|e| e.into_inner()).pipelines.clone())
+                .unwrap_or_default()
+        };
+        let worker = super::upload::worker(
+            daemon.store.clone(),
+            pipelines,
+            daemon.upload_wake.clone(),
+            daemon.cancel.clone(),
+            super::upload::UPLOAD_EVERY,
+        );
+        daemon.spawn(worker);
     }
     daemon.sched.start().await.context("starting the scheduler")?;
     let names: Vec<String> = cfg.pipelines.iter().map(|p| p.name.clone()).collect();
@@ -316,6 +335,7 @@ impl Daemon {
             *last = Some(report.summary());
         }
         notify(&[NotifyState::Status(&self.status_line())]);
+        self.upload_wake.notify_one();
         report
     }
 

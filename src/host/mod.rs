@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 mod demo;
 mod metrics;
+mod upload;
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
@@ -46,9 +47,12 @@ pub async fn run(opts: Opts) -> anyhow::Result<Exit> {
         Command::Lookup(args) => return lookup(&cfg()?, args).await,
         Command::UploadMedia(args) => return upload_media(&cfg()?, args).await,
         // Files only, no lock: it may run beside the daemon, so it is never forwarded.
+        Command::Verify(args) if args.remote => return Ok(upload::verify(&cfg()?, &args.pipelines).await?.print()),
         Command::Verify(args) => return Ok(commands::verify::report(&cfg()?, &args.pipelines)?.print()),
         // Takes the state lock itself (exit 3 while the daemon runs), so it is never forwarded.
         Command::State(cmd) => return commands::state::run(&cfg()?, cmd),
+        // Takes the state's lock like a one-shot sync: beside a running daemon it reports the owner.
+        Command::Upload(args) => return Ok(upload::command(&cfg()?, &args.pipelines).await?.print()),
         Command::Schema => return Ok(Report { stdout: crate::schema::text(), ..Report::default() }.print()),
         Command::Auth(args) => return auth::run(&cfg()?, commands::auth::prepare(&args)?).await,
         Command::Completions(args) => return Ok(commands::docs::completions(args.shell).print()),
@@ -259,6 +263,19 @@ async fn run_once(cfg: &Config, names: &[String], mut opts: RunOptions) -> anyho
         progress_bar(progress)
     });
     let global = Arc::new(Semaphore::new(cfg.max_concurrency));
+    // Segments that close during the run go up while it goes on; the drain after the run does the rest.
+    let uploading: Vec<Pipeline> = pipelines.iter().filter(|p| p.upload.is_some()).map(|p| (*p).clone()).collect();
+    let uploader_stop = CancellationToken::new();
+    let uploader = match opened.pipes.first() {
+        Some(pipe) if !uploading.is_empty() => Some(tokio::spawn(upload::worker(
+            pipe.store.clone(),
+            move || uploading.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            uploader_stop.clone(),
+            upload::UPLOAD_DURING_SYNC,
+        ))),
+        _ => None,
+    };
     let mut set = JoinSet::new();
     for pipe in &opened.pipes {
         set.spawn(sync_pipeline(pipe.clone(), opts.clone(), global.clone(), cancel.clone()));
@@ -276,9 +293,24 @@ async fn run_once(cfg: &Config, names: &[String], mut opts: RunOptions) -> anyho
         let _ = ticker.await;
         bar.finish_and_clear();
     }
+    // A pass in flight is dropped: puts are create-only and recorded after the bucket confirmed them.
+    uploader_stop.cancel();
+    if let Some(u) = uploader {
+        let _ = u.await;
+    }
+    let store = opened.pipes.first().map(|p| p.store.clone());
+    // Closing joins each writer's finisher, so every closed segment has its manifest before the upload.
     opened.close().await;
     joined.context("a pipeline task failed")?;
-    Ok(commands::sync::report(reports, cancel.is_cancelled()))
+    let report = commands::sync::report(reports, cancel.is_cancelled());
+    let uploading: Vec<&Pipeline> = pipelines.iter().copied().filter(|p| p.upload.is_some()).collect();
+    match store {
+        // A signal asked to stop: the backlog stays for the next run instead of holding the exit up.
+        Some(store) if !uploading.is_empty() && !cancel.is_cancelled() => {
+            Ok(upload::merge(report, upload::drain(&store, &uploading).await))
+        }
+        _ => Ok(report),
+    }
 }
 
 /// A spinner with the run's pages and records, redrawn every 120 ms until the ticker is aborted.

@@ -54,11 +54,13 @@ mod inbox;
 mod keys;
 pub mod tokens;
 mod upgrade;
+mod uploads;
 
 pub use inbox::{Discovered, INBOX_STREAM};
 
 pub use keys::numeric_id;
 use keys::{is_history, key, padded, padded_id, seen_key, seen_key_of, HISTORY_KINDS};
+pub use uploads::Uploaded;
 
 /// Why the state could not be used: one line that says what happened and what to do, and names its cause
 /// once (no variant has a `source`, so an error chain does not print the cause twice). `Locked` is matched

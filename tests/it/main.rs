@@ -27,3 +27,4 @@ mod providers;
 mod rotation;
 mod sinkfix;
 mod sync;
+mod upload;
